@@ -1,0 +1,35 @@
+"""Pick the right M3 class for a checkpoint directory from its ``config.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .configuration import M3LlavaConfig, M3LlavaNextConfig
+
+CONFIG_CLASSES = {"llava": M3LlavaConfig, "llava_next": M3LlavaNextConfig}
+
+
+def model_type_of(path: str | os.PathLike) -> str:
+    """The ``model_type`` in a checkpoint's config.json, checked to be one M3 supports."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no config.json in {path}: not a saved model directory")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type not in CONFIG_CLASSES:
+        raise ValueError(f"{config_file} has model_type {model_type!r}; M3 supports {sorted(CONFIG_CLASSES)}")
+    return model_type
+
+
+def load_m3_config(path: str | os.PathLike, **overrides):
+    """M3 config of a llava-hf / M3 checkpoint directory (M3 fields default when absent)."""
+    return CONFIG_CLASSES[model_type_of(path)].from_pretrained(path, **overrides)
+
+
+def load_m3_model(path: str | os.PathLike, **kwargs):
+    """``from_pretrained`` with the M3 class that matches the checkpoint (LLaVA-1.5 or LLaVA-NeXT)."""
+    from .modeling import M3LlavaForConditionalGeneration, M3LlavaNextForConditionalGeneration
+
+    classes = {"llava": M3LlavaForConditionalGeneration, "llava_next": M3LlavaNextForConditionalGeneration}
+    return classes[model_type_of(path)].from_pretrained(path, **kwargs)

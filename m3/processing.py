@@ -1,0 +1,81 @@
+"""``M3Processor``: images + chat text -> model inputs with the right number of image tokens for a scale.
+
+Wraps a tokenizer and an image processor the way ``LlavaProcessor`` does, but tokenizes each image as
+ONE ``<image>`` token and expands it to the count the chosen scale needs (see ``m3.prompting``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature
+
+from .loading import load_m3_config
+from .prompting import expand_image_tokens, image_token_counts
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def llava_prompt(question: str, answer: str | None = None) -> str:
+    """LLaVA-1.5 (vicuna_v1) single-turn prompt; the answer is appended for training text."""
+    prompt = f"USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:"
+    return prompt if answer is None else f"{prompt} {answer}"
+
+
+class M3Processor:
+    """Builds ``input_ids``/``attention_mask``/``pixel_values`` (and ``image_sizes`` for NeXT) at a scale."""
+
+    def __init__(self, image_processor, tokenizer, config) -> None:
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.config = config
+        token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+        if token_id != config.image_token_id:
+            raise ValueError(
+                f"the tokenizer maps {IMAGE_PLACEHOLDER} to id {token_id} but the model's image_token_id is "
+                f"{config.image_token_id}; use the tokenizer saved with the model"
+            )
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, config=None) -> M3Processor:
+        """Load tokenizer, image processor and (unless given) the M3 config from a model directory."""
+        config = config or load_m3_config(path)
+        return cls(AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path), config)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        images=None,
+        m3_scale: int | None = None,
+        padding_side: str = "left",
+    ) -> BatchFeature:
+        """Tokenize ``text`` (one ``<image>`` per image) and expand image tokens for ``m3_scale``.
+
+        Left padding by default, as batched generation needs.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        scale = self.config.m3_default_scale if m3_scale is None else m3_scale
+        self.tokenizer.padding_side = padding_side
+        encoded = self.tokenizer(texts, padding=True, return_tensors="pt")
+        data = {}
+        if images is not None:
+            images = images if isinstance(images, (list, tuple)) else [images]
+            data.update(self.image_processor(images, return_tensors="pt"))
+        image_sizes = data.get("image_sizes")
+        num_images = 0 if images is None else len(images)
+        counts = image_token_counts(self.config, scale, image_sizes=image_sizes, num_images=num_images)
+        input_ids, attention_mask, _ = expand_image_tokens(
+            encoded["input_ids"], self.config.image_token_id, counts, encoded["attention_mask"],
+            pad_token_id=self.tokenizer.pad_token_id, padding_side=padding_side,
+        )
+        data.update(input_ids=input_ids, attention_mask=attention_mask)
+        return BatchFeature(data=data, tensor_type="pt")
+
+    def batch_decode(self, token_ids: torch.Tensor, **kwargs) -> list[str]:
+        return self.tokenizer.batch_decode(token_ids, skip_special_tokens=True, **kwargs)

@@ -1,0 +1,1 @@
+"""Oracle labels: per sample and scale, did the M3 model answer correctly (built in a later issue)."""

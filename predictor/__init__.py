@@ -1,0 +1,1 @@
+"""Scale predictors that learn the minimal sufficient scale from oracle data (built in a later issue)."""
