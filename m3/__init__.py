@@ -1,0 +1,34 @@
+"""M3: Matryoshka Multimodal Models on Hugging Face LLaVA-1.5 and LLaVA-NeXT."""
+
+from .configuration import M3LlavaConfig, M3LlavaNextConfig
+from .loading import load_m3_config, load_m3_model
+from .modeling import (
+    M3CausalLMOutputWithPast,
+    M3LlavaForConditionalGeneration,
+    M3LlavaModel,
+    M3LlavaNextForConditionalGeneration,
+    M3LlavaNextModel,
+)
+from .pooling import check_scale, nested_scales, pool_tokens, valid_scales
+from .processing import M3Processor, llava_prompt
+from .prompting import expand_image_tokens, image_token_counts
+
+__all__ = [
+    "M3CausalLMOutputWithPast",
+    "M3LlavaConfig",
+    "M3LlavaForConditionalGeneration",
+    "M3LlavaModel",
+    "M3LlavaNextConfig",
+    "M3LlavaNextForConditionalGeneration",
+    "M3LlavaNextModel",
+    "M3Processor",
+    "check_scale",
+    "expand_image_tokens",
+    "image_token_counts",
+    "llava_prompt",
+    "load_m3_config",
+    "load_m3_model",
+    "nested_scales",
+    "pool_tokens",
+    "valid_scales",
+]

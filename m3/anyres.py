@@ -43,9 +43,7 @@ def crop_grid_shape(image_size: Sequence[int], grid_pinpoints: list, crop_size: 
     return get_anyres_image_grid_shape(list(image_size), grid_pinpoints, crop_size)
 
 
-def anyres_num_image_tokens(
-    image_size: Sequence[int], scale: int, grid_pinpoints: list, crop_size: int
-) -> int:
+def anyres_num_image_tokens(image_size: Sequence[int], scale: int, grid_pinpoints: list, crop_size: int) -> int:
     """Image tokens LLaVA-NeXT feeds the LLM for one image of ``(height, width)`` at ``scale``.
 
     k*k base tokens + (rows*cols after unpadding) content tokens + one newline per content row.
@@ -63,11 +61,12 @@ def pack_anyres_features(
     crop_size: int,
     image_newline: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Turn one image's pooled crops ``(1 + rows*cols, s, D)`` into its token sequence ``(n, D)``."""
+    """Turn one image's pooled crops ``(1 + rows*cols, s, D)`` into its token sequence ``(n, D)``.
+
+    The anyres processor always cuts at least one grid crop, so there is no base-only case.
+    """
     side = math.isqrt(crops.shape[1])
     base, grid = crops[0], crops[1:]
-    if grid.shape[0] == 0:
-        return base if image_newline is None else torch.cat((base, image_newline[None].to(base)), dim=0)
     crop_rows, crop_cols = crop_grid_shape(image_size, grid_pinpoints, crop_size)
     dim = crops.shape[-1]
     grid = grid.view(crop_rows, crop_cols, side, side, dim).permute(4, 0, 2, 1, 3)

@@ -11,12 +11,23 @@ from .configuration import M3LlavaConfig, M3LlavaNextConfig
 CONFIG_CLASSES = {"llava": M3LlavaConfig, "llava_next": M3LlavaNextConfig}
 
 
+def is_original_llava_config(config: dict) -> bool:
+    """Whether a config.json dict is in the original LLaVA layout (it also says ``model_type: llava``)."""
+    return "mm_vision_tower" in config and "text_config" not in config
+
+
 def model_type_of(path: str | os.PathLike) -> str:
     """The ``model_type`` in a checkpoint's config.json, checked to be one M3 supports."""
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in {path}: not a saved model directory")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    config = json.loads(config_file.read_text())
+    if is_original_llava_config(config):
+        raise ValueError(
+            f"{config_file} is an original LLaVA (haotian-liu) checkpoint, not a llava-hf one; convert it first "
+            "with scripts/convert_llava_checkpoint.py"
+        )
+    model_type = config.get("model_type")
     if model_type not in CONFIG_CLASSES:
         raise ValueError(f"{config_file} has model_type {model_type!r}; M3 supports {sorted(CONFIG_CLASSES)}")
     return model_type

@@ -122,7 +122,9 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
         if image_sizes is None:
             raise ValueError("LLaVA-NeXT needs image_sizes (height, width of every image)")
         crop_size = self.config.vision_config.image_size
-        num_crops = [image_size_to_num_patches(size, self.config.image_grid_pinpoints, crop_size) for size in image_sizes]
+        num_crops = [
+            image_size_to_num_patches(size, self.config.image_grid_pinpoints, crop_size) for size in image_sizes
+        ]
         if pixel_values.dim() == 5:
             pixel_values = torch.cat([pixels[:count] for pixels, count in zip(pixel_values, num_crops)], dim=0)
         elif pixel_values.dim() != 4:
@@ -219,26 +221,24 @@ class M3ForConditionalGenerationMixin:
         if labels is None:
             raise ValueError("the multi-scale forward (m3_scales=...) computes a loss and needs labels")
         scales = [check_scale(scale, self.config.grid_tokens) for scale in scales]
-        grids = None if pixel_values is None else self.model.encode_images(pixel_values, image_sizes, **vision_kwargs)
+        if pixel_values is None:  # text only: every scale sees the same input, so one forward serves all
+            loss = super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs).loss
+            return M3CausalLMOutputWithPast(loss=loss, per_scale_loss=dict.fromkeys(scales, loss.detach()))
+        grids = self.model.encode_images(pixel_values, image_sizes, **vision_kwargs)
         pad_token_id = self.config.text_config.pad_token_id or 0
-        logits_to_keep = kwargs.pop("logits_to_keep", 0)
         per_scale_loss = {}
         for scale in scales:
-            if grids is None:
-                features, scale_ids, scale_mask, scale_labels = None, input_ids, attention_mask, labels
-            else:
-                features = self.model.features_at_scale(grids, scale, image_sizes)
-                counts = [feature.shape[0] for feature in features]
-                scale_ids, scale_mask, scale_labels = expand_image_tokens(
-                    input_ids, self.config.image_token_id, counts, attention_mask, labels, pad_token_id
-                )
+            features = self.model.features_at_scale(grids, scale, image_sizes)
+            counts = [feature.shape[0] for feature in features]
+            scale_ids, scale_mask, scale_labels = expand_image_tokens(
+                input_ids, self.config.image_token_id, counts, attention_mask, labels, pad_token_id, "right"
+            )
             outputs = super().forward(
                 input_ids=scale_ids,
                 attention_mask=scale_mask,
                 labels=scale_labels,
                 image_sizes=image_sizes,
-                mm_encoder_outputs=None if features is None else {"image": BaseModelOutputWithPooling(pooler_output=features)},
-                logits_to_keep=logits_to_keep,
+                mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
                 **kwargs,
             )
             per_scale_loss[scale] = outputs.loss

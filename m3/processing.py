@@ -54,10 +54,12 @@ class M3Processor:
         images=None,
         m3_scale: int | None = None,
         padding_side: str = "left",
+        expand: bool = True,
     ) -> BatchFeature:
         """Tokenize ``text`` (one ``<image>`` per image) and expand image tokens for ``m3_scale``.
 
-        Left padding by default, as batched generation needs.
+        Left padding by default, as batched generation needs. ``expand=False`` keeps ONE image token per
+        image: the compact form that the multi-scale training forward (``m3_scales=...``) expects.
         """
         texts = [text] if isinstance(text, str) else list(text)
         scale = self.config.m3_default_scale if m3_scale is None else m3_scale
@@ -67,12 +69,19 @@ class M3Processor:
         if images is not None:
             images = images if isinstance(images, (list, tuple)) else [images]
             data.update(self.image_processor(images, return_tensors="pt"))
+        if not expand:
+            data.update(encoded)
+            return BatchFeature(data=data, tensor_type="pt")
         image_sizes = data.get("image_sizes")
         num_images = 0 if images is None else len(images)
         counts = image_token_counts(self.config, scale, image_sizes=image_sizes, num_images=num_images)
         input_ids, attention_mask, _ = expand_image_tokens(
-            encoded["input_ids"], self.config.image_token_id, counts, encoded["attention_mask"],
-            pad_token_id=self.tokenizer.pad_token_id, padding_side=padding_side,
+            encoded["input_ids"],
+            self.config.image_token_id,
+            counts,
+            encoded["attention_mask"],
+            pad_token_id=self.tokenizer.pad_token_id,
+            padding_side=padding_side,
         )
         data.update(input_ids=input_ids, attention_mask=attention_mask)
         return BatchFeature(data=data, tensor_type="pt")

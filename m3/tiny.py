@@ -12,10 +12,10 @@ from collections.abc import Iterable
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
-    LlavaNextImageProcessor,
+    LlavaNextImageProcessorPil,
     PreTrainedTokenizerFast,
 )
 
@@ -27,10 +27,51 @@ PATCH_SIZE = 4
 TINY_GRID_PINPOINTS = [[96, 192], [192, 96], [192, 192], [96, 288], [288, 96]]
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 BASE_WORDS = [
-    "USER", "ASSISTANT", "what", "is", "the", "a", "an", "of", "in", "on", "how", "many", "which", "where",
-    "color", "shape", "number", "yes", "no", "image", "picture", "background", "left", "right", "top",
-    "bottom", "center", "red", "green", "blue", "yellow", "black", "white", "circle", "square", "triangle",
-    "answer", "with", "word", "single", "there", "are", "dots", "digit", "this",
+    "USER",
+    "ASSISTANT",
+    "what",
+    "is",
+    "the",
+    "a",
+    "an",
+    "of",
+    "in",
+    "on",
+    "how",
+    "many",
+    "which",
+    "where",
+    "color",
+    "shape",
+    "number",
+    "yes",
+    "no",
+    "image",
+    "picture",
+    "background",
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "center",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "black",
+    "white",
+    "circle",
+    "square",
+    "triangle",
+    "answer",
+    "with",
+    "word",
+    "single",
+    "there",
+    "are",
+    "dots",
+    "digit",
+    "this",
 ]
 FAMILIES = ("llava", "llava_next")
 
@@ -38,7 +79,14 @@ FAMILIES = ("llava", "llava_next")
 def build_tiny_tokenizer(extra_words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """Word-level tokenizer: special tokens, letters, digits, punctuation and a small word list."""
     vocab: dict[str, int] = {}
-    for token in [*SPECIAL_TOKENS, *string.ascii_letters, *string.digits, *string.punctuation, *BASE_WORDS, *extra_words]:
+    for token in [
+        *SPECIAL_TOKENS,
+        *string.ascii_letters,
+        *string.digits,
+        *string.punctuation,
+        *BASE_WORDS,
+        *extra_words,
+    ]:
         vocab.setdefault(token, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -58,17 +106,31 @@ def tiny_config(family: str = "llava", tokenizer: PreTrainedTokenizerFast | None
         raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
     tokenizer = tokenizer or build_tiny_tokenizer()
     vision = CLIPVisionConfig(
-        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     common = dict(
-        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2, **m3_kwargs,
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
+        **m3_kwargs,
     )
     if family == "llava":
         return M3LlavaConfig(**common)
@@ -79,8 +141,8 @@ def tiny_image_processor(family: str = "llava"):
     """A CLIP-style (or anyres) image processor for 96 px crops."""
     kwargs = dict(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     if family == "llava":
-        return CLIPImageProcessor(**kwargs)
-    return LlavaNextImageProcessor(image_grid_pinpoints=TINY_GRID_PINPOINTS, **kwargs)
+        return CLIPImageProcessorPil(**kwargs)
+    return LlavaNextImageProcessorPil(image_grid_pinpoints=TINY_GRID_PINPOINTS, **kwargs)
 
 
 def tiny_model(family: str = "llava", seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None, **m3_kwargs):

@@ -1,0 +1,79 @@
+import pytest
+import torch
+from transformers import LlavaNextForConditionalGeneration
+from transformers.models.llava_next.modeling_llava_next import unpad_image
+
+from m3.anyres import anyres_num_image_tokens, unpadded_shape
+from m3.prompting import image_token_counts
+from m3.tiny import TINY_GRID_PINPOINTS, tiny_image_processor, tiny_model
+
+from .conftest import random_image
+
+# (height, width): square, wide, tall, extreme panoramas that leave one pooled row at scale 1
+IMAGE_SIZES = [(96, 96), (80, 150), (200, 96), (300, 120), (40, 400), (500, 30), (97, 289)]
+
+
+@pytest.mark.parametrize("height", [1, 2, 3, 6, 12, 24, 48, 72])
+@pytest.mark.parametrize("width", [1, 2, 3, 6, 12, 24, 48, 72])
+def test_unpadded_shape_matches_transformers_unpad(height, width):
+    grid = torch.zeros(1, height, width)
+    for original in [(96, 96), (80, 150), (200, 96), (40, 400), (500, 30), (333, 334)]:
+        expected = unpad_image(grid, original).shape[1:]
+        if 0 in expected:  # transformers would drop every row; we keep the middle one
+            assert unpadded_shape(height, width, *original) == tuple(max(n, 1) for n in expected)
+        else:
+            assert unpadded_shape(height, width, *original) == tuple(expected)
+
+
+@pytest.fixture(scope="module")
+def next_model_and_inputs(tokenizer):
+    model = tiny_model("llava_next", tokenizer=tokenizer)
+    images = [random_image(h, w, seed=i) for i, (h, w) in enumerate(IMAGE_SIZES)]
+    inputs = tiny_image_processor("llava_next")(images, return_tensors="pt")
+    return model, inputs
+
+
+def test_full_scale_features_equal_transformers_llava_next(next_model_and_inputs):
+    model, inputs = next_model_and_inputs
+    plain = LlavaNextForConditionalGeneration(model.config).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        ours = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"], m3_scale=576).pooler_output
+        theirs = plain.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output
+    assert len(ours) == len(theirs) == len(IMAGE_SIZES)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_token_counts_equal_feature_lengths_at_every_scale(next_model_and_inputs):
+    model, inputs = next_model_and_inputs
+    with torch.no_grad():
+        grids = model.model.encode_images(inputs["pixel_values"], inputs["image_sizes"])
+        for scale in model.config.m3_scales:
+            features = model.model.features_at_scale(grids, scale, inputs["image_sizes"])
+            counts = image_token_counts(model.config, scale, image_sizes=inputs["image_sizes"])
+            assert [f.shape[0] for f in features] == counts, scale
+            for size, feature in zip(inputs["image_sizes"].tolist(), features):
+                assert anyres_num_image_tokens(size, scale, TINY_GRID_PINPOINTS, 96) == feature.shape[0]
+
+
+def test_token_count_formula_by_hand():
+    # 96x192 (h x w) image -> 1x2 crops; scale 9 -> k=3: base 9 + grid 3x6, no padding, +3 newlines
+    assert anyres_num_image_tokens((96, 192), 9, TINY_GRID_PINPOINTS, 96) == 9 + 3 * 6 + 3
+    # scale 1 -> 1 base + 1x2 grid + 1 newline
+    assert anyres_num_image_tokens((96, 192), 1, TINY_GRID_PINPOINTS, 96) == 1 + 2 + 1
+    # a 40x400 panorama in a 1x3 grid at scale 1: content rounds to 0 rows, the guard keeps one
+    assert anyres_num_image_tokens((40, 400), 1, TINY_GRID_PINPOINTS, 96) == 1 + 1 * 3 + 1
+
+
+def test_pooled_crops_are_pooled_full_crops(next_model_and_inputs):
+    """The base-image tokens at scale s are the 24x24 base crop pooled to s (nested within an image)."""
+    model, inputs = next_model_and_inputs
+    from m3.pooling import pool_tokens
+
+    with torch.no_grad():
+        grids = model.model.encode_images(inputs["pixel_values"], inputs["image_sizes"])
+        for scale in (1, 9, 36):
+            feats = model.model.features_at_scale(grids, scale, inputs["image_sizes"])
+            for grid, feat in zip(grids, feats):
+                assert torch.equal(feat[:scale], pool_tokens(grid[0], scale))
