@@ -26,53 +26,11 @@ IMAGE_SIZE = 96
 PATCH_SIZE = 4
 TINY_GRID_PINPOINTS = [[96, 192], [192, 96], [192, 192], [96, 288], [288, 96]]
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-BASE_WORDS = [
-    "USER",
-    "ASSISTANT",
-    "what",
-    "is",
-    "the",
-    "a",
-    "an",
-    "of",
-    "in",
-    "on",
-    "how",
-    "many",
-    "which",
-    "where",
-    "color",
-    "shape",
-    "number",
-    "yes",
-    "no",
-    "image",
-    "picture",
-    "background",
-    "left",
-    "right",
-    "top",
-    "bottom",
-    "center",
-    "red",
-    "green",
-    "blue",
-    "yellow",
-    "black",
-    "white",
-    "circle",
-    "square",
-    "triangle",
-    "answer",
-    "with",
-    "word",
-    "single",
-    "there",
-    "are",
-    "dots",
-    "digit",
-    "this",
-]
+BASE_WORDS = """
+    USER ASSISTANT what is the a an of in on how many which where color shape number yes no image picture
+    background left right top bottom center red green blue yellow black white circle square triangle answer
+    with word single there are dots digit this
+""".split()
 FAMILIES = ("llava", "llava_next")
 
 
