@@ -63,8 +63,7 @@ class M3Processor:
         """
         texts = [text] if isinstance(text, str) else list(text)
         scale = self.config.m3_default_scale if m3_scale is None else m3_scale
-        self.tokenizer.padding_side = padding_side
-        encoded = self.tokenizer(texts, padding=True, return_tensors="pt")
+        encoded = self.tokenizer(texts, padding=True, padding_side=padding_side, return_tensors="pt")
         data = {}
         if images is not None:
             images = images if isinstance(images, (list, tuple)) else [images]

@@ -58,24 +58,31 @@ def build_tiny_tokenizer(extra_words: Iterable[str] = ()) -> PreTrainedTokenizer
     return tokenizer
 
 
-def tiny_config(family: str = "llava", tokenizer: PreTrainedTokenizerFast | None = None, **m3_kwargs):
-    """Config of a ~1M-parameter LLaVA (``family='llava'``) or LLaVA-NeXT (``'llava_next'``)."""
+def tiny_config(
+    family: str = "llava",
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    hidden_size: int = 64,
+    vision_layers: int = 2,
+    text_layers: int = 2,
+    **m3_kwargs,
+):
+    """Config of a tiny LLaVA (``family='llava'``) or LLaVA-NeXT (``'llava_next'``); 0.2M parameters by default."""
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
     tokenizer = tokenizer or build_tiny_tokenizer()
     vision = CLIPVisionConfig(
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=vision_layers,
         num_attention_heads=4,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=text_layers,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=4096,
@@ -88,6 +95,7 @@ def tiny_config(family: str = "llava", tokenizer: PreTrainedTokenizerFast | None
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
+        vision_feature_layer=-1,  # with only a few random layers, use them all
         **m3_kwargs,
     )
     if family == "llava":
@@ -103,9 +111,9 @@ def tiny_image_processor(family: str = "llava"):
     return LlavaNextImageProcessorPil(image_grid_pinpoints=TINY_GRID_PINPOINTS, **kwargs)
 
 
-def tiny_model(family: str = "llava", seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None, **m3_kwargs):
-    """A randomly initialised tiny M3 model (deterministic for a seed)."""
+def tiny_model(family: str = "llava", seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None, **config_kwargs):
+    """A randomly initialised tiny M3 model (deterministic for a seed); kwargs go to :func:`tiny_config`."""
     torch.manual_seed(seed)
-    config = tiny_config(family, tokenizer, **m3_kwargs)
+    config = tiny_config(family, tokenizer, **config_kwargs)
     model_class = M3LlavaForConditionalGeneration if family == "llava" else M3LlavaNextForConditionalGeneration
     return model_class(config).eval()

@@ -89,7 +89,7 @@ def original_config(model, mm_vision_tower: str) -> dict:
         "mm_vision_tower": mm_vision_tower,
         "mm_hidden_size": model.config.vision_config.hidden_size,
         "mm_projector_type": "mlp2x_gelu",
-        "mm_vision_select_layer": -2,
+        "mm_vision_select_layer": model.config.vision_feature_layer,
         "mm_vision_select_feature": "patch",
         "mm_use_im_start_end": False,
         "mm_use_im_patch_token": False,
@@ -222,7 +222,7 @@ def test_vision_in_checkpoint_round_trip(family, sources, tokenizer, clip_config
 
     converted = load_checked(M3_CLASSES[family], tmp_path / "out")
     assert converted.config.m3_scales == [1, 9, 36, 144, 576]
-    assert converted.config.vision_feature_layer == -2
+    assert converted.config.vision_feature_layer == source_model.config.vision_feature_layer
     assert converted.config.vision_feature_select_strategy == "default"
     assert_same_tensors(converted, source_model)
     assert_same_logits(converted, source_model, model_inputs(family, tokenizer))

@@ -1,0 +1,275 @@
+"""LLaVA instruction data: a dataset of records and the collator that builds compact M3 training batches.
+
+A record (one entry of e.g. ``llava_v1_5_mix665k.json``)::
+
+    {"id": "000000033471", "image": "coco/train2017/000000033471.jpg",
+     "conversations": [{"from": "human", "value": "<image>\\nWhat is ..."}, {"from": "gpt", "value": "..."}]}
+
+``image`` is absent for text-only records; any extra keys (``family``, ``answer``, ``image_id`` ...) are kept.
+
+Conversation format (LLaVA-1.5, ``vicuna_v1``)::
+
+    {system} USER: {human_1} ASSISTANT: {gpt_1}</s>USER: {human_2} ASSISTANT: {gpt_2}</s>...
+
+With the empty system prompt (our default, as the tiny models are trained) the text starts at ``USER:``, so a
+one-turn conversation is exactly ``llava_prompt(question) + " " + answer + "</s>"``: training text and
+inference prompts agree. LLaVA-1.5's own system prompt is :data:`LLAVA_SYSTEM_PROMPT`; pass it to
+:class:`M3Collator` when fine-tuning a real LLaVA-1.5 checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..processing import IMAGE_PLACEHOLDER, M3Processor
+from ..prompting import IGNORE_INDEX, image_token_counts, truncate_text
+
+logger = logging.getLogger(__name__)
+
+LLAVA_SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+ROLES = {"human": "USER", "gpt": "ASSISTANT"}
+END_OF_TURN = "</s>"
+
+
+class BadImageError(OSError):
+    """An image file of a record is missing or cannot be decoded; the message names the file and the record."""
+
+
+def normalize_conversations(conversations: Sequence[dict], has_image: bool, record_id: str | None) -> list[dict]:
+    """Check a conversation and put the image placeholder where LLaVA puts it.
+
+    Turns must alternate ``human`` / ``gpt``, starting with ``human`` and ending with ``gpt``. A record with
+    an image gets exactly one ``<image>``, moved to the front of the first human turn (``"<image>\\n"`` +
+    text, as LLaVA's ``preprocess_multimodal`` does; prepended when the text has none). A text-only record
+    must hold no ``<image>``. Returns new turn dicts; raises ``ValueError`` naming the record.
+    """
+    if not conversations or len(conversations) % 2:
+        raise ValueError(
+            f"record {record_id}: a conversation needs human/gpt pairs, got {len(conversations or ())} turn(s)"
+        )
+    turns = []
+    for index, turn in enumerate(conversations):
+        expected = "human" if index % 2 == 0 else "gpt"
+        if turn.get("from") != expected or not isinstance(turn.get("value"), str):
+            raise ValueError(
+                f"record {record_id}: turn {index} should be a {expected!r} turn with a string value, got "
+                f"from={turn.get('from')!r}"
+            )
+        turns.append(dict(turn))
+    placeholders = [turn["value"].count(IMAGE_PLACEHOLDER) for turn in turns]
+    if not has_image:
+        if any(placeholders):
+            raise ValueError(f"record {record_id} has no image but its text holds {IMAGE_PLACEHOLDER}")
+        return turns
+    if sum(placeholders) > 1 or sum(placeholders[1:]):
+        raise ValueError(
+            f"record {record_id}: an image record needs exactly one {IMAGE_PLACEHOLDER}, in the first human "
+            f"turn; found {placeholders} per turn"
+        )
+    question = turns[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
+    turns[0]["value"] = f"{IMAGE_PLACEHOLDER}\n{question}"
+    return turns
+
+
+def format_conversation(conversations: Sequence[dict], system_prompt: str = "") -> tuple[str, list[tuple[int, int]]]:
+    """The vicuna_v1 text of a (normalized) conversation and the character span of every assistant answer.
+
+    An answer span covers the space after ``ASSISTANT:``, the answer and its closing ``</s>``: the tokens
+    that the loss is computed on.
+    """
+    text = f"{system_prompt} " if system_prompt else ""
+    spans = []
+    for human, gpt in zip(conversations[0::2], conversations[1::2]):
+        text += f"{ROLES['human']}: {human['value']} {ROLES['gpt']}:"
+        start = len(text)
+        text += f" {gpt['value']}{END_OF_TURN}"
+        spans.append((start, len(text)))
+    return text, spans
+
+
+class LlavaDataset(Dataset):
+    """Records of a LLaVA instruction JSON file with their images (PIL RGB, or None for text-only records).
+
+    Every conversation is checked (and its image placeholder normalized) at construction, so a malformed
+    record fails before training starts. A missing or undecodable image raises :class:`BadImageError` naming
+    the file and the record; with ``skip_bad_images=True`` every image is opened and verified up front
+    (threads) and bad records are dropped: ``num_skipped`` counts them and ``skipped_ids`` lists them.
+    No image is ever replaced by a blank one.
+    """
+
+    def __init__(self, json_path: str | os.PathLike, image_root: str | os.PathLike, skip_bad_images: bool = False):
+        self.json_path = Path(json_path)
+        self.image_root = Path(image_root)
+        self.skip_bad_images = skip_bad_images
+        with open(self.json_path, encoding="utf-8") as handle:
+            records = json.load(handle)
+        if not isinstance(records, list):
+            raise ValueError(f"{self.json_path}: expected a JSON list of records, got {type(records).__name__}")
+        self.records = []
+        for index, record in enumerate(records):
+            record = dict(record)
+            record["id"] = str(record.get("id", index))
+            record["conversations"] = normalize_conversations(
+                record.get("conversations"), record.get("image") is not None, record["id"]
+            )
+            self.records.append(record)
+        self.skipped_ids: list[str] = []
+        if skip_bad_images:
+            self._drop_bad_images()
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped_ids)
+
+    def _drop_bad_images(self) -> None:
+        def problem(record: dict) -> str | None:
+            if record.get("image") is None:
+                return None
+            try:
+                with Image.open(self.image_path(record)) as image:
+                    image.verify()
+            except Exception as error:  # any decoding failure makes the record unusable
+                return f"{type(error).__name__}: {error}"
+            return None
+
+        with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
+            problems = list(pool.map(problem, self.records))
+        kept = []
+        for record, message in zip(self.records, problems):
+            if message is None:
+                kept.append(record)
+            else:
+                self.skipped_ids.append(record["id"])
+                logger.debug("skipping record %s: image %s: %s", record["id"], self.image_path(record), message)
+        if self.skipped_ids:
+            logger.warning(
+                "%s: skipped %d record(s) with missing or corrupt images (first: %s)",
+                self.json_path,
+                self.num_skipped,
+                ", ".join(self.skipped_ids[:5]),
+            )
+        self.records = kept
+
+    def image_path(self, record: dict) -> Path | None:
+        image = record.get("image")
+        return None if image is None else self.image_root / image
+
+    def load_image(self, record: dict) -> Image.Image | None:
+        """The record's image as PIL RGB (None for a text-only record); raises :class:`BadImageError`."""
+        path = self.image_path(record)
+        if path is None:
+            return None
+        if not path.is_file():
+            raise BadImageError(f"image file {path} of record {record['id']} does not exist")
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except Exception as error:  # re-raised with the file and the record named
+            raise BadImageError(f"cannot read image file {path} of record {record['id']}: {error}") from error
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        """``id``, ``image`` (PIL RGB or None), ``image_path`` (str or None), ``conversations`` + extra keys."""
+        record = self.records[index]
+        path = self.image_path(record)
+        item = dict(record)
+        item.update(
+            image=self.load_image(record),
+            image_path=None if path is None else str(path),
+            conversations=[dict(turn) for turn in record["conversations"]],
+        )
+        return item
+
+
+class M3Collator:
+    """Items of :class:`LlavaDataset` -> a compact, right-padded M3 training batch.
+
+    Returns ``input_ids`` (ONE image token per image), ``attention_mask``, ``labels`` and, when some item
+    has an image, ``pixel_values`` (plus ``image_sizes`` for LLaVA-NeXT): what
+    ``model(**batch, m3_scales=[...])`` takes. Labels are ``-100`` except on the assistant answers and
+    their closing ``</s>`` (every turn). The conversation is tokenized once, with character offsets, and
+    each token is labelled by the segment its first character lies in, so the masks are exact and the
+    tokens are those of the whole text (as at inference). This needs a fast (``tokenizers``) tokenizer.
+
+    Text is cut from the end so that the sequence fits ``max_length`` once its image placeholder is
+    expanded to the most tokens any scale can need (the full grid; for NeXT the count at the full grid
+    for the image's size). Image tokens are never cut: an item whose image alone does not fit raises
+    ``ValueError`` naming the item.
+
+    system_prompt: put before the first turn; "" (default) for the tiny models, :data:`LLAVA_SYSTEM_PROMPT`
+        for LLaVA-1.5 checkpoints.
+    """
+
+    def __init__(self, processor: M3Processor, max_length: int = 2048, system_prompt: str = ""):
+        self.processor = processor
+        self.max_length = max_length
+        self.system_prompt = system_prompt
+
+    def encode(self, item: dict, max_image_tokens: int) -> tuple[list[int], list[int]]:
+        """Compact ``(input_ids, labels)`` of one item, truncated to fit ``max_length``."""
+        tokenizer = self.processor.tokenizer
+        image_token_id = self.processor.config.image_token_id
+        has_image = item.get("image") is not None
+        item_id = item.get("id")
+        conversations = normalize_conversations(item["conversations"], has_image, item_id)
+        text, spans = format_conversation(conversations, self.system_prompt)
+        encoded = tokenizer(text, return_offsets_mapping=True)
+        input_ids = list(encoded["input_ids"])
+        labels = [IGNORE_INDEX] * len(input_ids)
+        for index, (start, end) in enumerate(encoded["offset_mapping"]):
+            if end > start and any(span_start <= start < span_end for span_start, span_end in spans):
+                labels[index] = input_ids[index]
+        found = input_ids.count(image_token_id)
+        if found != int(has_image):
+            raise ValueError(
+                f"item {item_id}: its text tokenizes to {found} image token(s) but it has {int(has_image)} image(s)"
+            )
+        try:
+            return truncate_text(input_ids, labels, self.max_length, image_token_id, max_image_tokens)
+        except ValueError as error:
+            raise ValueError(f"item {item_id}: {error}") from error
+
+    def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
+        config = self.processor.config
+        images = [item["image"] for item in items if item.get("image") is not None]
+        batch: dict[str, torch.Tensor] = {}
+        image_sizes = None
+        if images:
+            pixels = self.processor.image_processor(images, return_tensors="pt")
+            batch["pixel_values"] = pixels["pixel_values"]
+            if "image_sizes" in pixels:
+                image_sizes = pixels["image_sizes"]
+                batch["image_sizes"] = image_sizes
+        # the most image tokens any scale needs for each image: the full grid
+        max_counts = iter(
+            image_token_counts(config, config.grid_tokens, image_sizes=image_sizes, num_images=len(images))
+            if images
+            else []
+        )
+        rows = [self.encode(item, next(max_counts) if item.get("image") is not None else 1) for item in items]
+        length = max(len(ids) for ids, _ in rows)
+        pad_token_id = self.processor.tokenizer.pad_token_id
+        if pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token before collating")
+        input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        for row, (ids, row_labels) in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+            labels[row, : len(ids)] = torch.tensor(row_labels, dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **batch}

@@ -1,0 +1,343 @@
+"""Accuracy of an M3 model at every scale: answer normalisation, batched generation, tables and plots.
+
+Items are LLaVA-format dicts (as :class:`m3.data.llava.LlavaDataset` returns them): the question is the
+first human turn without its ``<image>`` marker, the reference answer is ``item["answer"]`` (else the
+first gpt turn). :func:`evaluate_scales` runs the vision tower once per batch and generates at every scale
+from the pooled features; the result rows feed :func:`accuracy_table`, whose output
+:func:`to_markdown`, :func:`to_csv` and :func:`plot_accuracy` write.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .pooling import check_scale
+from .processing import IMAGE_PLACEHOLDER, M3Processor, llava_prompt
+from .prompting import expand_image_tokens, image_token_counts
+
+OVERALL = "overall"
+_NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
+_ARTICLES = {"a", "an", "the"}
+_PUNCTUATION = re.compile(r"(?!(?<=\d)[.,](?=\d))[^\w\s]|_")  # keeps the "." / "," inside numbers
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, drop punctuation (not a decimal point) and articles, number words -> digits, collapse spaces.
+
+    ``"The Red Circle."`` -> ``"red circle"``; ``"Three"`` -> ``"3"``; ``"1,000"`` -> ``"1000"``.
+    """
+    text = _THOUSANDS.sub("", text.lower())
+    text = _PUNCTUATION.sub(" ", text)
+    words = [_NUMBER_WORDS.get(word, word) for word in text.split() if word not in _ARTICLES]
+    return " ".join(words)
+
+
+def exact_match(prediction: str, answer: str) -> float:
+    """1.0 if the normalized prediction equals the normalized answer, or (free-form generation) its first
+    word equals a one-word answer; else 0.0."""
+    prediction, answer = normalize_answer(prediction), normalize_answer(answer)
+    if prediction == answer:
+        return 1.0
+    words = prediction.split()
+    return float(bool(words) and len(answer.split()) == 1 and words[0] == answer)
+
+
+def question_of(item: dict) -> str:
+    """The first human turn without its ``<image>`` marker."""
+    return item["conversations"][0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
+
+
+def answer_of(item: dict) -> str:
+    """``item["answer"]`` if present, else the first assistant turn."""
+    if "answer" in item:
+        return str(item["answer"])
+    return item["conversations"][1]["value"]
+
+
+def _batches(items: Sequence[dict], batch_size: int) -> list[Sequence[dict]]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+
+
+def _prompts(items: Sequence[dict]) -> tuple[list[str], list]:
+    """Single-turn prompts (``llava_prompt``) and images of a batch."""
+    for item in items:
+        if item.get("image") is None:
+            raise ValueError(f"item {item.get('id')} has no image; scale evaluation needs one per item")
+    return [llava_prompt(question_of(item)) for item in items], [item["image"] for item in items]
+
+
+def _decode_new_tokens(processor: M3Processor, output: torch.Tensor, prompt_length: int) -> list[str]:
+    return [text.strip() for text in processor.batch_decode(output[:, prompt_length:])]
+
+
+def generate_answers(
+    model,
+    processor: M3Processor,
+    items: Sequence[dict],
+    scale: int,
+    batch_size: int = 16,
+    max_new_tokens: int = 4,
+    show_progress: bool = True,
+) -> list[str]:
+    """Greedy answers at one ``scale`` (prompts built with ``processor(..., m3_scale=scale)``, left padded)."""
+    check_scale(scale, model.config.grid_tokens)
+    answers = []
+    with torch.inference_mode():
+        for batch in tqdm(_batches(items, batch_size), desc=f"scale {scale}", disable=not show_progress):
+            texts, images = _prompts(batch)
+            inputs = processor(texts, images, m3_scale=scale).to(model.device)
+            output = model.generate(
+                **inputs,
+                m3_scale=scale,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=processor.tokenizer.pad_token_id,
+            )
+            answers.extend(_decode_new_tokens(processor, output, inputs["input_ids"].shape[1]))
+    return answers
+
+
+def evaluate_scales(
+    model,
+    processor: M3Processor,
+    items: Sequence[dict],
+    scales: Sequence[int],
+    batch_size: int = 16,
+    max_new_tokens: int = 4,
+    show_progress: bool = True,
+) -> list[dict]:
+    """Greedy answers of every item at every scale, scored with :func:`exact_match`.
+
+    The vision tower runs once per batch: its projected grids are pooled to each scale and passed to
+    ``generate`` as precomputed features (same predictions as ``generate(..., m3_scale=s)``). Returns one
+    row per (item, scale): ``id, image_id, family, scale, prediction, answer, correct``.
+    """
+    config = model.config
+    scales = [check_scale(scale, config.grid_tokens) for scale in scales]
+    pad_token_id = processor.tokenizer.pad_token_id
+    rows = []
+    with torch.inference_mode():
+        for batch in tqdm(_batches(items, batch_size), desc="evaluate", disable=not show_progress):
+            texts, images = _prompts(batch)
+            compact = processor(texts, images, expand=False)  # one image token per image, left padded
+            image_sizes = compact.get("image_sizes")
+            grids = model.model.encode_images(
+                compact["pixel_values"].to(model.device), None if image_sizes is None else image_sizes.to(model.device)
+            )
+            predictions = {}
+            for scale in scales:
+                counts = image_token_counts(config, scale, image_sizes=image_sizes, num_images=len(images))
+                input_ids, attention_mask, _ = expand_image_tokens(
+                    compact["input_ids"],
+                    config.image_token_id,
+                    counts,
+                    compact["attention_mask"],
+                    pad_token_id=pad_token_id,
+                    padding_side="left",
+                )
+                features = model.model.features_at_scale(grids, scale, image_sizes)
+                output = model.generate(
+                    input_ids=input_ids.to(model.device),
+                    attention_mask=attention_mask.to(model.device),
+                    mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad_token_id,
+                )
+                predictions[scale] = _decode_new_tokens(processor, output, input_ids.shape[1])
+            for index, item in enumerate(batch):
+                answer = answer_of(item)
+                for scale in scales:
+                    prediction = predictions[scale][index]
+                    rows.append(
+                        {
+                            "id": item.get("id"),
+                            "image_id": item.get("image_id"),
+                            "family": item.get("family", "all"),
+                            "scale": scale,
+                            "prediction": prediction,
+                            "answer": answer,
+                            "correct": exact_match(prediction, answer),
+                        }
+                    )
+    return rows
+
+
+def accuracy_table(rows: Sequence[dict]) -> list[dict]:
+    """Accuracy per (family, scale) and over all families per scale (family ``"overall"``).
+
+    Returns rows ``{"family", "scale", "correct", "count", "accuracy"}`` sorted by family (``"overall"``
+    last) and scale; ``correct`` is the sum of the rows' scores.
+    """
+    sums: dict[tuple[str, int], list[float]] = {}
+    for row in rows:
+        for family in (row["family"], OVERALL):
+            cell = sums.setdefault((family, int(row["scale"])), [0.0, 0])
+            cell[0] += float(row["correct"])
+            cell[1] += 1
+    families = sorted({family for family, _ in sums if family != OVERALL}) + [OVERALL]
+    order = {family: index for index, family in enumerate(families)}
+    return [
+        {"family": family, "scale": scale, "correct": correct, "count": count, "accuracy": correct / count}
+        for (family, scale), (correct, count) in sorted(sums.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))
+    ]
+
+
+def _families(table: Sequence[dict]) -> list[str]:
+    return list(dict.fromkeys(row["family"] for row in table))
+
+
+def to_markdown(table: Sequence[dict], scales: Sequence[int]) -> str:
+    """A markdown table: one row per family (then overall), one accuracy column per scale, and the counts."""
+    cells = {(row["family"], row["scale"]): row for row in table}
+    lines = [
+        "| family | n | " + " | ".join(str(scale) for scale in scales) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in scales) + " |",
+    ]
+    for family in _families(table):
+        counts = {cells[family, scale]["count"] for scale in scales if (family, scale) in cells}
+        values = [f"{cells[family, scale]['accuracy']:.3f}" if (family, scale) in cells else "-" for scale in scales]
+        count = "/".join(str(count) for count in sorted(counts)) or "0"
+        lines.append(f"| {family} | {count} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Sequence[dict], path: str | os.PathLike) -> None:
+    """Write the table rows as CSV (``family,scale,correct,count,accuracy``)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["family", "scale", "correct", "count", "accuracy"])
+        writer.writeheader()
+        writer.writerows(table)
+
+
+def plot_accuracy(table: Sequence[dict], path: str | os.PathLike) -> None:
+    """Accuracy against visual tokens (log x, ticks at the scales): one line per family plus overall (PNG)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
+    from matplotlib.ticker import NullLocator
+
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.subplots()
+    scales = sorted({row["scale"] for row in table})
+    for family in _families(table):
+        points = sorted((row["scale"], row["accuracy"]) for row in table if row["family"] == family)
+        overall = family == OVERALL
+        axes.plot(
+            [scale for scale, _ in points],
+            [accuracy for _, accuracy in points],
+            marker="o",
+            label=family,
+            color="black" if overall else None,
+            linewidth=2.5 if overall else 1.5,
+            linestyle="--" if overall else "-",
+        )
+    axes.set_xscale("log")
+    axes.set_xticks(scales, [str(scale) for scale in scales])
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_xlabel("visual tokens per image grid (scale)")
+    axes.set_ylabel("accuracy")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.savefig(path, dpi=120)
+
+
+def majority_baseline(items: Sequence[dict]) -> dict[str, float]:
+    """Accuracy of always answering a family's most common answer (per family, then overall)."""
+    by_family: dict[str, list[str]] = {}
+    for item in items:
+        by_family.setdefault(item.get("family", OVERALL), []).append(normalize_answer(answer_of(item)))
+    baseline = {f: max(a.count(x) for x in set(a)) / len(a) for f, a in sorted(by_family.items())}
+    baseline[OVERALL] = sum(baseline[f] * len(by_family[f]) for f in by_family) / max(1, len(items))
+    return baseline
+
+
+def comparison_markdown(tables: dict[str, Sequence[dict]], scales: Sequence[int], family: str = OVERALL) -> str:
+    """One row per model, one accuracy column per scale, for one family (default: overall)."""
+    lines = [
+        "| model | " + " | ".join(str(scale) for scale in scales) + " |",
+        "| --- | " + " | ".join("---:" for _ in scales) + " |",
+    ]
+    for name, table in tables.items():
+        cells = {row["scale"]: row["accuracy"] for row in table if row["family"] == family}
+        lines.append(f"| {name} | " + " | ".join(f"{cells[s]:.3f}" if s in cells else "-" for s in scales) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_evaluation(
+    model_dirs: Sequence[str | os.PathLike],
+    data_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    scales: Sequence[int] | None = None,
+    image_root: str | os.PathLike | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 4,
+) -> dict[str, list[dict]]:
+    """Evaluate each model at every scale on a LLaVA-format split; write tables, plots and predictions.
+
+    ``scales`` defaults to the nested scales of the model's grid, so a single-scale (non-M3) model is
+    evaluated with average pooling applied at inference time only (the paper's Table 4 baseline).
+    """
+    import json
+    from pathlib import Path
+
+    from .data.llava import LlavaDataset
+    from .loading import load_m3_model
+    from .pooling import nested_scales
+    from .processing import M3Processor
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = LlavaDataset(data_path, image_root or Path(data_path).parent)
+    items = [dataset[i] for i in range(len(dataset) if limit is None else min(limit, len(dataset)))]
+    tables: dict[str, list[dict]] = {}
+    for model_dir in model_dirs:
+        name = Path(model_dir).name
+        model = load_m3_model(model_dir).eval()
+        processor = M3Processor.from_pretrained(model_dir, config=model.config)
+        model_scales = list(scales) if scales else nested_scales(model.config.grid_tokens)
+        rows = evaluate_scales(model, processor, items, model_scales, batch_size, max_new_tokens)
+        table = accuracy_table(rows)
+        tables[name] = table
+        model_out = out_dir / name
+        model_out.mkdir(exist_ok=True)
+        with open(model_out / "predictions.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+        to_csv(table, model_out / "accuracy.csv")
+        (model_out / "accuracy.md").write_text(to_markdown(table, model_scales))
+        plot_accuracy(table, model_out / "accuracy.png")
+    all_scales = sorted({row["scale"] for table in tables.values() for row in table})
+    baseline = majority_baseline(items)
+    report = [f"# Per-scale accuracy on {data_path} ({len(items)} questions)\n"]
+    report.append(
+        "## Overall accuracy by scale (visual tokens per image)\n\n" + comparison_markdown(tables, all_scales)
+    )
+    for name, table in tables.items():
+        report.append(f"## {name}\n\n" + to_markdown(table, all_scales) + f"\nPlot: {name}/accuracy.png\n")
+    report.append("## Majority-class baseline\n\n| family | accuracy |\n| --- | ---: |\n")
+    report.append("".join(f"| {family} | {value:.3f} |\n" for family, value in baseline.items()))
+    (out_dir / "report.md").write_text("\n".join(report))
+    return tables

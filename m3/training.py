@@ -1,0 +1,292 @@
+"""M3 training on accelerate: one loop for CPU, DDP, DeepSpeed ZeRO-3 and FSDP.
+
+The per-scale loop lives inside ``model.forward(..., m3_scales=...)``, so every backend sees one forward
+and one backward per micro-batch. Checkpoints are ``accelerator.save_state`` directories written
+atomically; ``resume=True`` continues from the newest one and skips the batches it already trained on,
+so a killed and resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import DistributedType, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .data.llava import LLAVA_SYSTEM_PROMPT, LlavaDataset, M3Collator
+from .loading import load_m3_model
+from .processing import M3Processor
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting, with the defaults of the ``tiny`` CPU preset (see ``PRESETS``)."""
+
+    output_dir: str = field(default="runs/tiny-m3", metadata={"help": "where checkpoints and the final model go"})
+    model: str | None = field(
+        default=None, metadata={"help": "llava-hf checkpoint directory; unset: a tiny model from scratch"}
+    )
+    family: str = field(default="llava", metadata={"help": "tiny model family: llava or llava_next"})
+    data_path: str = field(default="runs/granularity/train.chat.json", metadata={"help": "LLaVA-format JSON"})
+    image_root: str | None = field(default=None, metadata={"help": "image folder (default: the JSON's folder)"})
+    eval_data_path: str | None = field(default="runs/granularity/validation.json", metadata={"help": "eval JSON"})
+    eval_samples: int = field(default=200, metadata={"help": "records used by each periodic evaluation"})
+    generate_data: bool = field(default=True, metadata={"help": "write the granularity benchmark if missing"})
+    train_images: int = field(default=3000, metadata={"help": "images in a generated train split (4 questions each)"})
+    eval_images: int = field(default=200, metadata={"help": "images in a generated validation split"})
+    scales: str = field(default="1,9,36,144,576", metadata={"help": "trained scales; '576' = SS baseline"})
+    train_vision_tower: bool = field(default=True, metadata={"help": "train the vision tower too"})
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "cosine"
+    num_epochs: float = 1.0
+    max_steps: int = field(default=1400, metadata={"help": "optimizer steps; overrides num_epochs when > 0"})
+    batch_size: int = field(default=8, metadata={"help": "per device"})
+    gradient_accumulation_steps: int = 1
+    max_length: int = 2048
+    system_prompt: str = field(default="", metadata={"help": "text before the first USER turn (LLaVA-1.5: see preset)"})
+    max_grad_norm: float = 1.0
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    logging_steps: int = 10
+    save_steps: int = 200
+    eval_steps: int = 350
+    save_total_limit: int = 2
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    stop_after_steps: int = field(default=-1, metadata={"help": "testing: save and stop as if killed"})
+    skip_bad_images: bool = field(default=False, metadata={"help": "drop unreadable images (counted)"})
+    num_threads: int = field(
+        default=1, metadata={"help": "torch CPU threads; 0 leaves the default (1 is fastest for tiny)"}
+    )
+    tiny_hidden_size: int = 128
+    tiny_vision_layers: int = 2
+    tiny_text_layers: int = 2
+
+    def scale_list(self) -> list[int]:
+        return [int(s) for s in self.scales.split(",") if s.strip()]
+
+
+# The paper's recipe (REFERENCE.md): 1 epoch of llava_v1_5_mix665k, global batch 128 (4 x 4 accum x 8 GPUs),
+# lr 2e-5 (1e-5 for NeXT), no weight decay, warmup 3 %, cosine, bf16, max length 2048, grad checkpointing.
+_PAPER = dict(
+    max_steps=-1,
+    num_threads=0,
+    data_path="data/llava_v1_5_mix665k.json",
+    image_root="data",
+    eval_data_path=None,
+    generate_data=False,
+    train_vision_tower=False,
+    weight_decay=0.0,
+    warmup_ratio=0.03,
+    num_epochs=1.0,
+    batch_size=4,
+    gradient_accumulation_steps=4,
+    mixed_precision="bf16",
+    gradient_checkpointing=True,
+    save_steps=500,
+    eval_steps=10**9,
+    logging_steps=10,
+    system_prompt=LLAVA_SYSTEM_PROMPT,
+)
+PRESETS: dict[str, dict] = {
+    "tiny": {},
+    "llava-1.5-7b": dict(
+        _PAPER, model="checkpoints/llava-1.5-7b-hf", output_dir="runs/llava-1.5-7b-m3", learning_rate=2e-5
+    ),
+    "llava-next-7b": dict(
+        _PAPER,
+        model="checkpoints/llava-v1.6-vicuna-7b-hf",
+        output_dir="runs/llava-next-7b-m3",
+        learning_rate=1e-5,
+        max_length=4096,
+    ),  # an anyres image alone can need ~2,900 tokens
+}
+
+
+def build_model_and_processor(config: TrainConfig):
+    """The checkpoint in ``config.model``, or a tiny from-scratch model with a tokenizer for the benchmark."""
+    scales = config.scale_list()
+    m3_settings = dict(m3_scales=scales, m3_default_scale=max(scales), m3_train_vision_tower=config.train_vision_tower)
+    if config.model is not None:
+        model = load_m3_model(config.model, **m3_settings)
+        return model, M3Processor.from_pretrained(config.model, config=model.config)
+    from .data.granularity import VOCABULARY
+    from .tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
+
+    tokenizer = build_tiny_tokenizer(extra_words=VOCABULARY)
+    model = tiny_model(
+        config.family,
+        seed=config.seed,
+        tokenizer=tokenizer,
+        hidden_size=config.tiny_hidden_size,
+        vision_layers=config.tiny_vision_layers,
+        text_layers=config.tiny_text_layers,
+        **m3_settings,
+    )
+    return model, M3Processor(tiny_image_processor(config.family), tokenizer, model.config)
+
+
+def ensure_granularity_data(config: TrainConfig) -> None:
+    """Write the granularity benchmark splits the config names, if they are missing."""
+    from .data.granularity import write_split
+
+    splits = (
+        (config.data_path, "train", config.train_images),
+        (config.eval_data_path, "validation", config.eval_images),
+    )
+    for path, split, num_images in splits:
+        if path is not None and not Path(path).exists():
+            if Path(path).name not in (f"{split}.json", f"{split}.chat.json"):
+                raise FileNotFoundError(f"{path} does not exist (a generated {split} split is {split}[.chat].json)")
+            write_split(Path(path).parent, split, num_images=num_images, seed=config.seed)
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    root = output_dir / CHECKPOINTS
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> Path:
+    """``save_state`` into a temporary folder, then rename: a kill never leaves a half checkpoint."""
+    final = output_dir / CHECKPOINTS / f"step-{state['step']:07d}"
+    temporary = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and temporary.exists():
+        shutil.rmtree(temporary)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    if accelerator.is_main_process:
+        (temporary / STATE_FILE).write_text(json.dumps(state, indent=2))
+        os.replace(temporary, final)
+        for old in _checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _evaluate(model, processor, items, scales: list[int]) -> dict[int, float]:
+    from .evaluation import evaluate_scales
+
+    was_training = model.training
+    model.eval()
+    rows = evaluate_scales(model, processor, items, scales, show_progress=False)
+    model.train(was_training)
+    return {s: sum(r["correct"] for r in rows if r["scale"] == s) / max(1, len(items)) for s in scales}
+
+
+def train(config: TrainConfig) -> Path:
+    """Train an M3 (or single-scale) model; returns the directory of the final ``save_pretrained`` model."""
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(  # before from_pretrained, as ZeRO-3 needs
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(config.seed)
+    if config.generate_data and accelerator.is_main_process:
+        ensure_granularity_data(config)
+    accelerator.wait_for_everyone()
+
+    model, processor = build_model_and_processor(config)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    scales = model.config.m3_scales
+    image_root = config.image_root or str(Path(config.data_path).parent)
+    dataset = LlavaDataset(config.data_path, image_root, skip_bad_images=config.skip_bad_images)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        collate_fn=M3Collator(processor, config.max_length, config.system_prompt),
+    )
+    updates_per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
+    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_epochs * updates_per_epoch)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(  # a prepared scheduler steps once per process
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=round(config.warmup_ratio * total_steps) * accelerator.num_processes,
+        num_training_steps=total_steps * accelerator.num_processes,
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    step, epoch, batches_done = 0, 0, 0
+    if config.resume and _checkpoints(output_dir):
+        last = _checkpoints(output_dir)[-1]
+        accelerator.load_state(str(last))
+        state = json.loads((last / STATE_FILE).read_text())
+        step, epoch, batches_done = state["step"], state["epoch"], state["batches_in_epoch"]
+        accelerator.print(f"resumed from {last} (step {step}, epoch {epoch}, batch {batches_done})")
+
+    eval_items = []
+    if config.eval_data_path and config.eval_steps > 0 and Path(config.eval_data_path).exists():
+        eval_set = LlavaDataset(config.eval_data_path, str(Path(config.eval_data_path).parent))
+        eval_items = [eval_set[i] for i in range(min(config.eval_samples, len(eval_set)))]
+
+    clip = config.max_grad_norm > 0 and accelerator.distributed_type != DistributedType.DEEPSPEED
+    progress = tqdm(total=total_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
+    history: list[dict] = []
+    stopped_early = False
+    while step < total_steps and not stopped_early:
+        loader.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
+        for batch in epoch_loader:
+            with accelerator.accumulate(model):
+                outputs = model(**batch, m3_scales=scales)
+                accelerator.backward(outputs.loss)
+                if clip and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            batches_done += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            losses = {"loss": outputs.loss.item(), **{f"L{s}": v.item() for s, v in outputs.per_scale_loss.items()}}
+            progress.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})  # a dict keeps the scale order
+            if step % config.logging_steps == 0:
+                history.append({"step": step, **losses})
+            if eval_items and step % config.eval_steps == 0 and accelerator.is_main_process:
+                accuracy = _evaluate(accelerator.unwrap_model(model), processor, eval_items, scales)
+                history.append({"step": step, "eval_accuracy": accuracy})
+                progress.write(f"step {step} eval accuracy " + " ".join(f"{s}:{a:.3f}" for s, a in accuracy.items()))
+            epoch_done = batches_done == len(loader)
+            state = {"step": step, "epoch": epoch + epoch_done, "batches_in_epoch": 0 if epoch_done else batches_done}
+            if step % config.save_steps == 0 or step == config.stop_after_steps:
+                save_checkpoint(accelerator, output_dir, state, config.save_total_limit)
+            if step == config.stop_after_steps:
+                stopped_early = True
+            if step >= total_steps or stopped_early:
+                break
+        else:
+            epoch, batches_done = epoch + 1, 0
+    progress.close()
+    if stopped_early:
+        accelerator.print(f"stopped after step {step} (stop_after_steps); resume with --resume")
+        return output_dir
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        summary = {"config": asdict(config), "steps": step, "history": history}
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    return output_dir

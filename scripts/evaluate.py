@@ -1,0 +1,51 @@
+"""Per-scale evaluation: accuracy per scale and per question family, as markdown, CSV and a plot.
+
+Examples:
+    python scripts/evaluate.py --model runs/tiny-m3 --data runs/granularity/test.json --out runs/eval
+    python scripts/evaluate.py --model runs/tiny-m3 runs/tiny-ss576 --data runs/granularity/test.json
+
+A model trained at one scale only (or any llava-hf checkpoint) is evaluated at every scale with average
+pooling applied at inference time, the paper's Table 4 baseline. Writes OUT/report.md and, per model,
+accuracy.{md,csv,png} and predictions.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", nargs="+", required=True, help="saved model directories")
+    parser.add_argument("--data", required=True, help="LLaVA-format JSON split")
+    parser.add_argument("--image-root", help="image folder (default: the JSON's folder)")
+    parser.add_argument("--out", default="runs/eval", help="output folder")
+    parser.add_argument("--scales", help="comma-separated scales (default: every nested scale of the grid)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N questions")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from m3.evaluation import run_evaluation
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    scales = [int(s) for s in args.scales.split(",")] if args.scales else None
+    run_evaluation(
+        args.model,
+        args.data,
+        args.out,
+        scales=scales,
+        image_root=args.image_root,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
+    print(open(f"{args.out}/report.md").read())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from m3.loading import load_m3_model
+from m3.training import PRESETS, TrainConfig, train
+
+
+def tiny_run(tmp_path, name, **overrides) -> TrainConfig:
+    data = tmp_path / "data"
+    settings = dict(
+        output_dir=str(tmp_path / name),
+        data_path=str(data / "train.json"),
+        eval_data_path=None,
+        train_images=6,
+        eval_images=0,
+        batch_size=4,
+        learning_rate=3e-3,
+        warmup_ratio=0.0,
+        max_steps=6,
+        save_steps=100,
+        logging_steps=1,
+        eval_steps=0,
+        tiny_hidden_size=32,
+        seed=0,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    uninterrupted = train(tiny_run(tmp_path, "full"))
+    interrupted = tiny_run(tmp_path, "resumed", stop_after_steps=3)
+    train(interrupted)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()  # a "killed" run leaves only a checkpoint
+    checkpoints = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    assert checkpoints == ["step-0000003"]
+    state = json.loads((tmp_path / "resumed" / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["batches_in_epoch"] == 3
+    train(tiny_run(tmp_path, "resumed", resume=True))
+
+    full = load_file(uninterrupted / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    summary = json.loads((tmp_path / "resumed" / "train_summary.json").read_text())
+    assert summary["steps"] == 6
+
+
+def test_short_tiny_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
+    output = train(tiny_run(tmp_path, "run", max_steps=25, train_images=8))
+    history = json.loads((output / "train_summary.json").read_text())["history"]
+    losses = [row["loss"] for row in history if "loss" in row]
+    assert len(losses) == 25
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    model = load_m3_model(output)
+    assert model.config.m3_scales == [1, 9, 36, 144, 576] and model.config.m3_train_vision_tower
+
+
+def test_single_scale_baseline_trains_only_its_scale(tmp_path):
+    output = train(tiny_run(tmp_path, "ss", scales="576", max_steps=2))
+    history = json.loads((output / "train_summary.json").read_text())["history"]
+    assert set(history[0]) == {"step", "loss", "L576"}
+    assert load_m3_model(output).config.m3_scales == [576]
+
+
+def test_paper_presets_follow_the_official_recipe():
+    for name, lr in (("llava-1.5-7b", 2e-5), ("llava-next-7b", 1e-5)):
+        preset = TrainConfig(**PRESETS[name])
+        assert preset.learning_rate == lr and preset.mixed_precision == "bf16"
+        assert preset.batch_size * preset.gradient_accumulation_steps * 8 == 128
+        assert preset.warmup_ratio == 0.03 and preset.lr_scheduler == "cosine" and preset.num_epochs == 1.0
+        assert not preset.train_vision_tower and preset.gradient_checkpointing
+
+
+def test_scripts_parse_presets_and_overrides(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_m3", "scripts/train_m3.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = script.parse_args(["--preset", "llava-1.5-7b", "--scales", "576", "--model", "x"])
+    assert config.learning_rate == 2e-5 and config.scale_list() == [576] and config.model == "x"
+    (tmp_path / "c.json").write_text(json.dumps({"learning_rate": 0.5, "batch_size": 3}))
+    config = script.parse_args(["--config", str(tmp_path / "c.json"), "--batch_size", "5"])
+    assert config.learning_rate == 0.5 and config.batch_size == 5
+    (tmp_path / "bad.json").write_text(json.dumps({"learning_rat": 0.5}))
+    with pytest.raises(SystemExit):
+        script.parse_args(["--config", str(tmp_path / "bad.json")])
