@@ -30,11 +30,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .configuration import M3LlavaConfig, M3LlavaNextConfig
 from .modeling import M3LlavaForConditionalGeneration, M3LlavaNextForConditionalGeneration
 from .processing import llava_prompt
 from .prompting import IGNORE_INDEX, expand_image_tokens, image_token_counts
-from .tiny import FAMILIES, build_tiny_tokenizer, tiny_image_processor, tiny_model
+from .tiny import build_tiny_tokenizer, m3_config, tiny_image_processor, tiny_model
 
 CONFIGS = ("tiny", "1b")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -82,25 +81,9 @@ PINPOINTS_336 = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 def config_1b(family: str, tokenizer: PreTrainedTokenizerFast, **m3_kwargs):
     """Random-weight ~1B M3 config: CLIP ViT-L/14-336 + Llama (hidden 2048, 16 layers), vocab 32064."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
-    vision = CLIPVisionConfig(**VISION_1B)
-    text = LlamaConfig(
-        **TEXT_1B,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    return m3_config(
+        family, CLIPVisionConfig(**VISION_1B), LlamaConfig(**TEXT_1B), tokenizer, PINPOINTS_336, **m3_kwargs
     )
-    common = dict(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(vision.image_size // vision.patch_size) ** 2,
-        **m3_kwargs,
-    )
-    if family == "llava":
-        return M3LlavaConfig(**common)
-    return M3LlavaNextConfig(image_grid_pinpoints=PINPOINTS_336, **common)
 
 
 def build_model_and_processor(

@@ -337,7 +337,7 @@ def run_evaluation(
     )
     for name, table in tables.items():
         report.append(f"## {name}\n\n" + to_markdown(table, all_scales) + f"\nPlot: {name}/accuracy.png\n")
-    report.append("## Majority-class baseline\n\n| family | accuracy |\n| --- | ---: |\n")
-    report.append("".join(f"| {family} | {value:.3f} |\n" for family, value in baseline.items()))
+    rows = "".join(f"| {family} | {value:.3f} |\n" for family, value in baseline.items())
+    report.append("## Majority-class baseline\n\n| family | accuracy |\n| --- | ---: |\n" + rows)
     (out_dir / "report.md").write_text("\n".join(report))
     return tables

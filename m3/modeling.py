@@ -51,6 +51,14 @@ class M3ImageEncoderMixin:
         scale = self.config.m3_default_scale if m3_scale is None else m3_scale
         return check_scale(scale, self.config.grid_tokens)
 
+    def pooled_image_features(
+        self, pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, m3_scale
+    ) -> BaseModelOutputWithPooling:
+        """Encode once and pool to ``m3_scale``: the body of both families' ``get_image_features``."""
+        scale = self.resolve_scale(m3_scale)
+        grids = self.encode_images(pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy)
+        return BaseModelOutputWithPooling(pooler_output=self.features_at_scale(grids, scale, image_sizes))
+
     def project_grids(
         self,
         pixel_values: torch.Tensor,
@@ -102,10 +110,13 @@ class M3LlavaModel(M3ImageEncoderMixin, LlavaModel):
         m3_scale: int | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """Image features pooled to ``m3_scale`` (default: ``config.m3_default_scale``)."""
-        scale = self.resolve_scale(m3_scale)
-        grids = self.encode_images(pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy)
-        return BaseModelOutputWithPooling(pooler_output=self.features_at_scale(grids, scale, image_sizes))
+        """Image features pooled to ``m3_scale`` (default: ``config.m3_default_scale``).
+
+        The signature mirrors transformers' (generate passes the arguments it finds in it).
+        """
+        return self.pooled_image_features(
+            pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, m3_scale
+        )
 
 
 class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
@@ -154,9 +165,9 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Image features with every crop pooled to ``m3_scale`` (default: ``config.m3_default_scale``)."""
-        scale = self.resolve_scale(m3_scale)
-        grids = self.encode_images(pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy)
-        return BaseModelOutputWithPooling(pooler_output=self.features_at_scale(grids, scale, image_sizes))
+        return self.pooled_image_features(
+            pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, m3_scale
+        )
 
 
 class M3ForConditionalGenerationMixin:

@@ -58,6 +58,31 @@ def build_tiny_tokenizer(extra_words: Iterable[str] = ()) -> PreTrainedTokenizer
     return tokenizer
 
 
+def m3_config(
+    family: str,
+    vision: CLIPVisionConfig,
+    text: LlamaConfig,
+    tokenizer: PreTrainedTokenizerFast,
+    grid_pinpoints: list | None = None,
+    **kwargs,
+):
+    """An M3 config of either family from a vision and a text config; the tokenizer gives the special ids."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(text, name, getattr(tokenizer, name))
+    common = dict(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(vision.image_size // vision.patch_size) ** 2,
+        **kwargs,
+    )
+    if family == "llava":
+        return M3LlavaConfig(**common)
+    return M3LlavaNextConfig(image_grid_pinpoints=grid_pinpoints, **common)
+
+
 def tiny_config(
     family: str = "llava",
     tokenizer: PreTrainedTokenizerFast | None = None,
@@ -67,8 +92,6 @@ def tiny_config(
     **m3_kwargs,
 ):
     """Config of a tiny LLaVA (``family='llava'``) or LLaVA-NeXT (``'llava_next'``); 0.2M parameters by default."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
     tokenizer = tokenizer or build_tiny_tokenizer()
     vision = CLIPVisionConfig(
         image_size=IMAGE_SIZE,
@@ -86,21 +109,9 @@ def tiny_config(
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    common = dict(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
-        vision_feature_layer=-1,  # with only a few random layers, use them all
-        **m3_kwargs,
-    )
-    if family == "llava":
-        return M3LlavaConfig(**common)
-    return M3LlavaNextConfig(image_grid_pinpoints=TINY_GRID_PINPOINTS, **common)
+    # with only a few random vision layers, use them all (vision_feature_layer=-1)
+    return m3_config(family, vision, text, tokenizer, TINY_GRID_PINPOINTS, vision_feature_layer=-1, **m3_kwargs)
 
 
 def tiny_image_processor(family: str = "llava"):
