@@ -30,6 +30,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from .convert import KNOWN_VISION_TOWERS
 from .modeling import M3LlavaForConditionalGeneration, M3LlavaNextForConditionalGeneration
 from .processing import llava_prompt
 from .prompting import IGNORE_INDEX, expand_image_tokens, image_token_counts
@@ -54,15 +55,7 @@ QA_PAIRS = (
 NEXT_IMAGE_SHAPES = ((1.0, 2.0), (2.0, 2.0), (1.0, 3.0), (1.5625, 2.0833))
 
 # CLIP ViT-L/14-336 tower + a ~1B Llama (about 1.26B parameters in all).
-VISION_1B = dict(
-    image_size=336,
-    patch_size=14,
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    projection_dim=768,
-)
+VISION_1B = KNOWN_VISION_TOWERS["openai/clip-vit-large-patch14-336"]
 TEXT_1B = dict(
     vocab_size=32064,
     hidden_size=2048,

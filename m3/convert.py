@@ -113,25 +113,13 @@ LLAVA_FIELDS = (
     "dtype",
 )
 # Vision towers named by the released LLaVA configs, for checkpoints that store the CLIP weights.
+_CLIP_VIT_L14 = dict(
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14,
+    projection_dim=768,
+)  # fmt: skip
 KNOWN_VISION_TOWERS = {
-    "openai/clip-vit-large-patch14-336": dict(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-    ),
-    "openai/clip-vit-large-patch14": dict(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=224,
-        patch_size=14,
-        projection_dim=768,
-    ),
+    "openai/clip-vit-large-patch14-336": dict(_CLIP_VIT_L14, image_size=336),
+    "openai/clip-vit-large-patch14": dict(_CLIP_VIT_L14, image_size=224),
 }
 SELECT_FEATURE = {"patch": "default", "cls_patch": "full"}
 

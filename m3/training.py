@@ -140,6 +140,13 @@ def build_model_and_processor(config: TrainConfig):
     return model, M3Processor(tiny_image_processor(config.family), tokenizer, model.config)
 
 
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    """Parameters the optimizer updates. A frozen vision tower gets ``requires_grad=False`` so that DDP,
+    ZeRO-3 and FSDP do not wait for gradients it never receives (its forward runs under no_grad)."""
+    model.model.vision_tower.requires_grad_(model.config.m3_train_vision_tower)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def ensure_granularity_data(config: TrainConfig) -> None:
     """Write the granularity benchmark splits the config names, if they are missing."""
     from .data.granularity import write_split
@@ -217,7 +224,7 @@ def train(config: TrainConfig) -> Path:
     )
     updates_per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_epochs * updates_per_epoch)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = trainable_parameters(model)
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler(  # a prepared scheduler steps once per process
         config.lr_scheduler,

@@ -67,6 +67,20 @@ def test_single_scale_baseline_trains_only_its_scale(tmp_path):
     assert load_m3_model(output).config.m3_scales == [576]
 
 
+@pytest.mark.parametrize("train_vision_tower", [False, True])
+def test_a_frozen_vision_tower_is_left_out_of_the_optimizer(train_vision_tower):
+    from m3.tiny import tiny_model
+    from m3.training import trainable_parameters
+
+    model = tiny_model("llava", m3_train_vision_tower=train_vision_tower)
+    params = {id(p) for p in trainable_parameters(model)}
+    vision = [p for p in model.model.vision_tower.parameters()]
+    assert all((id(p) in params) == train_vision_tower for p in vision)
+    assert all(p.requires_grad == train_vision_tower for p in vision)
+    assert all(id(p) in params for p in model.model.multi_modal_projector.parameters())
+    assert all(id(p) in params for p in model.model.language_model.parameters())
+
+
 def test_paper_presets_follow_the_official_recipe():
     for name, lr in (("llava-1.5-7b", 2e-5), ("llava-next-7b", 1e-5)):
         preset = TrainConfig(**PRESETS[name])
@@ -90,3 +104,27 @@ def test_scripts_parse_presets_and_overrides(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"learning_rat": 0.5}))
     with pytest.raises(SystemExit):
         script.parse_args(["--config", str(tmp_path / "bad.json")])
+
+
+def test_training_starts_from_a_saved_checkpoint_with_new_m3_settings(tmp_path):
+    """The real path: --model DIR (a llava-hf style folder with tokenizer and image processor)."""
+    from m3.data.granularity import VOCABULARY
+    from m3.processing import M3Processor
+    from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
+
+    tokenizer = build_tiny_tokenizer(extra_words=VOCABULARY)
+    base = tiny_model("llava", tokenizer=tokenizer, hidden_size=32)
+    base.save_pretrained(tmp_path / "base")
+    M3Processor(tiny_image_processor("llava"), tokenizer, base.config).save_pretrained(tmp_path / "base")
+
+    output = train(
+        tiny_run(tmp_path, "finetuned", model=str(tmp_path / "base"), scales="1,9", max_steps=2,
+                 train_vision_tower=False)
+    )  # fmt: skip
+    tuned = load_m3_model(output)
+    assert tuned.config.m3_scales == [1, 9] and tuned.config.m3_default_scale == 9
+    assert not tuned.config.m3_train_vision_tower
+    before, after = base.state_dict(), tuned.state_dict()
+    vision = [k for k in before if ".vision_tower." in k]
+    assert all(torch.equal(before[k], after[k]) for k in vision)  # frozen tower untouched
+    assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])  # the LLM trained
