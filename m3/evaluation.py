@@ -20,7 +20,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .pooling import check_scale
 from .processing import IMAGE_PLACEHOLDER, M3Processor, llava_prompt
-from .prompting import expand_image_tokens, image_token_counts
 
 OVERALL = "overall"
 _NUMBER_WORDS = {
@@ -149,15 +148,8 @@ def evaluate_scales(
             )
             predictions = {}
             for scale in scales:
-                counts = image_token_counts(config, scale, image_sizes=image_sizes, num_images=len(images))
-                input_ids, attention_mask, _ = expand_image_tokens(
-                    compact["input_ids"],
-                    config.image_token_id,
-                    counts,
-                    compact["attention_mask"],
-                    pad_token_id=pad_token_id,
-                    padding_side="left",
-                )
+                prompts = processor.expand_to_scale(compact, scale, len(images))
+                input_ids, attention_mask = prompts["input_ids"], prompts["attention_mask"]
                 features = model.model.features_at_scale(grids, scale, image_sizes)
                 output = model.generate(
                     input_ids=input_ids.to(model.device),

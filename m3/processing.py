@@ -68,22 +68,30 @@ class M3Processor:
         if images is not None:
             images = images if isinstance(images, (list, tuple)) else [images]
             data.update(self.image_processor(images, return_tensors="pt"))
-        if not expand:
-            data.update(encoded)
-            return BatchFeature(data=data, tensor_type="pt")
-        image_sizes = data.get("image_sizes")
-        num_images = 0 if images is None else len(images)
+        data.update(encoded)
+        if expand:
+            num_images = 0 if images is None else len(images)
+            data.update(self.expand_to_scale(data, scale, num_images, padding_side))
+        return BatchFeature(data=data, tensor_type="pt")
+
+    def expand_to_scale(
+        self, compact, scale: int, num_images: int, padding_side: str = "left"
+    ) -> dict[str, torch.Tensor]:
+        """``input_ids``/``attention_mask`` of a compact encoding (one image token per image) at ``scale``.
+
+        Lets a caller encode texts and images once and build the prompts of every scale from them.
+        """
+        image_sizes = compact.get("image_sizes")
         counts = image_token_counts(self.config, scale, image_sizes=image_sizes, num_images=num_images)
         input_ids, attention_mask, _ = expand_image_tokens(
-            encoded["input_ids"],
+            compact["input_ids"],
             self.config.image_token_id,
             counts,
-            encoded["attention_mask"],
+            compact["attention_mask"],
             pad_token_id=self.tokenizer.pad_token_id,
             padding_side=padding_side,
         )
-        data.update(input_ids=input_ids, attention_mask=attention_mask)
-        return BatchFeature(data=data, tensor_type="pt")
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def batch_decode(self, token_ids: torch.Tensor, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(token_ids, skip_special_tokens=True, **kwargs)

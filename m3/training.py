@@ -185,13 +185,13 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
 
 
 def _evaluate(model, processor, items, scales: list[int]) -> dict[int, float]:
-    from .evaluation import evaluate_scales
+    from .evaluation import OVERALL, accuracy_table, evaluate_scales
 
     was_training = model.training
     model.eval()
     rows = evaluate_scales(model, processor, items, scales, show_progress=False)
     model.train(was_training)
-    return {s: sum(r["correct"] for r in rows if r["scale"] == s) / max(1, len(items)) for s in scales}
+    return {row["scale"]: row["accuracy"] for row in accuracy_table(rows) if row["family"] == OVERALL}
 
 
 def train(config: TrainConfig) -> Path:
