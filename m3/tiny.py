@@ -89,6 +89,7 @@ def tiny_config(
     hidden_size: int = 64,
     vision_layers: int = 2,
     text_layers: int = 2,
+    vision_feature_layer: int = -1,
     **m3_kwargs,
 ):
     """Config of a tiny LLaVA (``family='llava'``) or LLaVA-NeXT (``'llava_next'``); 0.2M parameters by default."""
@@ -110,8 +111,9 @@ def tiny_config(
         num_key_value_heads=4,
         max_position_embeddings=4096,
     )
-    # with only a few random vision layers, use them all (vision_feature_layer=-1)
-    return m3_config(family, vision, text, tokenizer, TINY_GRID_PINPOINTS, vision_feature_layer=-1, **m3_kwargs)
+    return m3_config(
+        family, vision, text, tokenizer, TINY_GRID_PINPOINTS, vision_feature_layer=vision_feature_layer, **m3_kwargs
+    )
 
 
 def tiny_image_processor(family: str = "llava"):
@@ -122,9 +124,54 @@ def tiny_image_processor(family: str = "llava"):
     return LlavaNextImageProcessorPil(image_grid_pinpoints=TINY_GRID_PINPOINTS, **kwargs)
 
 
-def tiny_model(family: str = "llava", seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None, **config_kwargs):
-    """A randomly initialised tiny M3 model (deterministic for a seed); kwargs go to :func:`tiny_config`."""
+def sincos_position_grid(side: int, dim: int) -> torch.Tensor:
+    """2-D sine-cosine position codes (as in MAE), ``(side * side, dim)`` in row-major patch order.
+
+    Half the channels code the row, half the column, at geometric frequencies, so low frequencies vary
+    smoothly across the grid and survive average pooling."""
+    if dim % 4:
+        raise ValueError(f"sin-cos position codes need a hidden size divisible by 4, got {dim}")
+    frequencies = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    coords = torch.arange(side, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+
+    def code(values: torch.Tensor) -> torch.Tensor:
+        angles = values.reshape(-1, 1) * frequencies
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([code(rows), code(cols)], dim=1).float()
+
+
+def init_sincos_positions(model, amplitude: float = 1.0) -> None:
+    """Start a from-scratch CLIP tower's position embeddings from smooth 2-D codes.
+
+    A pretrained CLIP's learned position embeddings are spatially smooth, so a pooled token still knows
+    where it came from. Random i.i.d. embeddings average to almost nothing under pooling (a 3x3-pooled
+    token averages 64 of them), which leaves a tiny from-scratch model blind to layout at coarse scales.
+    The class token's slot (index 0) is set to zero. The embeddings stay trainable."""
+    embeddings = model.model.vision_tower.embeddings
+    weight = embeddings.position_embedding.weight
+    side = embeddings.image_size // embeddings.patch_size
+    with torch.no_grad():
+        weight.zero_()
+        weight[1:] = amplitude * sincos_position_grid(side, weight.shape[1]).to(weight.dtype)
+
+
+def tiny_model(
+    family: str = "llava",
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    sincos_positions: bool = True,
+    **config_kwargs,
+):
+    """A randomly initialised tiny M3 model (deterministic for a seed); kwargs go to :func:`tiny_config`.
+
+    ``sincos_positions`` starts the vision tower's position embeddings from smooth 2-D codes (see
+    :func:`init_sincos_positions`)."""
     torch.manual_seed(seed)
     config = tiny_config(family, tokenizer, **config_kwargs)
     model_class = M3LlavaForConditionalGeneration if family == "llava" else M3LlavaNextForConditionalGeneration
-    return model_class(config).eval()
+    model = model_class(config).eval()
+    if sincos_positions:
+        init_sincos_positions(model)
+    return model

@@ -48,7 +48,7 @@ class TrainConfig:
     eval_images: int = field(default=200, metadata={"help": "images in a generated validation split"})
     scales: str = field(default="1,9,36,144,576", metadata={"help": "trained scales; '576' = SS baseline"})
     train_vision_tower: bool = field(default=True, metadata={"help": "train the vision tower too"})
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     lr_scheduler: str = "cosine"
@@ -73,8 +73,11 @@ class TrainConfig:
         default=1, metadata={"help": "torch CPU threads; 0 leaves the default (1 is fastest for tiny)"}
     )
     tiny_hidden_size: int = 128
-    tiny_vision_layers: int = 2
+    tiny_vision_layers: int = 1
     tiny_text_layers: int = 2
+    tiny_vision_feature_layer: int = field(
+        default=0, metadata={"help": "tiny tower layer fed to the projector (0: patch + 2-D sin-cos position codes)"}
+    )
 
     def scale_list(self) -> list[int]:
         return [int(s) for s in self.scales.split(",") if s.strip()]
@@ -135,6 +138,7 @@ def build_model_and_processor(config: TrainConfig):
         hidden_size=config.tiny_hidden_size,
         vision_layers=config.tiny_vision_layers,
         text_layers=config.tiny_text_layers,
+        vision_feature_layer=config.tiny_vision_feature_layer,
         **m3_settings,
     )
     return model, M3Processor(tiny_image_processor(config.family), tokenizer, model.config)
@@ -156,10 +160,29 @@ def ensure_granularity_data(config: TrainConfig) -> None:
         (config.eval_data_path, "validation", config.eval_images),
     )
     for path, split, num_images in splits:
-        if path is not None and not Path(path).exists():
-            if Path(path).name not in (f"{split}.json", f"{split}.chat.json"):
-                raise FileNotFoundError(f"{path} does not exist (a generated {split} split is {split}[.chat].json)")
-            write_split(Path(path).parent, split, num_images=num_images, seed=config.seed)
+        if path is None:
+            continue
+        meta = Path(path).with_name(f"{split}.meta.json")
+        if Path(path).exists():
+            check_generator_version(meta)
+            continue
+        if Path(path).name not in (f"{split}.json", f"{split}.chat.json"):
+            raise FileNotFoundError(f"{path} does not exist (a generated {split} split is {split}[.chat].json)")
+        write_split(Path(path).parent, split, num_images=num_images, seed=config.seed)
+
+
+def check_generator_version(meta_path: Path) -> None:
+    """Refuse a granularity split written by another generator version (its images and answers differ)."""
+    from .data.granularity import GENERATOR_VERSION
+
+    if not meta_path.exists():
+        return  # not a generated split: the user's own data
+    version = json.loads(meta_path.read_text()).get("generator_version")
+    if version != GENERATOR_VERSION:
+        raise ValueError(
+            f"{meta_path.parent} holds a granularity split of generator version {version}, but this code writes "
+            f"version {GENERATOR_VERSION}: delete that folder to regenerate it, or point --data_path elsewhere"
+        )
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:

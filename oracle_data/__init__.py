@@ -1,1 +1,32 @@
-"""Oracle labels: per sample and scale, did the M3 model answer correctly (built in a later issue)."""
+"""Oracle labels: for every sample and every scale, did the M3 model answer correctly?
+
+``build_oracle`` writes Parquet shards + a manifest (resumable; one share per process under ``accelerate launch``
+or ``torchrun``), ``load_oracle`` reads them back as a ``pyarrow.Table`` (its docstring documents the columns) and
+``write_report`` renders accuracy per scale, both oracles and the label distributions. See docs/oracle.md.
+"""
+
+from .build import build_oracle
+from .datasets import Sample, load_samples
+from .labels import monotone_oracle, paper_oracle
+from .metrics import CORRECT_THRESHOLD, METRICS, get_metric, is_correct, score
+from .report import summarize, write_report
+from .store import OracleMismatchError, load_oracle, oracle_schema, read_manifest
+
+__all__ = [
+    "CORRECT_THRESHOLD",
+    "METRICS",
+    "OracleMismatchError",
+    "Sample",
+    "build_oracle",
+    "get_metric",
+    "is_correct",
+    "load_oracle",
+    "load_samples",
+    "monotone_oracle",
+    "oracle_schema",
+    "paper_oracle",
+    "read_manifest",
+    "score",
+    "summarize",
+    "write_report",
+]

@@ -11,11 +11,14 @@ from PIL import Image
 
 from m3.data.granularity import (
     ANSWERS,
+    BACKGROUND_COLORS,
+    BIG_COLOR,
     CELL_SIZE,
     FAMILIES,
     PALETTE,
     POSITIONS,
     QUESTIONS,
+    SMALL_COLORS,
     SMALL_SIDES,
     VOCABULARY,
     draw_sample,
@@ -104,6 +107,11 @@ def test_answers_are_balanced_over_600_images():
     assert all(baseline[f] < 1.4 / len(ANSWERS[f]) for f in FAMILIES)
 
 
+def test_the_three_palettes_do_not_overlap():
+    assert not set(BACKGROUND_COLORS) & set(SMALL_COLORS) and BIG_COLOR not in (*BACKGROUND_COLORS, *SMALL_COLORS)
+    assert set(PALETTE) == {*BACKGROUND_COLORS, BIG_COLOR, *SMALL_COLORS}
+
+
 def test_majority_baseline_counts_the_most_common_answer():
     records = [{"family": "shape", "answer": a} for a in ("circle", "circle", "square", "triangle")]
     records += [{"family": "background", "answer": "red"}]
@@ -115,7 +123,9 @@ def test_attributes_are_in_the_pixels(seed):
     image, attrs = draw_sample(np.random.default_rng(seed))
     names = colour_names(np.asarray(image))
     assert Counter(names.ravel().tolist()).most_common(1)[0][0] == attrs["background"]
-    assert len({attrs["background"], attrs["color"], attrs["small_color"]}) == 3
+    # disjoint palettes: whether a patch shows an object is a property of that patch alone
+    assert attrs["background"] in BACKGROUND_COLORS and attrs["small_color"] in SMALL_COLORS
+    assert attrs["color"] == BIG_COLOR
     x0, y0, x1, y1 = attrs["small_box"]
     assert min(SMALL_SIDES) <= x1 - x0 + 1 == y1 - y0 + 1 <= max(SMALL_SIDES)
     assert (names[y0 : y1 + 1, x0 : x1 + 1] == attrs["small_color"]).all()

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from m3.loading import load_m3_model
-from m3.training import PRESETS, TrainConfig, train
+from m3.training import PRESETS, TrainConfig, ensure_granularity_data, train
 
 
 def tiny_run(tmp_path, name, **overrides) -> TrainConfig:
@@ -128,3 +128,13 @@ def test_training_starts_from_a_saved_checkpoint_with_new_m3_settings(tmp_path):
     vision = [k for k in before if ".vision_tower." in k]
     assert all(torch.equal(before[k], after[k]) for k in vision)  # frozen tower untouched
     assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])  # the LLM trained
+
+
+def test_a_granularity_split_of_another_generator_version_is_refused(tmp_path):
+    config = tiny_run(tmp_path, "run")
+    ensure_granularity_data(config)  # writes the split
+    meta = tmp_path / "data" / "train.meta.json"
+    ensure_granularity_data(config)  # the same version is reused silently
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "generator_version": "0"}))
+    with pytest.raises(ValueError, match="generator version 0.*delete that folder"):
+        ensure_granularity_data(config)

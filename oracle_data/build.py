@@ -1,0 +1,185 @@
+"""Build an oracle folder: samples -> shards of oracle rows, resumable, split across processes.
+
+The samples are cut into shards (``datasets.image_runs`` of ``shard_size``), numbered in data order. Under
+``accelerate launch`` process p of P builds shards p, p + P, p + 2P, ...; a single process builds them all.
+Shards that already exist are skipped, so rerunning the same command after a crash (or ``kill -9``) finishes
+the build with exactly the rows an uninterrupted one gives. The main process keeps the manifest up to date and
+marks it complete once every shard is there.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import store
+from .datasets import OracleData, image_runs, load_samples
+from .generation import oracle_rows
+from .metrics import CORRECT_THRESHOLD
+
+PROMPT_FORMAT = "llava_v1 single turn: 'USER: <image>\\n{question}[\\n{A. option}...\\n{instruction}] ASSISTANT:'"
+
+
+def model_summary(model_dir: str | os.PathLike, config, scales: Sequence[int]) -> dict:
+    """The manifest's ``model`` entry: where the model is, what identifies it, and its scale/size settings."""
+    return {
+        "path": str(Path(model_dir).resolve()),
+        "fingerprint": store.model_fingerprint(model_dir),
+        "model_type": config.model_type,
+        "scales": list(scales),
+        "m3_scales": list(config.m3_scales),
+        "grid_tokens": config.grid_tokens,
+        "text_hidden_size": config.text_config.hidden_size,
+        "embedding_dim": config.text_config.hidden_size,
+        "vocab_size": config.text_config.vocab_size,
+        "embedding": "scale-1 visual token (mean of the projected grid; LLaVA-NeXT: of the base crop)",
+    }
+
+
+def data_summary(data: OracleData, limit: int | None) -> dict:
+    metrics: dict[str, int] = {}
+    for sample in data.samples:
+        metrics[sample.metric] = metrics.get(sample.metric, 0) + 1
+    return {
+        "path": str(data.path.resolve()),
+        "sha256": store.file_sha256(data.path),
+        "format": data.format,
+        "image_root": str(data.image_root.resolve()),
+        "num_samples": len(data.samples),
+        "limit": limit,
+        "skipped_without_image": len(data.skipped_ids),
+        "metrics": metrics,
+    }
+
+
+def _process_state():
+    """accelerate's process state (index, count, device, barrier); a plain single process without a launcher.
+
+    Without a GPU (or with ``ACCELERATE_USE_CPU=true``) processes started by ``torchrun`` join as CPU processes
+    (gloo); a PartialState built without ``cpu=True`` would leave each of them thinking it is alone.
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import is_npu_available, is_xpu_available, parse_flag_from_env
+
+    accelerator = torch.cuda.is_available() or is_xpu_available() or is_npu_available()
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not accelerator)
+
+
+def build_oracle(
+    model_dir: str | os.PathLike,
+    data_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    data_format: str = "auto",
+    metric: str = "exact_match",
+    scales: Sequence[int] | None = None,
+    batch_size: int = 16,
+    shard_size: int = 256,
+    max_new_tokens: int = 8,
+    limit: int | None = None,
+    progress: bool = True,
+    model=None,
+    processor=None,
+) -> Path:
+    """Build (or finish) the oracle of ``model_dir`` on ``data_path`` in ``out_dir``; returns the manifest path.
+
+    ``metric`` scores samples that name none; ``scales`` default to the model's ``m3_scales``. ``model`` and
+    ``processor`` may be passed already loaded (they must be the ones saved in ``model_dir``). Raises
+    :class:`oracle_data.store.OracleMismatchError` if ``out_dir`` holds an oracle of another model, data file
+    or settings.
+    """
+    from m3.loading import load_m3_config, load_m3_model
+    from m3.pooling import check_scale
+    from m3.processing import M3Processor
+
+    if batch_size < 1 or shard_size < 1 or max_new_tokens < 1:
+        raise ValueError(
+            f"batch_size, shard_size and max_new_tokens must be >= 1, got {batch_size}, {shard_size}, {max_new_tokens}"
+        )
+    state = _process_state()
+    out_dir = Path(out_dir)
+    data = load_samples(data_path, image_root, data_format, metric, limit)
+    if not data.samples:
+        raise ValueError(f"{data_path} holds no sample with an image")
+    config = model.config if model is not None else load_m3_config(model_dir)
+    scales = sorted(check_scale(int(s), config.grid_tokens) for s in (scales or config.m3_scales))
+    shards = image_runs(data.samples, shard_size)
+    manifest = {
+        "schema_version": store.SCHEMA_VERSION,
+        "complete": False,
+        "model": model_summary(model_dir, config, scales),
+        "data": data_summary(data, limit),
+        "metric": metric,
+        "settings": {
+            "max_new_tokens": max_new_tokens,
+            "shard_size": shard_size,
+            "correct_threshold": CORRECT_THRESHOLD,
+            "decoding": "greedy, stops at EOS",
+            "prompt": PROMPT_FORMAT,
+        },
+        "build": {"batch_size": batch_size, "num_processes": state.num_processes, "started": _now()},
+        "num_shards": len(shards),
+        "shards": [],
+        "num_rows": 0,
+        "columns": store.oracle_schema(scales).names,
+    }
+    if state.is_main_process:
+        store.remove_stale_temporaries(out_dir)
+    manifest = store.open_build(out_dir, manifest, create=state.is_main_process)
+    state.wait_for_everyone()
+
+    mine = range(state.process_index, len(shards), state.num_processes)
+    todo = []
+    for index in mine:
+        written = store.shard_sample_ids(out_dir, index)
+        expected = [sample.sample_id for sample in shards[index]]
+        if written is None:
+            todo.append(index)
+        elif written != expected:
+            raise store.OracleMismatchError(
+                f"{out_dir / store.shard_file(index)} holds other samples than the data assigns to it; "
+                "use a fresh --out"
+            )
+    if todo:
+        if model is None:
+            model = load_m3_model(model_dir).to(state.device).eval()
+        processor = processor or M3Processor.from_pretrained(model_dir, config=model.config)
+        schema = store.oracle_schema(scales)
+        total = sum(len(shards[i]) for i in mine)
+        done_before = total - sum(len(shards[index]) for index in todo)
+        entries = store.shard_entries(out_dir, len(shards)) if state.is_main_process else []
+        bar = tqdm(
+            total=total,
+            initial=done_before,  # a resumed build shows what is already done; the ETA covers the rest
+            desc="oracle",
+            unit="sample",
+            disable=not (progress and state.is_main_process),
+        )
+        with bar:
+            for index in todo:
+                rows = []
+                for batch in image_runs(shards[index], batch_size):
+                    rows.extend(oracle_rows(model, processor, batch, scales, max_new_tokens))
+                    bar.update(len(batch))
+                store.write_shard(out_dir, index, rows, schema)
+                if state.is_main_process:  # its own shards as they come; the others' at the end
+                    entries.append(store.shard_entry(index, len(rows)))
+                    manifest = store.update_manifest(out_dir, manifest, entries)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        missing = [i for i in range(len(shards)) if not (out_dir / store.shard_file(i)).is_file()]
+        if missing:
+            raise RuntimeError(f"{out_dir}: shards {missing[:5]} are missing after the build; rerun the command")
+        manifest["build"] = dict(manifest["build"], finished=_now(), num_processes=state.num_processes)
+        store.update_manifest(out_dir, manifest, complete=True)
+    state.wait_for_everyone()
+    return store.manifest_path(out_dir)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
