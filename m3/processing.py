@@ -94,4 +94,5 @@ class M3Processor:
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def batch_decode(self, token_ids: torch.Tensor, **kwargs) -> list[str]:
-        return self.tokenizer.batch_decode(token_ids, skip_special_tokens=True, **kwargs)
+        kwargs.setdefault("skip_special_tokens", True)
+        return self.tokenizer.batch_decode(token_ids, **kwargs)

@@ -75,6 +75,9 @@ class TrainConfig:
     tiny_hidden_size: int = 128
     tiny_vision_layers: int = 1
     tiny_text_layers: int = 2
+    tiny_projector_hidden_act: str = field(
+        default="linear", metadata={"help": "tiny projector activation ('linear': pooling commutes with it)"}
+    )
     tiny_vision_feature_layer: int = field(
         default=0, metadata={"help": "tiny tower layer fed to the projector (0: patch + 2-D sin-cos position codes)"}
     )
@@ -139,6 +142,7 @@ def build_model_and_processor(config: TrainConfig):
         vision_layers=config.tiny_vision_layers,
         text_layers=config.tiny_text_layers,
         vision_feature_layer=config.tiny_vision_feature_layer,
+        projector_hidden_act=config.tiny_projector_hidden_act,
         **m3_settings,
     )
     return model, M3Processor(tiny_image_processor(config.family), tokenizer, model.config)
@@ -146,9 +150,32 @@ def build_model_and_processor(config: TrainConfig):
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     """Parameters the optimizer updates. A frozen vision tower gets ``requires_grad=False`` so that DDP,
-    ZeRO-3 and FSDP do not wait for gradients it never receives (its forward runs under no_grad)."""
-    model.model.vision_tower.requires_grad_(model.config.m3_train_vision_tower)
+    ZeRO-3 and FSDP do not wait for gradients it never receives (its forward runs under no_grad); a
+    trained one keeps only the layers that feed the selected feature layer (see :func:`unread_tower_modules`)."""
+    tower = model.model.vision_tower
+    tower.requires_grad_(model.config.m3_train_vision_tower)
+    for module in unread_tower_modules(model):
+        module.requires_grad_(False)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def unread_tower_modules(model) -> list[torch.nn.Module]:
+    """Vision-tower modules whose output LLaVA never reads: the encoder layers above the deepest
+    ``vision_feature_layer`` (LLaVA-1.5 reads layer -2, so the last layer is unread) and the final norm
+    (hidden states are taken before it). They can never get a gradient."""
+    tower = model.model.vision_tower
+    tower = getattr(tower, "vision_model", tower)
+    layers = getattr(getattr(tower, "encoder", None), "layers", None)
+    if layers is None:
+        return []
+    selected = model.config.vision_feature_layer
+    selected = [selected] if isinstance(selected, int) else list(selected)
+    num_states = len(layers) + 1  # hidden_states[0] is the embedding output
+    deepest = max(index % num_states for index in selected)
+    unread = list(layers[deepest:])
+    if getattr(tower, "post_layernorm", None) is not None:
+        unread.append(tower.post_layernorm)
+    return unread
 
 
 def ensure_granularity_data(config: TrainConfig) -> None:

@@ -76,24 +76,33 @@ def encode_batch(model, processor: M3Processor, samples: Sequence[Sample]):
 
 
 def generate_at_scale(
-    model, processor: M3Processor, compact: dict, grids: list, image_sizes, scale: int, max_new_tokens: int
+    model,
+    processor: M3Processor,
+    compact: dict,
+    grids: list,
+    image_sizes,
+    scale: int,
+    max_new_tokens: int,
+    **generate_kwargs,
 ) -> ScaleOutput:
-    """Greedy answers of the batch at ``scale`` from precomputed grids, with their mean token log-probability."""
+    """Greedy answers of the batch at ``scale`` from precomputed grids, with their mean token log-probability.
+
+    ``generate_kwargs`` go to ``model.generate`` (e.g. ``num_beams``); greedy decoding is the default."""
     num = len(grids)
     prompts = processor.expand_to_scale(compact, scale, num)
     input_ids = prompts["input_ids"].to(model.device)
     features = model.model.features_at_scale(
         grids, scale, None if image_sizes is None else image_sizes.to(model.device)
     )
+    settings = dict(do_sample=False, pad_token_id=processor.tokenizer.pad_token_id, **generate_kwargs)
     output = model.generate(
         input_ids=input_ids,
         attention_mask=prompts["attention_mask"].to(model.device),
         mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
         max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=processor.tokenizer.pad_token_id,
         output_logits=True,
         return_dict_in_generate=True,
+        **settings,
     )
     new_tokens = output.sequences[:, input_ids.shape[1] :]
     logits = torch.stack(output.logits, dim=1).float()  # raw logits: (batch, generated, vocab)

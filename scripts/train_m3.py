@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     from m3.training import train
 
     output = train(config)
-    print(f"model saved to {output}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"model saved to {output}")
 
 
 if __name__ == "__main__":

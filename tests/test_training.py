@@ -74,9 +74,10 @@ def test_a_frozen_vision_tower_is_left_out_of_the_optimizer(train_vision_tower):
 
     model = tiny_model("llava", m3_train_vision_tower=train_vision_tower)
     params = {id(p) for p in trainable_parameters(model)}
-    vision = [p for p in model.model.vision_tower.parameters()]
+    vision = [p for n, p in model.model.vision_tower.named_parameters() if not n.startswith("post_layernorm")]
     assert all((id(p) in params) == train_vision_tower for p in vision)
     assert all(p.requires_grad == train_vision_tower for p in vision)
+    assert not any(p.requires_grad for p in model.model.vision_tower.post_layernorm.parameters())
     assert all(id(p) in params for p in model.model.multi_modal_projector.parameters())
     assert all(id(p) in params for p in model.model.language_model.parameters())
 
@@ -138,3 +139,30 @@ def test_a_granularity_split_of_another_generator_version_is_refused(tmp_path):
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "generator_version": "0"}))
     with pytest.raises(ValueError, match="generator version 0.*delete that folder"):
         ensure_granularity_data(config)
+
+
+@pytest.mark.parametrize("feature_layer", [0, -2, -1, [0, -2]])
+def test_a_trained_tower_trains_exactly_the_parameters_that_get_gradients(feature_layer):
+    """Unread tower layers are frozen, or DDP fails on parameters that never receive a gradient."""
+    from m3.processing import M3Processor
+    from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
+    from m3.training import trainable_parameters
+    from tests.conftest import random_image, training_batch
+
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(
+        "llava", tokenizer=tokenizer, vision_layers=3, vision_feature_layer=feature_layer, m3_train_vision_tower=True
+    ).train()
+    processor = M3Processor(tiny_image_processor("llava"), tokenizer, model.config)
+    batch = training_batch(processor, [random_image(96, 96, 0)], ["what color is the image ?"], ["red"])
+    trained = {id(p) for p in trainable_parameters(model)}
+    model(**batch, m3_scales=[1, 576]).loss.backward()
+    for name, param in model.model.vision_tower.named_parameters():
+        if name.startswith("embeddings.class_embedding"):
+            continue  # dropped with the CLS token ("default" strategy); its gradient is an exact zero
+        assert (param.grad is not None) == (id(param) in trained), name
+    layers = {
+        n.split(".")[2] for n, p in model.model.vision_tower.named_parameters() if id(p) in trained and ".layers." in n
+    }
+    deepest = max(i % 4 for i in ([feature_layer] if isinstance(feature_layer, int) else feature_layer))
+    assert layers == {str(i) for i in range(deepest)}

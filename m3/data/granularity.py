@@ -2,13 +2,13 @@
 
 Every 96x96 image (the tiny model's 24x24 grid of 4 px patches) holds a uniform muted background, one big
 white shape (circle, square or triangle, ~27 px) inside one cell of a 3x3 grid of 32 px cells, one small
-8-10 px square in a bright colour elsewhere, and light seeded noise. Four question families ask about it,
-from coarse to fine:
+12-14 px square in a bright colour elsewhere (about 2 % of the image), and light seeded noise. Four question
+families ask about it, from coarse to fine:
 
 - ``background``  : the background colour (one pooled token suffices);
 - ``position``    : the cell of the big shape (the 3x3 = 9-token grid matches the cells);
 - ``shape``       : the kind of the big shape (needs its outline: 36+ tokens);
-- ``small_color`` : the colour of the small square (36-576 tokens; coarser pooling dilutes it).
+- ``small_color`` : the colour of the small square (36+ tokens: coarser pooling dilutes it).
 
 The three palettes (muted backgrounds, the white shape, bright small squares) do not overlap, so whether
 a token shows an object is a property of that token alone, as with a pretrained CLIP's features. With one
@@ -37,11 +37,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 IMAGE_SIZE = 96
 CELL_SIZE = 32
 BIG_SIZE, BIG_JITTER = 27, 0.15  # side / diameter in px, relative jitter (so the area varies by about +-30 %)
-SMALL_SIDES = (8, 9, 10)
+SMALL_SIDES = (12, 13, 14)
 SMALL_MARGIN = 2  # px kept free between the small square and the big shape's bounding box
 NOISE = 8  # per-pixel, per-channel uniform noise in [-NOISE, NOISE]
 

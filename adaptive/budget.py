@@ -1,0 +1,83 @@
+"""Share a visual-token budget across many images or video frames, using per-scale success probabilities.
+
+The paper's motivating example: a budget of 2,880 tokens buys 2,880 frames at 1 token or 5 frames at 576.
+Given, for every frame, the predictor's probability that each scale is enough, :func:`allocate_scales`
+picks one scale per frame to maximise the summed probability without exceeding the budget. This is a
+multiple-choice knapsack; the greedy solution on each frame's upper concave hull is within one frame's
+value of the optimum, and it never exceeds the budget.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _upper_hull(tokens: np.ndarray, values: np.ndarray) -> list[int]:
+    """Indices (by increasing tokens) of the points on the upper concave hull that gain value.
+
+    Only these are worth buying: a point under the hull is dominated by a mix of its neighbours."""
+    order = np.lexsort((-values, tokens))
+    hull: list[int] = []
+    for index in order:
+        if hull and values[index] <= values[hull[-1]]:
+            continue  # more tokens for no more value
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # drop b if it lies on or under the segment a -> index
+            left = (values[b] - values[a]) * (tokens[index] - tokens[a])
+            right = (values[index] - values[a]) * (tokens[b] - tokens[a])
+            if left <= right:
+                hull.pop()
+            else:
+                break
+        hull.append(int(index))
+    return hull
+
+
+def allocate_scales(probabilities: np.ndarray, tokens: np.ndarray | Sequence[int], budget: int) -> np.ndarray:
+    """One scale index per frame, maximising ``sum(probabilities[f, choice[f]])`` within ``budget`` tokens.
+
+    ``probabilities``: ``(frames, scales)``; ``tokens``: the visual tokens of each scale, ``(scales,)`` or
+    ``(frames, scales)`` (LLaVA-NeXT counts differ per image). Every frame gets at least its cheapest
+    scale; a budget below that total raises ``ValueError`` (sample fewer frames first).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or probabilities.shape[1] == 0:
+        raise ValueError(f"probabilities must be (frames, scales), got shape {probabilities.shape}")
+    cost = np.broadcast_to(np.asarray(tokens, dtype=np.int64), probabilities.shape)
+    if (cost < 1).any():
+        raise ValueError("every scale must cost at least one visual token")
+    hulls = [_upper_hull(cost[f], probabilities[f]) for f in range(len(probabilities))]
+    choice = np.array([hull[0] for hull in hulls], dtype=np.int64)
+    spent = int(cost[np.arange(len(choice)), choice].sum())
+    if spent > budget:
+        raise ValueError(
+            f"a budget of {budget} visual tokens cannot give each of the {len(choice)} frames its cheapest "
+            f"scale ({spent} tokens in all): sample fewer frames"
+        )
+    # every upgrade step along a hull, best value per token first; a frame's steps come in hull order
+    heap = []
+    for frame, hull in enumerate(hulls):
+        if len(hull) > 1:
+            heap.append(_step(probabilities, cost, frame, hull, 1))
+    heapq.heapify(heap)
+    while heap:
+        _, frame, position = heapq.heappop(heap)
+        hull = hulls[frame]
+        extra = int(cost[frame, hull[position]] - cost[frame, hull[position - 1]])
+        if spent + extra > budget:
+            continue  # this frame stops here; cheaper steps of other frames may still fit
+        spent += extra
+        choice[frame] = hull[position]
+        if position + 1 < len(hull):
+            heapq.heappush(heap, _step(probabilities, cost, frame, hull, position + 1))
+    return choice
+
+
+def _step(probabilities: np.ndarray, cost: np.ndarray, frame: int, hull: list[int], position: int):
+    gain = probabilities[frame, hull[position]] - probabilities[frame, hull[position - 1]]
+    extra = cost[frame, hull[position]] - cost[frame, hull[position - 1]]
+    return (-gain / extra, frame, position)

@@ -1,0 +1,262 @@
+"""``AdaptiveM3``: an M3 model plus a scale predictor; each query is answered at the scale the predictor picks.
+
+Per batch the vision tower runs once per image. The scale-1 token of the projected grid (the predictor's
+input, the oracle's ``embedding`` column) and the tokens of the chosen scale are both pooled from that one
+pass, so routing adds only the predictor's own cost (features + a small model) to the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from m3.data.llava import BadImageError
+from m3.loading import load_m3_model
+from m3.pooling import check_scale
+from m3.processing import M3Processor, llava_prompt
+from m3.prompting import image_token_counts
+from oracle_data.generation import generate_at_scale, scale_one_embedding
+from predictor import Queries, load_predictor
+
+from .budget import allocate_scales
+
+CONFIG_NAME = "adaptive_config.json"
+MODEL_DIR, PREDICTOR_DIR = "model", "predictor"
+
+
+@dataclass
+class AdaptiveAnswer:
+    """One routed answer."""
+
+    answer: str
+    scale: int  # the scale it was answered at
+    visual_tokens: int  # visual tokens the LLM saw (the scale, or the anyres count for LLaVA-NeXT)
+    probabilities: dict[int, float]  # the predictor's P(correct) per scale
+    confidence: float  # mean log-probability of the answer's tokens
+    forced: bool = False  # the scale came from ``scale=``, not from the predictor
+
+
+@dataclass
+class FrameAllocation:
+    """Scales chosen for a list of frames under one visual-token budget."""
+
+    scales: list[int]
+    visual_tokens: list[int]
+    probabilities: np.ndarray  # (frames, scales)
+    budget: int
+    total_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total_tokens = int(sum(self.visual_tokens))
+
+
+def load_rgb(image) -> Image.Image:
+    """A PIL RGB image from a path, a PIL image or an ``(H, W, 3)`` / ``(H, W)`` uint8 array; clear errors."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)) or 0 in image.shape:
+            raise ValueError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"an image array must be uint8 (0-255), got {image.dtype}")
+        return Image.fromarray(image.squeeze(2) if image.ndim == 3 and image.shape[2] == 1 else image).convert("RGB")
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {path} does not exist")
+        try:
+            with Image.open(path) as opened:
+                return opened.convert("RGB")
+        except Exception as error:  # re-raised naming the file
+            raise BadImageError(f"cannot read image file {path}: {error}") from error
+    raise TypeError(f"image must be a path, a PIL image or a numpy array, got {type(image).__name__}")
+
+
+def _check_question(question) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"the question must be a non-empty string, got {question!r}")
+    return question.strip()
+
+
+class AdaptiveM3:
+    """Answer each (image, question) at the fewest visual tokens the predictor expects to be enough.
+
+    ``threshold``: the default probability a scale must reach (the predictor's calibrated one when None).
+    """
+
+    def __init__(self, model, processor: M3Processor, predictor, threshold: float | None = None) -> None:
+        from predictor import check_compatible
+
+        check_compatible(predictor.fingerprint_, model_config=model.config, where="the predictor")
+        self.model = model.eval()
+        self.processor = processor
+        self.predictor = predictor
+        self.threshold = threshold
+        self.scales = list(predictor.scales_)
+
+    # ---- loading and saving
+    @classmethod
+    def from_pretrained(
+        cls, m3_dir: str | os.PathLike, predictor_dir: str | os.PathLike | None = None, **model_kwargs
+    ) -> AdaptiveM3:
+        """Load an M3 model folder and a predictor folder, or (``predictor_dir=None``) a folder that
+        :meth:`save_pretrained` wrote. A predictor built for other scales or embedding size is refused."""
+        threshold = None
+        if predictor_dir is None:
+            root = Path(m3_dir)
+            config_path = root / CONFIG_NAME
+            if not config_path.is_file():
+                raise FileNotFoundError(
+                    f"{root} is not a saved AdaptiveM3 ({CONFIG_NAME} is missing): pass the M3 model folder and the "
+                    "predictor folder"
+                )
+            threshold = json.loads(config_path.read_text(encoding="utf-8")).get("threshold")
+            m3_dir, predictor_dir = root / MODEL_DIR, root / PREDICTOR_DIR
+        model = load_m3_model(m3_dir, **model_kwargs)
+        processor = M3Processor.from_pretrained(m3_dir, config=model.config)
+        predictor = load_predictor(predictor_dir, model_config=model.config)
+        return cls(model, processor, predictor, threshold=threshold)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``model/`` (weights, tokenizer, image processor), ``predictor/`` and ``adaptive_config.json``."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory / MODEL_DIR)
+        self.processor.save_pretrained(directory / MODEL_DIR)
+        self.predictor.save_pretrained(directory / PREDICTOR_DIR)
+        config = {"threshold": self.threshold, "scales": self.scales}
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        return directory
+
+    # ---- the shared vision pass
+    def encode(self, images: Sequence) -> tuple[list[Image.Image], list[torch.Tensor], torch.Tensor | None]:
+        """PIL images, their projected grids (ONE vision pass) and image sizes (LLaVA-NeXT) or None."""
+        pil = [load_rgb(image) for image in images]
+        pixels = self.processor.image_processor(pil, return_tensors="pt")
+        sizes = pixels.get("image_sizes")
+        with torch.inference_mode():
+            grids = self.model.model.encode_images(
+                pixels["pixel_values"].to(self.model.device, self.model.dtype),
+                None if sizes is None else sizes.to(self.model.device),
+            )
+        return pil, list(grids), sizes
+
+    def _token_counts(self, sizes: torch.Tensor | None, num_images: int) -> np.ndarray:
+        """``(images, scales)`` visual tokens of each image at each predictor scale."""
+        per_scale = [
+            image_token_counts(
+                self.model.config, scale, None if sizes is None else sizes.tolist(), num_images=num_images
+            )
+            for scale in self.scales
+        ]
+        return np.asarray(per_scale, dtype=np.int64).T
+
+    def probabilities(self, pil: list[Image.Image], grids: list[torch.Tensor], questions: list[str]) -> np.ndarray:
+        """``(n, scales)`` P(correct) per scale from the scale-1 embeddings of ``grids``."""
+        embeddings = scale_one_embedding(grids)
+        return self.predictor.predict_proba(Queries(questions=questions, embeddings=embeddings, images=pil))
+
+    def choose_scales(
+        self,
+        probabilities: np.ndarray,
+        token_counts: np.ndarray,
+        threshold: float | None = None,
+        max_tokens: int | None = None,
+    ) -> list[int]:
+        """Per query, the smallest scale whose probability reaches the threshold among the scales within
+        ``max_tokens`` visual tokens; the largest such scale when none reaches it."""
+        threshold = self._threshold(threshold)
+        choices = []
+        for proba, counts in zip(probabilities, token_counts):
+            allowed = [i for i, count in enumerate(counts) if max_tokens is None or count <= max_tokens]
+            if not allowed:
+                raise ValueError(
+                    f"max_tokens={max_tokens} is below the smallest scale's {int(counts.min())} visual tokens"
+                )
+            reaching = [i for i in allowed if proba[i] >= threshold]
+            choices.append(self.scales[reaching[0] if reaching else allowed[-1]])
+        return choices
+
+    def _threshold(self, threshold: float | None) -> float:
+        if threshold is None:
+            threshold = self.predictor.threshold_ if self.threshold is None else self.threshold
+        threshold = float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        return threshold
+
+    # ---- answering
+    def generate(
+        self,
+        image,
+        question,
+        threshold: float | None = None,
+        max_tokens: int | None = None,
+        scale: int | None = None,
+        max_new_tokens: int = 32,
+        **generation_kwargs,
+    ) -> AdaptiveAnswer | list[AdaptiveAnswer]:
+        """Answer one (image, question), or lists of them (one vision pass per image, then one ``generate`` per
+        chosen scale). ``scale=`` forces a scale; ``max_tokens=`` caps the visual tokens the router may pick."""
+        single = not isinstance(question, (list, tuple))
+        images, questions = ([image], [question]) if single else (list(image), list(question))
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images for {len(questions)} questions")
+        questions = [_check_question(q) for q in questions]
+        if scale is not None:
+            scale = check_scale(int(scale), self.model.config.grid_tokens)
+        pil, grids, sizes = self.encode(images)
+        probabilities = self.probabilities(pil, grids, questions)
+        counts = self._token_counts(sizes, len(pil))
+        if scale is None:
+            chosen = self.choose_scales(probabilities, counts, threshold, max_tokens)
+        else:
+            chosen = [scale] * len(pil)
+        compact = dict(self.processor([llava_prompt(q) for q in questions], None, expand=False))
+        answers: list[AdaptiveAnswer | None] = [None] * len(pil)
+        for value in sorted(set(chosen)):
+            rows = [i for i, s in enumerate(chosen) if s == value]
+            subset = {key: tensor[rows] for key, tensor in compact.items()}
+            subset_sizes = None if sizes is None else sizes[rows]
+            if subset_sizes is not None:
+                subset["image_sizes"] = subset_sizes
+            with torch.inference_mode():
+                output = generate_at_scale(
+                    self.model, self.processor, subset, [grids[i] for i in rows], subset_sizes, value,
+                    max_new_tokens, **generation_kwargs,
+                )  # fmt: skip
+            for position, row in enumerate(rows):
+                answers[row] = AdaptiveAnswer(
+                    answer=output.answers[position],
+                    scale=value,
+                    visual_tokens=output.tokens[position],
+                    probabilities=dict(zip(self.scales, probabilities[row].tolist())),
+                    confidence=output.confidences[position],
+                    forced=scale is not None,
+                )
+        return answers[0] if single else answers
+
+    # ---- many frames, one budget
+    def allocate_frames(self, frames: Sequence, question: str, budget: int) -> FrameAllocation:
+        """Scales for every frame (or image) of a list within ``budget`` visual tokens in total, maximising the
+        summed probability that each frame's scale is enough (see :func:`adaptive.budget.allocate_scales`)."""
+        question = _check_question(question)
+        if len(frames) == 0:
+            raise ValueError("no frames to allocate a budget to")
+        pil, grids, sizes = self.encode(frames)
+        probabilities = self.probabilities(pil, grids, [question] * len(pil))
+        counts = self._token_counts(sizes, len(pil))
+        choice = allocate_scales(probabilities, counts, int(budget))
+        rows = np.arange(len(pil))
+        return FrameAllocation(
+            scales=[self.scales[i] for i in choice],
+            visual_tokens=counts[rows, choice].tolist(),
+            probabilities=probabilities,
+            budget=int(budget),
+        )

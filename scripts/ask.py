@@ -1,0 +1,59 @@
+"""Ask an adaptive M3 model one question about one image; prints the answer and the scale it chose.
+
+Examples:
+    python scripts/ask.py --image runs/granularity/images/test/test_000000.png \\
+        --question "where is the big shape ?" --adaptive runs/quickstart/adaptive
+    python scripts/ask.py --image cat.jpg --question "What is in the image?" \\
+        --model runs/tiny-m3 --predictor runs/quickstart/predictor-mlp --threshold 0.9
+    python scripts/ask.py --image cat.jpg --question "..." --adaptive DIR --scale 576   # force a scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", required=True, help="image file")
+    parser.add_argument("--question", required=True)
+    parser.add_argument("--adaptive", help="a folder written by AdaptiveM3.save_pretrained (model/ + predictor/)")
+    parser.add_argument("--model", help="an M3 model folder (with --predictor)")
+    parser.add_argument("--predictor", help="a saved scale predictor folder (with --model)")
+    parser.add_argument("--threshold", type=float, help="probability a scale must reach (default: the predictor's)")
+    parser.add_argument("--max-tokens", type=int, help="cap on the visual tokens the router may choose")
+    parser.add_argument("--scale", type=int, help="force this scale (the predictor's estimates are still shown)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    args = parser.parse_args(argv)
+    if bool(args.model) != bool(args.predictor) or bool(args.adaptive) == bool(args.model):
+        parser.error("pass either --adaptive DIR, or both --model DIR and --predictor DIR")
+
+    from adaptive import AdaptiveM3
+
+    try:
+        adaptive = AdaptiveM3.from_pretrained(args.adaptive or args.model, args.predictor)
+        result = adaptive.generate(
+            args.image,
+            args.question,
+            threshold=args.threshold,
+            max_tokens=args.max_tokens,
+            scale=args.scale,
+            max_new_tokens=args.max_new_tokens,
+        )
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if args.json:
+        print(json.dumps(result.__dict__, indent=2))
+        return
+    how = "forced" if result.forced else "chosen by the predictor"
+    print(f"answer: {result.answer}")
+    print(f"scale: {result.scale} ({how}; {result.visual_tokens} visual tokens)")
+    print("P(correct) per scale: " + ", ".join(f"{s}: {p:.2f}" for s, p in result.probabilities.items()))
+
+
+if __name__ == "__main__":
+    main()

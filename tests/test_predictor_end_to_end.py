@@ -1,0 +1,77 @@
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from predictor import LGBMScalePredictor, MLPScalePredictor, evaluate_routing, summarize, write_evaluation
+from predictor.synthetic import write_synthetic_oracle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def oracles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("oracles")
+    return (
+        write_synthetic_oracle(root / "train", num_images=150, seed=1),
+        write_synthetic_oracle(root / "test", num_images=50, seed=2),
+    )
+
+
+def test_fitted_predictors_beat_random_routing_at_equal_tokens(oracles, tmp_path):
+    train, test = oracles
+    predictors = {"mlp": MLPScalePredictor(max_epochs=40).fit(train), "lgbm": LGBMScalePredictor().fit(train)}
+    evaluation = evaluate_routing(test, predictors)
+    rows = {row["router"]: row for row in summarize(evaluation)}
+    random = rows["random"]
+    for name in predictors:
+        row = rows[name]
+        # the synthetic rule (family and image detail set the needed scale) is learnable: well above random
+        assert row["apgr"] > random["apgr"] + 0.03, (name, row["apgr"], random["apgr"])
+        assert row["matches_full"] and row["token_share_at_match"] < 0.5, name
+        assert row["accuracy_at_match"] > row["random_accuracy_same_tokens"] + 0.05, name
+    # fixed scales: APGR is 0 for the smallest and 1 for the largest, by definition
+    assert rows["fixed 1"]["apgr"] == 0 and rows["fixed 576"]["apgr"] == 1
+    paths = write_evaluation(evaluation, tmp_path / "eval")
+    assert all(path.is_file() and path.stat().st_size > 0 for path in paths.values())
+
+
+def run_script(*argv: str) -> None:
+    old = sys.argv
+    sys.argv = ["evaluate_router.py", *argv]
+    try:
+        runpy.run_path(str(REPO / "scripts" / "evaluate_router.py"), run_name="__main__")
+    finally:
+        sys.argv = old
+
+
+def test_evaluate_router_cli_fits_saves_and_reevaluates(oracles, tmp_path, capsys):
+    train, test = oracles
+    out = tmp_path / "router"
+    run_script(
+        "--oracle-train", str(train), "--oracle-test", str(test), "--out", str(out),
+        "--predictors", "mlp,lgbm-oracle", "--trials", "2", "--no-progress",
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "| router | APGR |" in printed and "confidence cascade" in printed
+    for name in ("results.md", "results.csv", "results.json", "families.csv", "curves.csv", "curves.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "results.json").read_text())
+    routers = {row["router"]: row for row in summary["routers"]}
+    assert {"mlp", "lgbm-oracle", "lgbm-oracle argmax", "random", "confidence cascade", "oracle (paper)"} <= set(
+        routers
+    )
+    assert 0 < routers["mlp"]["calibrated_threshold"] <= 1.0 + 1e-6
+    assert {row["family"] for row in summary["families"]} == {"background", "position", "shape", "small_color"}
+
+    again = tmp_path / "again"
+    run_script("--oracle-test", str(test), "--predictor", str(out / "predictors" / "mlp"), "--out", str(again))
+    rerun = {row["router"]: row for row in json.loads((again / "results.json").read_text())["routers"]}
+    assert np.isclose(rerun["mlp"]["apgr"], routers["mlp"]["apgr"])
+
+    other = write_synthetic_oracle(tmp_path / "d8", num_images=6, embedding_dim=8)
+    with pytest.raises(ValueError, match="embedding size 16"):
+        run_script("--oracle-test", str(other), "--predictor", str(out / "predictors" / "mlp"), "--out", str(again))

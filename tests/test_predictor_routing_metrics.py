@@ -1,0 +1,96 @@
+import math
+
+import numpy as np
+import pytest
+
+from predictor import Curve, apgr, cpt, route_by_threshold
+from predictor.baselines import (
+    cascade_cutoffs,
+    cascade_processed_tokens,
+    cascade_routing,
+    random_routing_weights,
+)
+from predictor.routing_metrics import auc, routing_point, selection_rates, tokens_for_accuracy
+
+SCALES = [1, 9, 36, 144, 576]
+WEAK, STRONG = (1.0, 0.2), (576.0, 0.8)
+
+
+def test_route_by_threshold_by_hand():
+    proba = np.array([[0.9, 0.9, 0.9, 0.9, 0.9], [0.1, 0.6, 0.4, 0.8, 0.95], [0.1, 0.1, 0.1, 0.1, 0.1]])
+    assert route_by_threshold(proba, SCALES, 0.5).tolist() == [1, 9, 576]
+    assert route_by_threshold(proba, SCALES, 0.7).tolist() == [1, 144, 576]
+    assert route_by_threshold(proba, SCALES, 0.0).tolist() == [1, 1, 1]
+    assert route_by_threshold(proba, SCALES, 1.01).tolist() == [576, 576, 576]  # none reaches: the largest
+    with pytest.raises(ValueError, match="5 scales"):
+        route_by_threshold(proba[:, :3], SCALES, 0.5)
+
+
+def test_higher_threshold_never_picks_a_smaller_scale():
+    proba = np.random.default_rng(0).random((500, 5))  # not monotone across scales on purpose
+    thresholds = np.linspace(0, 1.01, 60)
+    routes = np.stack([route_by_threshold(proba, SCALES, t) for t in thresholds])
+    assert np.all(np.diff(routes, axis=0) >= 0)
+
+
+def test_apgr_and_cpt_on_hand_made_curves():
+    # the random router between weak and strong: a straight line, half the gap on average
+    line = Curve.from_points([1, 576], [0.2, 0.8])
+    assert apgr(line, WEAK, STRONG) == pytest.approx(0.5)
+    assert cpt(line, 0.5, WEAK, STRONG) == pytest.approx(1 + 0.5 * 575)
+    # a router that reaches strong accuracy at 100 tokens and stays there
+    knee = Curve.from_points([1, 100, 576], [0.2, 0.8, 0.8])
+    area = (0.5 * 99 + 0.8 * 476) / 575  # triangle-ish ramp, then flat
+    assert auc(knee, 1, 576) == pytest.approx(area)
+    assert apgr(knee, WEAK, STRONG) == pytest.approx((area - 0.2) / 0.6)
+    for fraction in (0.5, 0.8, 0.95):
+        assert cpt(knee, fraction, WEAK, STRONG) == pytest.approx(1 + fraction * 99)
+    # a curve that only starts at 36 tokens is extended to the weak point; one above strong counts above 1
+    late = Curve.from_points([36, 576], [0.8, 0.8])
+    assert apgr(late, WEAK, STRONG) == pytest.approx(1 - 0.5 * 35 / 575)
+    better = Curve.from_points([1, 50, 576], [0.2, 1.0, 1.0])
+    assert apgr(better, WEAK, STRONG) > 1
+    # no gap: undefined; never reaching: NaN
+    assert math.isnan(apgr(line, (1, 0.5), (576, 0.5)))
+    assert math.isnan(apgr(line, (1, 0.5), (576, 0.4)))  # the largest scale is worse: nothing to recover
+    assert math.isnan(cpt(line, 0.5, (1, 0.5), (576, 0.5)))
+    assert math.isnan(tokens_for_accuracy(line, 0.9))
+
+
+def test_curve_keeps_the_best_point_per_token_count():
+    curve = Curve.from_points([9, 1, 9, 36], [0.4, 0.2, 0.5, 0.6])
+    assert curve.tokens.tolist() == [1, 9, 36] and curve.accuracy.tolist() == [0.2, 0.5, 0.6]
+    assert curve.at(5) == pytest.approx(0.35)
+
+
+def test_routing_point_and_selection_rates():
+    correct = np.array([[0, 1, 1, 1, 1], [0, 0, 0, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], float)
+    tokens = np.tile(np.array(SCALES, float), (4, 1))
+    routing = np.array([9, 36, 576, 1])
+    assert routing_point(routing, correct, tokens, SCALES) == (pytest.approx((9 + 36 + 576 + 1) / 4), 0.5)
+    oracle = np.array([9, 144, 1, 1])
+    assert selection_rates(routing, oracle, SCALES) == {"under": 0.25, "exact": 0.5, "over": 0.25}
+    with pytest.raises(ValueError, match=r"scale\(s\) \[7\]"):
+        routing_point(np.array([7, 1, 1, 1]), correct, tokens, SCALES)
+
+
+def test_random_routing_matches_tokens_and_interpolates_accuracy():
+    rng = np.random.default_rng(0)
+    correct = (rng.random((200, 5)) < np.array([0.2, 0.4, 0.6, 0.7, 0.8])).astype(float)
+    tokens = np.tile(np.array(SCALES, float), (200, 1))
+    for target in (1, 5, 9, 90, 400, 576, 1000):
+        weights = random_routing_weights(tokens, target)
+        mean_tokens, accuracy = routing_point(weights, correct, tokens, SCALES)
+        assert mean_tokens == pytest.approx(min(target, 576))
+        fixed = correct.mean(axis=0)
+        assert accuracy == pytest.approx(np.interp(min(target, 576), SCALES, fixed))
+
+
+def test_confidence_cascade():
+    confidence = np.array([[-0.1, -0.1, -0.1, -0.1, -0.1], [-2.0, -1.5, -0.2, -0.1, -0.1], [-3, -3, -3, -3, -3.0]])
+    tokens = np.tile(np.array(SCALES, float), (3, 1))
+    assert cascade_routing(confidence, SCALES, -0.5).tolist() == [1, 36, 576]
+    assert cascade_processed_tokens(confidence, tokens, SCALES, -0.5).tolist() == [1, 1 + 9 + 36, sum(SCALES)]
+    cutoffs = cascade_cutoffs(confidence)
+    assert cascade_routing(confidence, SCALES, cutoffs[0]).tolist() == [1, 1, 1]
+    assert cascade_routing(confidence, SCALES, cutoffs[-1]).tolist() == [576, 576, 576]
