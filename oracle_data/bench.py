@@ -68,8 +68,10 @@ def run_oracle_benchmark(
     warmup: int = 1,
     seed: int = 0,
     work_dir: str | Path | None = None,
+    model_dir: str | Path | None = None,
 ) -> OracleBenchResult:
-    """Write the data and a tiny random model, then time the three designs ``repeats`` times each, interleaved."""
+    """Write the data and a tiny random model (or load the model in ``model_dir``, e.g. a trained one, whose
+    answers stop at EOS), then time the three designs ``repeats`` times each, interleaved."""
     from m3.data.granularity import VOCABULARY
     from m3.data.llava import LlavaDataset
     from m3.evaluation import answer_of, exact_match, generate_answers
@@ -84,11 +86,20 @@ def run_oracle_benchmark(
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         tmp = Path(tmp)
         data_path = write_bench_data(tmp / "data", num_images, questions_per_image, seed)
-        tokenizer = build_tiny_tokenizer(extra_words=VOCABULARY)
-        model = tiny_model("llava", seed=seed, tokenizer=tokenizer, hidden_size=hidden_size)
-        processor = M3Processor(tiny_image_processor("llava"), tokenizer, model.config)
-        model.save_pretrained(tmp / "model")
-        processor.save_pretrained(tmp / "model")
+        if model_dir is None:
+            tokenizer = build_tiny_tokenizer(extra_words=VOCABULARY)
+            model = tiny_model("llava", seed=seed, tokenizer=tokenizer, hidden_size=hidden_size)
+            processor = M3Processor(tiny_image_processor("llava"), tokenizer, model.config)
+            model_dir = tmp / "model"
+            model.save_pretrained(model_dir)
+            processor.save_pretrained(model_dir)
+            description = f"tiny llava, hidden_size={hidden_size}"
+        else:
+            from m3.loading import load_m3_model
+
+            model = load_m3_model(model_dir).eval()
+            processor = M3Processor.from_pretrained(model_dir, config=model.config)
+            description = str(model_dir)
         scales = list(model.config.m3_scales)
         runs = iter(range(10**6))
 
@@ -105,7 +116,7 @@ def run_oracle_benchmark(
         def oracle() -> Path:
             out = tmp / f"oracle-{next(runs)}"
             build_oracle(
-                tmp / "model",
+                model_dir,
                 data_path,
                 out,
                 batch_size=batch_size,
@@ -136,7 +147,7 @@ def run_oracle_benchmark(
                 times[design].append(time.perf_counter() - start)
         parameters = sum(p.numel() for p in model.parameters()) / 1e6
         setup = dict(
-            model=f"tiny llava, hidden_size={hidden_size}, {parameters:.2f}M params",
+            model=f"{description}, {parameters:.2f}M params",
             data=f"granularity validation split: {num_images} images x {questions_per_image} questions",
             samples=len(plain_answers),
             scales=scales,

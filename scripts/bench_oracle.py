@@ -22,6 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--questions-per-image", type=int, default=4, choices=(1, 2, 3, 4), help="keep 1 to 4 questions per image"
     )
     parser.add_argument("--hidden-size", type=int, default=128, help="tiny model width")
+    parser.add_argument("--model", help="a saved M3 model (e.g. checkpoints/tiny-m3) instead of a random tiny one")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=8, help="cap on generated tokens")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per design, interleaved")
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         num_images=args.num_images,
         questions_per_image=args.questions_per_image,
         hidden_size=args.hidden_size,
+        model_dir=args.model,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         repeats=args.repeats,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-PREDICTOR_NAMES = ("mlp", "mlp-oracle", "lgbm", "lgbm-emb", "lgbm-oracle")
+PREDICTOR_NAMES = ("mlp", "mlp-oracle", "mlp-image", "lgbm", "lgbm-emb", "lgbm-oracle")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--predictor", action="append", default=[], help="a saved predictor folder (repeatable)")
     parser.add_argument(
         "--predictors",
-        default="mlp,mlp-oracle,lgbm,lgbm-emb",
+        default="mlp,mlp-image,mlp-oracle,lgbm,lgbm-emb",
         help=f"with --oracle-train: comma-separated predictors to fit, from {', '.join(PREDICTOR_NAMES)}",
     )
     parser.add_argument("--trials", type=int, default=20, help="optuna trials per predictor (0: default parameters)")

@@ -28,8 +28,9 @@ def test_bench_router_times_routing_against_generate(tmp_path, capsys):
     assert len(result.times["generate"]) == 3 and result.median("generate") > 0
     assert result.setup["uses_image"] == {"mlp": False, "lgbm": True}
     assert 0 < result.ratio("lgbm") < 1 and result.routing_seconds("lgbm") > result.median("lgbm forward")
+    assert len(result.times["lgbm routing, own loop"]) == 3 and 0 < result.ratio("mlp", own_loop=True) < 1
     text = format_bench(result)
-    assert "| one generate at scale 576" in text and "/ generate" in text
+    assert "| one generate at scale 576" in text and "/ generate (own loop)" in text
 
     sys_argv = sys.argv
     sys.argv = ["bench_router.py", "--model", str(tmp_path / "model"), "--oracle", str(oracle), "--predictor",

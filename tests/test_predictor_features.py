@@ -44,7 +44,7 @@ def queries(n: int = 12, dim: int = 8, seed: int = 0) -> Queries:
 def test_image_features_of_known_images():
     flat_grey = image_features(Image.new("RGB", (96, 96), (128, 128, 128)))
     assert flat_grey.shape == (len(IMAGE_FEATURE_NAMES),)
-    for name in ("image_edge_density", "image_luma_entropy", "image_colourfulness", "image_saturation"):
+    for name in ("image_edge_density", "image_luma_entropy", "image_colourfulness", "image_chroma"):
         assert feature(flat_grey, name) == 0.0, name
     assert feature(flat_grey, "image_luma_contrast") == 0.0
     assert feature(flat_grey, "image_mean_luma") == pytest.approx(128 / 255)
@@ -53,9 +53,10 @@ def test_image_features_of_known_images():
     assert (feature(wide_red, "image_width"), feature(wide_red, "image_height")) == (300, 100)  # the original size
     assert feature(wide_red, "image_aspect_ratio") == pytest.approx(3.0)
     assert feature(wide_red, "image_log_pixels") == pytest.approx(np.log(30000))
-    # uniform red: no spread, so colourfulness = 0.3 * hypot(mean r-g, mean (r+g)/2-b) = 0.3 * hypot(200, 100)
-    assert feature(wide_red, "image_colourfulness") == pytest.approx(0.3 * np.hypot(200, 100) / 255)
-    assert feature(wide_red, "image_saturation") == pytest.approx(200 / 255)
+    # uniform red: no spread, so colourfulness = 0.3 * hypot(mean Cb - 128, mean Cr - 128), chroma = |Cb| + |Cr|
+    _, cb, cr = (value - 128 for value in Image.new("RGB", (1, 1), (230, 30, 30)).convert("YCbCr").getpixel((0, 0)))
+    assert feature(wide_red, "image_colourfulness") == pytest.approx(0.3 * np.hypot(cb, cr) / 255)
+    assert feature(wide_red, "image_chroma") == pytest.approx((abs(cb) + abs(cr)) / 255)
 
     busy = image_features(busy_image())
     for name in ("image_edge_density", "image_luma_entropy", "image_compressed_bytes_per_pixel"):

@@ -91,6 +91,18 @@ def test_save_and_load_give_identical_predictions(fitted, split, oracle_dir, tmp
     assert type(predictor).from_pretrained(tmp_path / name).scales_ == predictor.scales_
 
 
+@pytest.mark.parametrize("name", ["mlp", "mlp-oracle"])
+def test_mlp_inference_equals_the_trained_torch_network(fitted, split, name):
+    import torch
+
+    predictor = fitted[name]
+    features = predictor._features(split[1])
+    with torch.no_grad():
+        logits = predictor.network_(torch.from_numpy(features))
+    expected = torch.sigmoid(logits) if predictor.target == "correct" else torch.softmax(logits, dim=1)
+    np.testing.assert_allclose(predictor._model_proba(features), expected.double().numpy(), atol=1e-5)
+
+
 def test_queries_route_like_the_table(fitted, split):
     data = split[1]
     queries = Queries(data.column("question").tolist(), data.embeddings(), images=data.image_paths())

@@ -45,6 +45,15 @@ def test_apgr_and_cpt_on_hand_made_curves():
     assert apgr(knee, WEAK, STRONG) == pytest.approx((area - 0.2) / 0.6)
     for fraction in (0.5, 0.8, 0.95):
         assert cpt(knee, fraction, WEAK, STRONG) == pytest.approx(1 + fraction * 99)
+    # over log tokens a flat line still has APGR = its gap share, and the knee at 100 tokens weighs more
+    assert apgr(line, WEAK, STRONG, log_tokens=True) < 0.5  # the chord is low for most doublings of tokens
+    flat = Curve.from_points([1, 576], [0.5, 0.5])
+    assert apgr(flat, WEAK, STRONG, log_tokens=True) == pytest.approx(0.5)
+    # exactly: mean over ln t of the knee = 0.2 + 0.6 * (mean over [0, ln 100] of (t - 1) / 99 plus the flat part)
+    ln_high, ln_knee = np.log(576), np.log(100)
+    ramp = (99 - ln_knee) / 99  # integral over ln t in [0, ln 100] of (t - 1) / 99 = (100 - 1 - ln 100) / 99
+    expected = 0.2 + 0.6 * (ramp + (ln_high - ln_knee)) / ln_high
+    assert auc(knee, 1, 576, log_tokens=True) == pytest.approx(expected, abs=1e-5)
     # a curve that only starts at 36 tokens is extended to the weak point; one above strong counts above 1
     late = Curve.from_points([36, 576], [0.8, 0.8])
     assert apgr(late, WEAK, STRONG) == pytest.approx(1 - 0.5 * 35 / 575)

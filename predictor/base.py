@@ -1,0 +1,311 @@
+"""What every scale predictor shares: the threshold rule, targets, model-compatibility checks and save/load.
+
+A scale predictor estimates, per query and per scale, the probability that the model answers correctly at that
+scale (``predict_proba``: ``(n, scales)``). :func:`route_by_threshold` turns that into a routing: the smallest
+scale whose probability reaches the threshold, the largest scale when none does. Raising the threshold never
+picks a smaller scale, so one trained predictor traces the whole accuracy / token trade-off.
+
+Saved predictors are a folder: ``predictor.json`` (class, hyper-parameters, scales, the model fingerprint and the
+operating threshold), ``features.json`` (:class:`predictor.features.FeatureBuilder`) and the model weights in a
+pickle-free format (safetensors, or LightGBM's text model). :func:`load_predictor` reads any of them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from .data import OracleSet, Queries, as_oracle_set, grouped_split, to_queries
+from .features import FeatureBuilder
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "predictor.json"
+FEATURES_NAME = "features.json"
+TARGETS = ("correct", "oracle")
+DEFAULT_THRESHOLD = 0.5
+
+
+class PredictorMismatchError(ValueError):
+    """A saved predictor was built for another model (scale set or embedding size) than the one it is used with."""
+
+
+def route_by_threshold(proba: np.ndarray, scales: Sequence[int], threshold: float) -> np.ndarray:
+    """``(n,)`` chosen scales: per row, the smallest scale whose probability is ``>= threshold``, else the largest.
+
+    Monotone in the threshold: a higher threshold never picks a smaller scale.
+    """
+    proba = np.asarray(proba)
+    scales = np.asarray(scales)
+    if proba.ndim != 2 or proba.shape[1] != len(scales):
+        raise ValueError(f"probabilities must be (n, {len(scales)} scales), got shape {proba.shape}")
+    reaches = proba >= threshold
+    index = np.where(reaches.any(axis=1), reaches.argmax(axis=1), len(scales) - 1)
+    return scales[index]
+
+
+def model_requirements(model_config) -> tuple[list[int], int]:
+    """``(scales, embedding size)`` of a model, from its config object, a config dict or a saved model folder."""
+    if isinstance(model_config, (str, os.PathLike)):
+        path = Path(model_config)
+        path = path / "config.json" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"no model config at {path}")
+        model_config = json.loads(path.read_text(encoding="utf-8"))
+    get = model_config.get if isinstance(model_config, dict) else lambda k, d=None: getattr(model_config, k, d)
+    text = get("text_config")
+    hidden = text.get("hidden_size") if isinstance(text, dict) else getattr(text, "hidden_size", None)
+    scales = get("m3_scales")
+    if scales is None or hidden is None:
+        raise ValueError("the model config names no m3_scales or text_config.hidden_size: not an M3 model config")
+    return sorted(int(s) for s in scales), int(hidden)
+
+
+def check_compatible(fingerprint: dict, oracle=None, model_config=None, where: str = "this predictor") -> None:
+    """Raise :class:`PredictorMismatchError` if the predictor's scales or embedding size differ from those of the
+    oracle data (folder, table or :class:`OracleSet`) or model config (object, dict or model folder) given."""
+    checks = []
+    if oracle is not None:
+        data = as_oracle_set(oracle)
+        checks.append((f"the oracle data from {data.source}", list(data.scales), data.embedding_dim))
+        theirs = (data.fingerprint().get("model_fingerprint") or {}).get("weights_sha256")
+        ours = (fingerprint.get("model_fingerprint") or {}).get("weights_sha256")
+        if theirs and ours and theirs != ours:
+            warnings.warn(
+                f"{where} was trained on oracle labels of model {fingerprint.get('model_path')}, the oracle data from "
+                f"{data.source} comes from a model with other weights ({data.fingerprint().get('model_path')}); its "
+                "correctness estimates may not carry over",
+                stacklevel=3,
+            )
+    if model_config is not None:
+        scales, hidden = model_requirements(model_config)
+        checks.append(("the model config", scales, hidden))
+    for what, scales, dim in checks:
+        problems = []
+        if list(scales) != list(fingerprint["scales"]):
+            problems.append(f"scales {list(fingerprint['scales'])} (it has {list(scales)})")
+        if dim is not None and fingerprint.get("embedding_dim") is not None and dim != fingerprint["embedding_dim"]:
+            problems.append(f"embedding size {fingerprint['embedding_dim']} (it has {dim})")
+        if problems:
+            raise PredictorMismatchError(
+                f"{where} was built for {' and '.join(problems)}; it does not match {what}. Train a predictor on "
+                "oracle data of this model."
+            )
+
+
+class ScalePredictor(BaseEstimator):
+    """Base of the scale predictors (scikit-learn style: ``__init__`` stores hyper-parameters, ``fit`` learns
+    attributes ending in ``_`` and returns self).
+
+    ``target="correct"`` learns one probability of a correct answer per scale. ``target="oracle"`` classifies the
+    oracle label (``oracle="monotone"`` or ``"paper"``) directly; its ``predict_proba`` is then the cumulative
+    class probability P(label <= s), the probability that scale s is enough, so the same threshold rule applies,
+    and ``predict(X)`` without a threshold returns the most probable label.
+    """
+
+    # which FeatureBuilder blocks a subclass uses; set from its hyper-parameters
+    def _feature_flags(self) -> dict:
+        raise NotImplementedError
+
+    # the learner: fitted on the feature matrix; ``evaluation`` is (features, targets) held out or None
+    def _fit_model(self, features, targets, evaluation, callback) -> None:
+        raise NotImplementedError
+
+    def _model_proba(self, features: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _save_model(self, path: Path) -> dict:
+        raise NotImplementedError
+
+    def _load_model(self, path: Path, state: dict) -> None:
+        raise NotImplementedError
+
+    # ---- targets
+    def _check_params(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.oracle not in ("paper", "monotone"):
+            raise ValueError(f"oracle must be 'paper' or 'monotone', got {self.oracle!r}")
+
+    def _targets(self, data: OracleSet, y=None) -> np.ndarray:
+        """``(n, scales)`` 0/1 correctness for ``target="correct"``, ``(n,)`` label indices for ``"oracle"``."""
+        scales = np.asarray(data.scales)
+        if self.target == "correct":
+            targets = data.correct() if y is None else np.asarray(y)
+            if targets.shape != (len(data), len(scales)):
+                raise ValueError(f"y must be (n, {len(scales)}) correctness for target='correct', got {targets.shape}")
+            return targets.astype(np.float32)
+        labels = data.oracle_labels(self.oracle) if y is None else np.asarray(y)
+        unknown = sorted(set(labels.tolist()) - set(scales.tolist()))
+        if labels.shape != (len(data),) or unknown:
+            raise ValueError(
+                f"y must be (n,) oracle scales among {scales.tolist()}; got shape {labels.shape}, {unknown}"
+            )
+        return np.searchsorted(scales, labels).astype(np.int64)
+
+    # ---- fitting
+    def fit(self, X, y=None, *, eval_set=None, callback=None, image_root=None) -> ScalePredictor:
+        """Learn from oracle data ``X`` (an oracle folder, a pyarrow Table, a pandas DataFrame or an OracleSet).
+
+        The targets come from ``X``'s columns unless ``y`` is given. ``eval_set`` (oracle data of other images)
+        is used for early stopping instead of an internal grouped split; ``callback(step, validation_loss)`` is
+        called after every epoch / boosting round that is evaluated (optuna pruning raises from it).
+        """
+        self._check_params()
+        data = as_oracle_set(X, image_root)
+        if len(data) == 0:
+            raise ValueError(f"cannot fit on 0 samples (from {data.source})")
+        flags = self._feature_flags()
+        queries = data.queries(flags["use_embedding"], flags["use_image"])
+        self.feature_builder_ = FeatureBuilder(**flags).fit(queries)
+        self.scales_ = list(data.scales)
+        self.fingerprint_ = data.fingerprint()
+        self.threshold_ = DEFAULT_THRESHOLD
+        targets = self._targets(data, y)
+        features = self.feature_builder_.transform(queries)
+        self.n_features_in_ = features.shape[1]
+        if eval_set is not None:
+            eval_data = as_oracle_set(eval_set, image_root)
+            if list(eval_data.scales) != self.scales_:
+                raise ValueError(f"eval_set has scales {eval_data.scales}, the training data {self.scales_}")
+            evaluation = (self._features(eval_data), self._targets(eval_data))
+        elif (split := self._validation_split(data)) is not None:
+            train, held_out = split
+            evaluation = (features[held_out], targets[held_out])
+            features, targets = features[train], targets[train]
+        else:
+            evaluation = None
+        self._fit_model(features, targets, evaluation, callback)
+        return self
+
+    def _validation_split(self, data: OracleSet):
+        """Inner grouped split (train, held-out indices) for early stopping; None when ``validation_fraction`` is 0
+        or there are fewer than 5 images."""
+        if not self.validation_fraction or len(set(data.groups.tolist())) < 5:
+            return None
+        return grouped_split(data, self.validation_fraction, self.seed)
+
+    def _features(self, data) -> np.ndarray:
+        flags = self._feature_flags()
+        queries = to_queries(data, flags["use_embedding"], flags["use_image"])
+        return self.feature_builder_.transform(queries)
+
+    # ---- predicting
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "feature_builder_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit(oracle_data) first")
+
+    def predict_proba(self, X, image_root=None) -> np.ndarray:
+        """``(n, scales)``: per scale, the probability that the model answers correctly there (for
+        ``target="oracle"``: that the scale is enough, P(label <= s)). ``X``: :class:`Queries` or oracle data."""
+        self._check_fitted()
+        return self._proba_from_features(self._features(X if isinstance(X, Queries) else as_oracle_set(X, image_root)))
+
+    def _proba_from_features(self, features: np.ndarray) -> np.ndarray:
+        proba = self._model_proba(features)
+        if self.target == "oracle":
+            proba = np.cumsum(proba, axis=1)
+            proba[:, -1] = 1.0  # the largest scale is always "enough" (no rounding below 1)
+        return proba
+
+    def predict_label_proba(self, X, image_root=None) -> np.ndarray:
+        """``(n, scales)`` class probabilities of the oracle label (``target="oracle"`` only)."""
+        self._check_fitted()
+        if self.target != "oracle":
+            raise ValueError("predict_label_proba needs target='oracle'; this predictor estimates correctness")
+        return self._model_proba(self._features(X if isinstance(X, Queries) else as_oracle_set(X, image_root)))
+
+    def predict(self, X, threshold: float | None = None, image_root=None) -> np.ndarray:
+        """``(n,)`` scales: the smallest scale whose probability reaches ``threshold`` (default: ``threshold_``,
+        0.5 unless calibrated), the largest when none does. For ``target="oracle"`` without a threshold: the most
+        probable oracle label (direct classification)."""
+        if threshold is None and self.target == "oracle":
+            return np.asarray(self.scales_)[self.predict_label_proba(X, image_root).argmax(axis=1)]
+        self._check_fitted()
+        return route_by_threshold(self.predict_proba(X, image_root), self.scales_, self._threshold(threshold))
+
+    def _threshold(self, threshold: float | None) -> float:
+        return self.threshold_ if threshold is None else float(threshold)
+
+    # ---- save / load
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the predictor to ``directory`` (JSON + safetensors / LightGBM text; no pickle)."""
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.feature_builder_.save(directory / FEATURES_NAME)
+        state = self._save_model(directory)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "class": type(self).__name__,
+            "params": _jsonable(self.get_params()),
+            "scales": self.scales_,
+            "fingerprint": self.fingerprint_,
+            "threshold": self.threshold_,
+            "n_features_in": self.n_features_in_,
+            "model": state,
+        }
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, oracle=None, model_config=None) -> ScalePredictor:
+        """Load a saved predictor; with ``oracle`` (oracle data) or ``model_config`` (config object, dict or model
+        folder), refuse it with :class:`PredictorMismatchError` if it was built for other scales or embedding size."""
+        directory = Path(directory)
+        path = directory / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} holds no saved predictor ({CONFIG_NAME} is missing)")
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: format version {config.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+            )
+        registry = {klass.__name__: klass for klass in _subclasses(ScalePredictor)}
+        klass = registry.get(config["class"])
+        if klass is None:
+            raise ValueError(f"{path}: unknown predictor class {config['class']!r}; known: {sorted(registry)}")
+        if cls is not ScalePredictor and not issubclass(klass, cls):
+            raise TypeError(f"{directory} holds a {config['class']}, not a {cls.__name__}; use load_predictor()")
+        check_compatible(config["fingerprint"], oracle, model_config, where=f"the predictor in {directory}")
+        predictor = klass(**_from_jsonable(klass, config["params"]))
+        predictor.feature_builder_ = FeatureBuilder.load(directory / FEATURES_NAME)
+        predictor.scales_ = list(config["scales"])
+        predictor.fingerprint_ = config["fingerprint"]
+        predictor.threshold_ = float(config["threshold"])
+        predictor.n_features_in_ = int(config["n_features_in"])
+        predictor._load_model(directory, config["model"])
+        return predictor
+
+
+def load_predictor(directory: str | os.PathLike, oracle=None, model_config=None) -> ScalePredictor:
+    """Load any saved scale predictor (see :meth:`ScalePredictor.from_pretrained`)."""
+    from . import lgbm, mlp  # noqa: F401  (registers the subclasses)
+
+    return ScalePredictor.from_pretrained(directory, oracle=oracle, model_config=model_config)
+
+
+def _subclasses(klass) -> list[type]:
+    found = []
+    for sub in klass.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def _jsonable(params: dict) -> dict:
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in params.items()}
+
+
+def _from_jsonable(klass, params: dict) -> dict:
+    """Lists back to tuples where the constructor's default is a tuple (JSON has no tuples)."""
+    defaults = {name: p.default for name, p in inspect.signature(klass.__init__).parameters.items()}
+    return {
+        key: tuple(value) if isinstance(value, list) and isinstance(defaults.get(key), tuple) else value
+        for key, value in params.items()
+    }

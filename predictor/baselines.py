@@ -1,0 +1,65 @@
+"""Routing baselines, as pure functions on the oracle's per-scale matrices ``(samples, scales)``.
+
+* **fixed scale**: every query at one scale;
+* **random routing at matched mean tokens**: each query goes to one of the two scales whose mean tokens bracket
+  the target, at random, with the mix that gives the target mean; returned as exact expected weights;
+* **confidence cascade**: answer at the smallest scale and escalate while the answer's confidence (mean token
+  log-probability) is below a cut-off ``c``; the last scale answers regardless. It pays for every scale it tries
+  (:func:`cascade_processed_tokens`), which the usual "tokens of the chosen scale" cost leaves out;
+* **oracles**: the label columns (``oracle_scale``, ``oracle_monotone_scale``) as routings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def fixed_routing(n: int, scale: int) -> np.ndarray:
+    """``(n,)``: every query at ``scale``."""
+    return np.full(n, int(scale), dtype=np.int64)
+
+
+def random_routing_weights(tokens: np.ndarray, target_tokens: float) -> np.ndarray:
+    """``(n, scales)`` weights of the random router whose expected mean tokens equal ``target_tokens``.
+
+    It mixes the two scales whose mean tokens bracket the target (clipped to the smallest / largest scale).
+    Its accuracy is the linear interpolation of the fixed-scale points.
+    """
+    means = tokens.mean(axis=0) if len(tokens) else np.zeros(tokens.shape[1])
+    if np.any(np.diff(means) <= 0):
+        raise ValueError(f"mean tokens per scale must increase with the scale, got {means.tolist()}")
+    weights = np.zeros(tokens.shape[1])
+    target = float(np.clip(target_tokens, means[0], means[-1]))
+    upper = int(np.searchsorted(means, target, side="left"))
+    if upper == 0 or means[upper] == target:
+        weights[upper] = 1.0
+    else:
+        share = (target - means[upper - 1]) / (means[upper] - means[upper - 1])
+        weights[upper - 1], weights[upper] = 1 - share, share
+    return np.tile(weights, (len(tokens), 1))
+
+
+def cascade_routing(confidences: np.ndarray, scales: Sequence[int], cutoff: float) -> np.ndarray:
+    """``(n,)`` scales: the first scale whose answer has confidence ``>= cutoff``, else the largest."""
+    confident = np.asarray(confidences) >= cutoff
+    index = np.where(confident.any(axis=1), confident.argmax(axis=1), len(scales) - 1)
+    return np.asarray(scales)[index]
+
+
+def cascade_processed_tokens(confidences: np.ndarray, tokens: np.ndarray, scales: Sequence[int], cutoff: float):
+    """``(n,)`` visual tokens the cascade actually processed: every scale it tried, up to the one it stopped at."""
+    chosen = np.searchsorted(np.asarray(scales), cascade_routing(confidences, scales, cutoff))
+    tried = np.arange(len(scales))[None, :] <= chosen[:, None]
+    return (tokens * tried).sum(axis=1)
+
+
+def cascade_cutoffs(confidences: np.ndarray, max_quantiles: int = 300) -> np.ndarray:
+    """Cut-offs that trace the cascade's whole curve: below every confidence (all stop at the smallest scale),
+    quantiles of the confidences, and above every confidence (all escalate to the largest)."""
+    values = np.asarray(confidences, dtype=np.float64).ravel()
+    if not values.size:
+        return np.array([-np.inf, np.inf])
+    quantiles = np.quantile(values, np.linspace(0, 1, max_quantiles))
+    return np.unique(np.concatenate([[-np.inf], quantiles, [values.max() + 1.0]]))

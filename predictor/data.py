@@ -1,0 +1,297 @@
+"""Oracle data as the predictors see it: one :class:`OracleSet` per oracle table, query batches and grouped splits.
+
+An :class:`OracleSet` wraps the table that :func:`oracle_data.load_oracle` returns (or one passed in directly:
+a ``pyarrow.Table`` or a pandas ``DataFrame`` in the same schema) with its scales, its manifest and the folder
+its images are relative to. It hands out the per-scale matrices (``correct``, ``scores``, ``tokens``,
+``confidences``, shape ``(samples, scales)``), the oracle labels and the predictor inputs as :class:`Queries`.
+
+Image features are computed once per distinct image file and cached on the set (subsets share the cache), so
+tuning trials do not decode the images again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .features import IMAGE_FEATURE_NAMES, image_features
+
+ORACLE_COLUMNS = {"paper": "oracle_scale", "monotone": "oracle_monotone_scale"}
+_PER_SCALE = re.compile(r"^correct_(\d+)$")
+
+
+@dataclass
+class Queries:
+    """A batch of routing queries: what a predictor sees before any answer is generated.
+
+    ``embeddings`` is the model's scale-1 visual token per query (``(n, D)``; needed by predictors that use
+    it); image features come from ``image_features`` (``(n, k)``, precomputed) or are computed from
+    ``images`` (PIL images or file paths).
+    """
+
+    questions: list[str]
+    embeddings: np.ndarray | None = None
+    images: Sequence | None = None
+    image_features: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.questions = [str(q) for q in self.questions]
+        n = len(self.questions)
+        if self.embeddings is not None:
+            self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
+            if self.embeddings.ndim != 2 or len(self.embeddings) != n:
+                raise ValueError(f"embeddings must have shape ({n}, D), got {self.embeddings.shape}")
+        if self.images is not None and len(self.images) != n:
+            raise ValueError(f"{len(self.images)} images for {n} questions")
+        if self.image_features is not None:
+            self.image_features = np.asarray(self.image_features, dtype=np.float64)
+            if self.image_features.shape != (n, len(IMAGE_FEATURE_NAMES)):
+                raise ValueError(
+                    f"image_features must have shape ({n}, {len(IMAGE_FEATURE_NAMES)}), got {self.image_features.shape}"
+                )
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def image_feature_matrix(self) -> np.ndarray:
+        """``(n, k)`` image features: the precomputed ones, else computed from ``images``."""
+        if self.image_features is not None:
+            return self.image_features
+        if self.images is None:
+            raise ValueError("these queries have neither images nor image_features, but the predictor needs them")
+        return np.stack([image_features(_open_rgb(image)) for image in self.images]) if len(self) else _no_images()
+
+
+def _no_images() -> np.ndarray:
+    return np.zeros((0, len(IMAGE_FEATURE_NAMES)))
+
+
+def _open_rgb(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    path = Path(image)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    with Image.open(path) as opened:
+        return opened.convert("RGB")
+
+
+def scales_from_columns(names: Sequence[str]) -> list[int]:
+    """The scales of an oracle table, read from its ``correct_{s}`` columns."""
+    return sorted(int(m.group(1)) for name in names if (m := _PER_SCALE.match(name)))
+
+
+@dataclass
+class OracleSet:
+    """An oracle table with its scales, manifest (None when the table came without one) and image folder."""
+
+    table: pa.Table
+    scales: list[int]
+    manifest: dict | None = None
+    image_root: Path | None = None
+    source: str = "table"
+    _image_cache: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    # ---- per-sample columns
+    def column(self, name: str) -> np.ndarray:
+        if name not in self.table.column_names:
+            raise KeyError(f"the oracle table from {self.source} has no column {name!r}")
+        return self.table.column(name).to_numpy(zero_copy_only=False)
+
+    def _matrix(self, prefix: str, dtype) -> np.ndarray:
+        if not len(self):
+            return np.zeros((0, len(self.scales)), dtype=dtype)
+        return np.stack([self.column(f"{prefix}_{s}").astype(dtype) for s in self.scales], axis=1)
+
+    def correct(self) -> np.ndarray:
+        """``(n, scales)`` bool: the answer at each scale is correct (score >= 0.5)."""
+        return self._matrix("correct", bool)
+
+    def scores(self) -> np.ndarray:
+        """``(n, scales)`` float: the metric score at each scale."""
+        return self._matrix("score", np.float64)
+
+    def tokens(self) -> np.ndarray:
+        """``(n, scales)`` float: the visual tokens the LLM saw at each scale."""
+        return self._matrix("tokens", np.float64)
+
+    def confidences(self) -> np.ndarray:
+        """``(n, scales)`` float: mean log-probability of the answer at each scale."""
+        return self._matrix("confidence", np.float64)
+
+    def oracle_labels(self, kind: str = "paper") -> np.ndarray:
+        """``(n,)`` the oracle scale: ``"paper"`` (fewest correct tokens) or ``"monotone"``."""
+        if kind not in ORACLE_COLUMNS:
+            raise ValueError(f"unknown oracle {kind!r}; expected one of {sorted(ORACLE_COLUMNS)}")
+        return self.column(ORACLE_COLUMNS[kind]).astype(np.int64)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The image id of every sample: the unit of a split."""
+        return self.column("image_id").astype(object)
+
+    @property
+    def families(self) -> np.ndarray:
+        """Question family per sample; ``"(none)"`` where the data names none."""
+        if "family" not in self.table.column_names:
+            return np.full(len(self), "(none)", dtype=object)
+        return np.array(["(none)" if f is None else f for f in self.table.column("family").to_pylist()], dtype=object)
+
+    @property
+    def embedding_dim(self) -> int | None:
+        if self.manifest is not None and self.manifest.get("model", {}).get("embedding_dim") is not None:
+            return int(self.manifest["model"]["embedding_dim"])
+        if "embedding" not in self.table.column_names or not len(self):
+            return None
+        return len(self.table.column("embedding")[0].as_py())
+
+    def embeddings(self) -> np.ndarray:
+        """``(n, D)`` float32: the scale-1 visual token per sample."""
+        values = self.table.column("embedding").combine_chunks()
+        dim = self.embedding_dim or 0
+        flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        if flat.size != len(self) * dim:
+            raise ValueError(f"the oracle table from {self.source} has embeddings of different lengths")
+        return flat.reshape(len(self), dim)
+
+    def image_paths(self) -> list[Path]:
+        """Each sample's image file, resolved against the image root."""
+        paths = []
+        for image in self.column("image"):
+            path = Path(image)
+            if not path.is_absolute():
+                if self.image_root is None:
+                    raise ValueError(
+                        f"the oracle table from {self.source} has relative image paths ({image!r}) and no image root; "
+                        "pass image_root=..."
+                    )
+                path = self.image_root / path
+            paths.append(path)
+        return paths
+
+    def image_features(self, progress: bool = True) -> np.ndarray:
+        """``(n, k)`` cheap image features (see :func:`predictor.features.image_features`), cached per file."""
+        paths = self.image_paths()
+        todo = [p for p in dict.fromkeys(paths) if p not in self._image_cache]
+        for path in tqdm(todo, desc="image features", unit="image", disable=not progress or len(todo) < 200):
+            self._image_cache[path] = image_features(_open_rgb(path))
+        return np.stack([self._image_cache[p] for p in paths]) if paths else _no_images()
+
+    def queries(self, embeddings: bool = True, images: bool = True, progress: bool = True) -> Queries:
+        """The predictor inputs of every sample (only the blocks asked for are read or computed)."""
+        return Queries(
+            questions=self.column("question").tolist(),
+            embeddings=self.embeddings() if embeddings else None,
+            image_features=self.image_features(progress) if images else None,
+        )
+
+    def take(self, indices) -> OracleSet:
+        """The samples at ``indices`` (same scales, manifest and image cache)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return OracleSet(
+            self.table.take(pa.array(indices)),
+            self.scales,
+            self.manifest,
+            self.image_root,
+            self.source,
+            self._image_cache,
+        )
+
+    def fingerprint(self) -> dict:
+        """What identifies the model behind these labels: scales, embedding size and the manifest's model entry."""
+        model = (self.manifest or {}).get("model", {})
+        return {
+            "scales": list(self.scales),
+            "embedding_dim": self.embedding_dim,
+            "model_path": model.get("path"),
+            "model_fingerprint": model.get("fingerprint"),
+            "model_type": model.get("model_type"),
+            "grid_tokens": model.get("grid_tokens"),
+            "text_hidden_size": model.get("text_hidden_size"),
+            "oracle_data": (self.manifest or {}).get("data", {}).get("path"),
+        }
+
+
+def _is_dataframe(obj) -> bool:
+    return type(obj).__module__.split(".")[0] == "pandas" and hasattr(obj, "columns")
+
+
+def as_oracle_set(data, image_root: str | os.PathLike | None = None) -> OracleSet:
+    """An :class:`OracleSet` from an oracle folder, a ``pyarrow.Table``, a pandas ``DataFrame`` or an OracleSet.
+
+    The manifest comes from the folder, or from the table's ``manifest`` schema metadata (which
+    :func:`oracle_data.load_oracle` sets). ``image_root`` overrides the manifest's ``data.image_root``.
+    """
+    from oracle_data import load_oracle
+
+    if isinstance(data, OracleSet):
+        if image_root is not None:
+            return OracleSet(data.table, data.scales, data.manifest, Path(image_root), data.source, data._image_cache)
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        table, source = load_oracle(data), str(data)
+    elif isinstance(data, pa.Table):
+        table, source = data, "a pyarrow table"
+    elif _is_dataframe(data):
+        table, source = pa.Table.from_pandas(data, preserve_index=False), "a pandas DataFrame"
+    else:
+        raise TypeError(
+            f"expected an oracle folder, a pyarrow.Table, a pandas DataFrame or an OracleSet, got {type(data).__name__}"
+        )
+    metadata = table.schema.metadata or {}
+    manifest = json.loads(metadata[b"manifest"]) if b"manifest" in metadata else None
+    scales = list(manifest["model"]["scales"]) if manifest else scales_from_columns(table.column_names)
+    if not scales:
+        raise ValueError(f"{source} has no correct_{{s}} columns: not an oracle table")
+    missing = [
+        name
+        for name in ("image_id", "question", *(f"{p}_{s}" for s in scales for p in ("correct", "tokens")))
+        if name not in table.column_names
+    ]
+    if missing:
+        raise ValueError(f"{source} lacks oracle column(s) {missing}")
+    root = image_root if image_root is not None else (manifest or {}).get("data", {}).get("image_root")
+    return OracleSet(table, scales, manifest, None if root is None else Path(root), source)
+
+
+def to_queries(data, embeddings: bool, images: bool, image_root=None, progress: bool = True) -> Queries:
+    """:class:`Queries` from anything :func:`as_oracle_set` reads, or a Queries object passed through."""
+    if isinstance(data, Queries):
+        return data
+    return as_oracle_set(data, image_root).queries(embeddings=embeddings, images=images, progress=progress)
+
+
+def grouped_split(groups, test_size: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_indices, test_indices)`` with every group (image id) wholly on one side.
+
+    ``groups`` is an :class:`OracleSet` (split by image id) or one group label per sample. ``test_size`` is the
+    fraction of groups held out (scikit-learn's ``GroupShuffleSplit``).
+    """
+    from sklearn.model_selection import GroupShuffleSplit
+
+    labels = groups.groups if isinstance(groups, OracleSet) else np.asarray(groups, dtype=object)
+    if len(set(labels.tolist())) < 2:
+        raise ValueError(f"a grouped split needs at least 2 distinct images, got {len(set(labels.tolist()))}")
+    if not 0 < test_size < 1:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    splitter = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    train, test = next(splitter.split(np.zeros(len(labels)), groups=labels))
+    return np.sort(train), np.sort(test)
+
+
+def split_oracle(data: OracleSet, test_size: float = 0.2, seed: int = 0) -> tuple[OracleSet, OracleSet]:
+    """Two :class:`OracleSet` s with no image in both (see :func:`grouped_split`)."""
+    train, test = grouped_split(data, test_size, seed)
+    return data.take(train), data.take(test)
