@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from m3.data.llava import BadImageError
+from m3.data.llava import open_rgb
 from m3.loading import load_m3_model
 from m3.pooling import check_scale
 from m3.processing import M3Processor, llava_prompt
@@ -71,11 +71,7 @@ def load_rgb(image) -> Image.Image:
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"image file {path} does not exist")
-        try:
-            with Image.open(path) as opened:
-                return opened.convert("RGB")
-        except Exception as error:  # re-raised naming the file
-            raise BadImageError(f"cannot read image file {path}: {error}") from error
+        return open_rgb(path)
     raise TypeError(f"image must be a path, a PIL image or a numpy array, got {type(image).__name__}")
 
 

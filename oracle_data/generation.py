@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from m3.data.llava import BadImageError
+from m3.data.llava import open_rgb
 from m3.pooling import pool_tokens
 from m3.processing import M3Processor, llava_prompt
 
@@ -38,14 +38,7 @@ class ScaleOutput:
 
 def load_image(sample: Sample) -> Image.Image:
     """The sample's image as PIL RGB; :class:`BadImageError` naming the file and the sample otherwise."""
-    path = sample.image_path
-    if not path.is_file():
-        raise BadImageError(f"image file {path} of sample {sample.sample_id} does not exist")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as error:  # re-raised with the file and the sample named
-        raise BadImageError(f"cannot read image file {path} of sample {sample.sample_id}: {error}") from error
+    return open_rgb(sample.image_path, f"sample {sample.sample_id}")
 
 
 def eos_token_ids(model, processor: M3Processor) -> list[int]:

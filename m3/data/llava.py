@@ -47,6 +47,19 @@ class BadImageError(OSError):
     """An image file of a record is missing or cannot be decoded; the message names the file and the record."""
 
 
+def open_rgb(path: Path, owner: str = "") -> Image.Image:
+    """The image file at ``path`` as PIL RGB; :class:`BadImageError` naming the file (and ``owner``, e.g.
+    ``"record 42"``) when it is missing or unreadable."""
+    where = f" of {owner}" if owner else ""
+    if not path.is_file():
+        raise BadImageError(f"image file {path}{where} does not exist")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as error:  # re-raised with the file named
+        raise BadImageError(f"cannot read image file {path}{where}: {error}") from error
+
+
 def normalize_conversations(conversations: Sequence[dict], has_image: bool, record_id: str | None) -> list[dict]:
     """Check a conversation and put the image placeholder where LLaVA puts it.
 
@@ -169,15 +182,7 @@ class LlavaDataset(Dataset):
     def load_image(self, record: dict) -> Image.Image | None:
         """The record's image as PIL RGB (None for a text-only record); raises :class:`BadImageError`."""
         path = self.image_path(record)
-        if path is None:
-            return None
-        if not path.is_file():
-            raise BadImageError(f"image file {path} of record {record['id']} does not exist")
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except Exception as error:  # re-raised with the file and the record named
-            raise BadImageError(f"cannot read image file {path} of record {record['id']}: {error}") from error
+        return None if path is None else open_rgb(path, f"record {record['id']}")
 
     def __len__(self) -> int:
         return len(self.records)
