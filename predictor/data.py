@@ -23,6 +23,8 @@ import pyarrow as pa
 from PIL import Image
 from tqdm.auto import tqdm
 
+from m3.data.llava import open_rgb
+
 from .features import IMAGE_FEATURE_NAMES, image_features
 
 ORACLE_COLUMNS = {"paper": "oracle_scale", "monotone": "oracle_monotone_scale"}
@@ -81,8 +83,7 @@ def _open_rgb(image) -> Image.Image:
     path = Path(image)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
-    with Image.open(path) as opened:
-        return opened.convert("RGB")
+    return open_rgb(path)
 
 
 def scales_from_columns(names: Sequence[str]) -> list[int]:
