@@ -17,10 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
-
-from m3.processing import llava_prompt
-from oracle_data.generation import generate_at_scale
+from m3.inference import compact_prompts, generate_at_scale
 
 from .model import AdaptiveM3
 
@@ -56,11 +53,8 @@ class LatencyReport:
 def _answer_at(adaptive: AdaptiveM3, image, question: str, scale: int, max_new_tokens: int) -> int:
     """Vision pass + generate at ``scale`` without the predictor; returns the visual tokens used."""
     pil, grids, sizes = adaptive.encode([image])
-    compact = dict(adaptive.processor([llava_prompt(question)], None, expand=False))
-    if sizes is not None:
-        compact["image_sizes"] = sizes
-    with torch.inference_mode():
-        output = generate_at_scale(adaptive.model, adaptive.processor, compact, grids, sizes, scale, max_new_tokens)
+    compact = compact_prompts(adaptive.processor, [question], sizes)
+    output = generate_at_scale(adaptive.model, adaptive.processor, compact, grids, sizes, scale, max_new_tokens)
     return output.tokens[0]
 
 

@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 
 from m3.data.llava import open_rgb
+from m3.inference import compact_prompts, encode_images, generate_at_scale, scale_one_embedding
 from m3.loading import load_m3_model
 from m3.pooling import check_scale
-from m3.processing import M3Processor, llava_prompt
+from m3.processing import M3Processor
 from m3.prompting import image_token_counts
-from oracle_data.generation import generate_at_scale, scale_one_embedding
 from predictor import Queries, load_predictor
 
 from .budget import allocate_scales
@@ -134,14 +134,8 @@ class AdaptiveM3:
     def encode(self, images: Sequence) -> tuple[list[Image.Image], list[torch.Tensor], torch.Tensor | None]:
         """PIL images, their projected grids (ONE vision pass) and image sizes (LLaVA-NeXT) or None."""
         pil = [load_rgb(image) for image in images]
-        pixels = self.processor.image_processor(pil, return_tensors="pt")
-        sizes = pixels.get("image_sizes")
-        with torch.inference_mode():
-            grids = self.model.model.encode_images(
-                pixels["pixel_values"].to(self.model.device, self.model.dtype),
-                None if sizes is None else sizes.to(self.model.device),
-            )
-        return pil, list(grids), sizes
+        grids, sizes = encode_images(self.model, self.processor, pil)
+        return pil, grids, sizes
 
     def _token_counts(self, sizes: torch.Tensor | None, num_images: int) -> np.ndarray:
         """``(images, scales)`` visual tokens of each image at each predictor scale."""
@@ -214,7 +208,7 @@ class AdaptiveM3:
             chosen = self.choose_scales(probabilities, counts, threshold, max_tokens)
         else:
             chosen = [scale] * len(pil)
-        compact = dict(self.processor([llava_prompt(q) for q in questions], None, expand=False))
+        compact = compact_prompts(self.processor, questions)
         answers: list[AdaptiveAnswer | None] = [None] * len(pil)
         for value in sorted(set(chosen)):
             rows = [i for i, s in enumerate(chosen) if s == value]
@@ -222,11 +216,10 @@ class AdaptiveM3:
             subset_sizes = None if sizes is None else sizes[rows]
             if subset_sizes is not None:
                 subset["image_sizes"] = subset_sizes
-            with torch.inference_mode():
-                output = generate_at_scale(
-                    self.model, self.processor, subset, [grids[i] for i in rows], subset_sizes, value,
-                    max_new_tokens, **generation_kwargs,
-                )  # fmt: skip
+            output = generate_at_scale(
+                self.model, self.processor, subset, [grids[i] for i in rows], subset_sizes, value,
+                max_new_tokens, **generation_kwargs,
+            )  # fmt: skip
             for position, row in enumerate(rows):
                 answers[row] = AdaptiveAnswer(
                     answer=output.answers[position],

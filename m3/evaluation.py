@@ -1,65 +1,25 @@
-"""Accuracy of an M3 model at every scale: answer normalisation, batched generation, tables and plots.
+"""Accuracy of an M3 model at every scale: batched generation (:mod:`m3.inference`), tables and plots.
 
 Items are LLaVA-format dicts (as :class:`m3.data.llava.LlavaDataset` returns them): the question is the
 first human turn without its ``<image>`` marker, the reference answer is ``item["answer"]`` (else the
 first gpt turn). :func:`evaluate_scales` runs the vision tower once per batch and generates at every scale
-from the pooled features; the result rows feed :func:`accuracy_table`, whose output
-:func:`to_markdown`, :func:`to_csv` and :func:`plot_accuracy` write.
+from the pooled features, scored with :func:`m3.metrics.exact_match`; the result rows feed
+:func:`accuracy_table`, whose output :func:`accuracy_markdown`, :func:`to_csv` and :func:`plot_accuracy` write.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import re
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from .inference import answer_at_scales, compact_prompts, encode_images
+from .metrics import OVERALL, exact_match, majority_baseline
 from .pooling import check_scale
 from .processing import IMAGE_PLACEHOLDER, M3Processor, llava_prompt
-
-OVERALL = "overall"
-_NUMBER_WORDS = {
-    "none": "0",
-    "zero": "0",
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-}
-_ARTICLES = {"a", "an", "the"}
-_PUNCTUATION = re.compile(r"(?!(?<=\d)[.,](?=\d))[^\w\s]|_")  # keeps the "." / "," inside numbers
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
-
-
-def normalize_answer(text: str) -> str:
-    """Lowercase, drop punctuation (not a decimal point) and articles, number words -> digits, collapse spaces.
-
-    ``"The Red Circle."`` -> ``"red circle"``; ``"Three"`` -> ``"3"``; ``"1,000"`` -> ``"1000"``.
-    """
-    text = _THOUSANDS.sub("", text.lower())
-    text = _PUNCTUATION.sub(" ", text)
-    words = [_NUMBER_WORDS.get(word, word) for word in text.split() if word not in _ARTICLES]
-    return " ".join(words)
-
-
-def exact_match(prediction: str, answer: str) -> float:
-    """1.0 if the normalized prediction equals the normalized answer, or (free-form generation) its first
-    word equals a one-word answer; else 0.0."""
-    prediction, answer = normalize_answer(prediction), normalize_answer(answer)
-    if prediction == answer:
-        return 1.0
-    words = prediction.split()
-    return float(bool(words) and len(answer.split()) == 1 and words[0] == answer)
 
 
 def question_of(item: dict) -> str:
@@ -134,47 +94,28 @@ def evaluate_scales(
     ``generate`` as precomputed features (same predictions as ``generate(..., m3_scale=s)``). Returns one
     row per (item, scale): ``id, image_id, family, scale, prediction, answer, correct``.
     """
-    config = model.config
-    scales = [check_scale(scale, config.grid_tokens) for scale in scales]
-    pad_token_id = processor.tokenizer.pad_token_id
+    scales = [check_scale(scale, model.config.grid_tokens) for scale in scales]
     rows = []
-    with torch.inference_mode():
-        for batch in tqdm(_batches(items, batch_size), desc="evaluate", disable=not show_progress):
-            texts, images = _prompts(batch)
-            compact = processor(texts, images, expand=False)  # one image token per image, left padded
-            image_sizes = compact.get("image_sizes")
-            grids = model.model.encode_images(
-                compact["pixel_values"].to(model.device), None if image_sizes is None else image_sizes.to(model.device)
-            )
-            predictions = {}
+    for batch in tqdm(_batches(items, batch_size), desc="evaluate", disable=not show_progress):
+        _, images = _prompts(batch)
+        grids, image_sizes = encode_images(model, processor, images)
+        compact = compact_prompts(processor, [question_of(item) for item in batch], image_sizes)
+        outputs = answer_at_scales(model, processor, compact, grids, image_sizes, scales, max_new_tokens)
+        for index, item in enumerate(batch):
+            answer = answer_of(item)
             for scale in scales:
-                prompts = processor.expand_to_scale(compact, scale, len(images))
-                input_ids, attention_mask = prompts["input_ids"], prompts["attention_mask"]
-                features = model.model.features_at_scale(grids, scale, image_sizes)
-                output = model.generate(
-                    input_ids=input_ids.to(model.device),
-                    attention_mask=attention_mask.to(model.device),
-                    mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad_token_id,
+                prediction = outputs[scale].answers[index]
+                rows.append(
+                    {
+                        "id": item.get("id"),
+                        "image_id": item.get("image_id"),
+                        "family": item.get("family", "all"),
+                        "scale": scale,
+                        "prediction": prediction,
+                        "answer": answer,
+                        "correct": exact_match(prediction, [answer]),
+                    }
                 )
-                predictions[scale] = _decode_new_tokens(processor, output, input_ids.shape[1])
-            for index, item in enumerate(batch):
-                answer = answer_of(item)
-                for scale in scales:
-                    prediction = predictions[scale][index]
-                    rows.append(
-                        {
-                            "id": item.get("id"),
-                            "image_id": item.get("image_id"),
-                            "family": item.get("family", "all"),
-                            "scale": scale,
-                            "prediction": prediction,
-                            "answer": answer,
-                            "correct": exact_match(prediction, answer),
-                        }
-                    )
     return rows
 
 
@@ -202,7 +143,7 @@ def _families(table: Sequence[dict]) -> list[str]:
     return list(dict.fromkeys(row["family"] for row in table))
 
 
-def to_markdown(table: Sequence[dict], scales: Sequence[int]) -> str:
+def accuracy_markdown(table: Sequence[dict], scales: Sequence[int]) -> str:
     """A markdown table: one row per family (then overall), one accuracy column per scale, and the counts."""
     cells = {(row["family"], row["scale"]): row for row in table}
     lines = [
@@ -254,16 +195,6 @@ def plot_accuracy(table: Sequence[dict], path: str | os.PathLike) -> None:
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.savefig(path, dpi=120)
-
-
-def majority_baseline(items: Sequence[dict]) -> dict[str, float]:
-    """Accuracy of always answering a family's most common answer (per family, then overall)."""
-    by_family: dict[str, list[str]] = {}
-    for item in items:
-        by_family.setdefault(item.get("family", OVERALL), []).append(normalize_answer(answer_of(item)))
-    baseline = {f: max(a.count(x) for x in set(a)) / len(a) for f, a in sorted(by_family.items())}
-    baseline[OVERALL] = sum(baseline[f] * len(by_family[f]) for f in by_family) / max(1, len(items))
-    return baseline
 
 
 def comparison_markdown(tables: dict[str, Sequence[dict]], scales: Sequence[int], family: str = OVERALL) -> str:
@@ -319,16 +250,16 @@ def run_evaluation(
         with open(model_out / "predictions.jsonl", "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows)
         to_csv(table, model_out / "accuracy.csv")
-        (model_out / "accuracy.md").write_text(to_markdown(table, model_scales))
+        (model_out / "accuracy.md").write_text(accuracy_markdown(table, model_scales))
         plot_accuracy(table, model_out / "accuracy.png")
     all_scales = sorted({row["scale"] for table in tables.values() for row in table})
-    baseline = majority_baseline(items)
+    baseline = majority_baseline([item.get("family", "all") for item in items], [answer_of(item) for item in items])
     report = [f"# Per-scale accuracy on {data_path} ({len(items)} questions)\n"]
     report.append(
         "## Overall accuracy by scale (visual tokens per image)\n\n" + comparison_markdown(tables, all_scales)
     )
     for name, table in tables.items():
-        report.append(f"## {name}\n\n" + to_markdown(table, all_scales) + f"\nPlot: {name}/accuracy.png\n")
+        report.append(f"## {name}\n\n" + accuracy_markdown(table, all_scales) + f"\nPlot: {name}/accuracy.png\n")
     rows = "".join(f"| {family} | {value:.3f} |\n" for family, value in baseline.items())
     report.append("## Majority-class baseline\n\n| family | accuracy |\n| --- | ---: |\n" + rows)
     (out_dir / "report.md").write_text("\n".join(report))

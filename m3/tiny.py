@@ -31,7 +31,7 @@ BASE_WORDS = """
     background left right top bottom center red green blue yellow black white circle square triangle answer
     with word single there are dots digit this
 """.split()
-FAMILIES = ("llava", "llava_next")
+MODEL_FAMILIES = ("llava", "llava_next")
 
 
 def build_tiny_tokenizer(extra_words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
@@ -67,8 +67,8 @@ def m3_config(
     **kwargs,
 ):
     """An M3 config of either family from a vision and a text config; the tokenizer gives the special ids."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+    if family not in MODEL_FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {MODEL_FAMILIES}")
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(text, name, getattr(tokenizer, name))
     common = dict(

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from .data.granularity import DEFAULT_NUM_IMAGES
 from .data.llava import LLAVA_SYSTEM_PROMPT, LlavaDataset, M3Collator
 from .loading import load_m3_model
 from .processing import M3Processor
@@ -44,8 +45,12 @@ class TrainConfig:
     eval_data_path: str | None = field(default="runs/granularity/validation.json", metadata={"help": "eval JSON"})
     eval_samples: int = field(default=200, metadata={"help": "records used by each periodic evaluation"})
     generate_data: bool = field(default=True, metadata={"help": "write the granularity benchmark if missing"})
-    train_images: int = field(default=3000, metadata={"help": "images in a generated train split (4 questions each)"})
-    eval_images: int = field(default=200, metadata={"help": "images in a generated validation split"})
+    train_images: int = field(
+        default=DEFAULT_NUM_IMAGES["train"], metadata={"help": "images in a generated train split (4 questions each)"}
+    )
+    eval_images: int = field(
+        default=DEFAULT_NUM_IMAGES["validation"], metadata={"help": "images in a generated validation split"}
+    )
     scales: str = field(default="1,9,36,144,576", metadata={"help": "trained scales; '576' = SS baseline"})
     train_vision_tower: bool = field(default=True, metadata={"help": "train the vision tower too"})
     learning_rate: float = 1e-3
@@ -179,37 +184,16 @@ def unread_tower_modules(model) -> list[torch.nn.Module]:
 
 
 def ensure_granularity_data(config: TrainConfig) -> None:
-    """Write the granularity benchmark splits the config names, if they are missing."""
-    from .data.granularity import write_split
+    """Write the granularity splits the config names (train, validation) if they are missing; refuse splits of
+    another generator version (see :func:`m3.data.granularity.ensure_split`)."""
+    from .data.granularity import ensure_split
 
-    splits = (
+    for path, split, num_images in (
         (config.data_path, "train", config.train_images),
         (config.eval_data_path, "validation", config.eval_images),
-    )
-    for path, split, num_images in splits:
-        if path is None:
-            continue
-        meta = Path(path).with_name(f"{split}.meta.json")
-        if Path(path).exists():
-            check_generator_version(meta)
-            continue
-        if Path(path).name not in (f"{split}.json", f"{split}.chat.json"):
-            raise FileNotFoundError(f"{path} does not exist (a generated {split} split is {split}[.chat].json)")
-        write_split(Path(path).parent, split, num_images=num_images, seed=config.seed)
-
-
-def check_generator_version(meta_path: Path) -> None:
-    """Refuse a granularity split written by another generator version (its images and answers differ)."""
-    from .data.granularity import GENERATOR_VERSION
-
-    if not meta_path.exists():
-        return  # not a generated split: the user's own data
-    version = json.loads(meta_path.read_text()).get("generator_version")
-    if version != GENERATOR_VERSION:
-        raise ValueError(
-            f"{meta_path.parent} holds a granularity split of generator version {version}, but this code writes "
-            f"version {GENERATOR_VERSION}: delete that folder to regenerate it, or point --data_path elsewhere"
-        )
+    ):
+        if path is not None:
+            ensure_split(path, split, num_images, config.seed)
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:

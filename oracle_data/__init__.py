@@ -8,25 +8,19 @@ or ``torchrun``), ``load_oracle`` reads them back as a ``pyarrow.Table`` (its do
 from .build import build_oracle
 from .datasets import Sample, load_samples
 from .labels import monotone_oracle, paper_oracle
-from .metrics import CORRECT_THRESHOLD, METRICS, get_metric, is_correct, score
-from .report import summarize, write_report
+from .report import summarize_oracle, write_report
 from .store import OracleMismatchError, load_oracle, oracle_schema, read_manifest
 
 __all__ = [
-    "CORRECT_THRESHOLD",
-    "METRICS",
     "OracleMismatchError",
     "Sample",
     "build_oracle",
-    "get_metric",
-    "is_correct",
     "load_oracle",
     "load_samples",
     "monotone_oracle",
     "oracle_schema",
     "paper_oracle",
     "read_manifest",
-    "score",
-    "summarize",
+    "summarize_oracle",
     "write_report",
 ]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from m3.metrics import CORRECT_THRESHOLD
+
 from . import store
 from .datasets import OracleData, image_runs, load_samples
 from .generation import oracle_rows
-from .metrics import CORRECT_THRESHOLD
 
 PROMPT_FORMAT = "llava_v1 single turn: 'USER: <image>\\n{question}[\\n{A. option}...\\n{instruction}] ASSISTANT:'"
 

@@ -12,7 +12,7 @@
 
   ``image`` (path relative to ``image_root``, by default the file's folder), ``question`` and ``answers`` (a
   non-empty list of strings) are required. Optional: ``id`` (default: the line number), ``choices`` (options
-  lettered A, B, ... in order; the prompt lists them), ``metric`` (a name in :data:`oracle_data.metrics.METRICS`;
+  lettered A, B, ... in order; the prompt lists them), ``metric`` (a name in :data:`m3.metrics.METRICS`;
   default: the build's ``--metric``, or ``multiple_choice`` when ``choices`` are given), ``family`` (question
   type, for per-family reports) and ``image_id`` (default: the image path). Blank lines are skipped; other keys
   are ignored.
@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from m3.data.llava import normalize_conversations
+from m3.metrics import LETTERS, METRICS, answer_letter, get_metric
 from m3.processing import IMAGE_PLACEHOLDER
-
-from .metrics import LETTERS, METRICS, answer_letter, get_metric
 
 logger = logging.getLogger(__name__)
 

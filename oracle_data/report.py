@@ -1,6 +1,6 @@
 """The oracle report: accuracy per scale, both oracles (the paper's Table 2 "Oracle" rows) and label distributions.
 
-:func:`summarize` is a pure function of the table; :func:`write_report` renders it as ``report.md`` and
+:func:`summarize_oracle` is a pure function of the table; :func:`write_report` renders it as ``report.md`` and
 ``report.png`` next to the shards. Accuracy is the mean metric score (what ``scripts/evaluate.py`` reports);
 an oracle's accuracy is the mean score at the scale it picks, and its tokens are the visual tokens seen there.
 """
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .metrics import pope_summary
+from m3.metrics import OVERALL, pope_summary
+
 from .store import load_oracle, read_manifest
 
-OVERALL = "overall"
 NO_FAMILY = "(none)"
 ORACLES = {
     "paper": ("oracle_scale", "oracle_none_correct", "none correct"),
@@ -24,7 +24,7 @@ ORACLES = {
 }
 
 
-def summarize(table: pa.Table, scales: list[int]) -> dict[str, dict]:
+def summarize_oracle(table: pa.Table, scales: list[int]) -> dict[str, dict]:
     """Per family (sorted, then ``"overall"``): ``n``; per scale ``accuracy`` (mean score), ``correct_rate``,
     ``tokens`` (mean visual tokens); per oracle (``paper``, ``monotone``) ``accuracy``, ``correct_rate``,
     ``tokens``, ``flagged`` (count of none-correct / unreachable samples) and ``labels`` (count per scale)."""
@@ -63,7 +63,7 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
-def to_markdown(summary: dict, scales: list[int], manifest: dict, pope: dict | None = None) -> str:
+def oracle_markdown(summary: dict, scales: list[int], manifest: dict, pope: dict | None = None) -> str:
     """The report text: setup, accuracy per scale and oracle, tokens, Table 2 rows, label distributions."""
     model, data, settings = manifest["model"], manifest["data"], manifest["settings"]
     overall = summary[OVERALL]
@@ -216,8 +216,8 @@ def write_report(out_dir: str | os.PathLike) -> Path:
     manifest = read_manifest(out_dir)
     table = load_oracle(out_dir)
     scales = list(manifest["model"]["scales"])
-    summary = summarize(table, scales)
+    summary = summarize_oracle(table, scales)
     path = out_dir / "report.md"
-    path.write_text(to_markdown(summary, scales, manifest, pope_by_scale(table, scales)), encoding="utf-8")
+    path.write_text(oracle_markdown(summary, scales, manifest, pope_by_scale(table, scales)), encoding="utf-8")
     plot_report(summary, scales, out_dir / "report.png")
     return path

@@ -14,13 +14,13 @@ import argparse
 import torch
 
 from m3.bench import CONFIGS, DEFAULT_SCALES, DTYPES, format_report, run_benchmark
-from m3.tiny import FAMILIES
+from m3.tiny import MODEL_FAMILIES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=CONFIGS, default="tiny", help="tiny (CPU) or a random ~1B LLaVA (GPU)")
-    parser.add_argument("--family", choices=FAMILIES, default="llava")
+    parser.add_argument("--family", choices=MODEL_FAMILIES, default="llava")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per design, interleaved")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per design before timing")

@@ -3,17 +3,16 @@ import csv
 import pytest
 
 from m3.evaluation import (
+    accuracy_markdown,
     accuracy_table,
     answer_of,
     evaluate_scales,
-    exact_match,
     generate_answers,
-    normalize_answer,
     plot_accuracy,
     question_of,
     to_csv,
-    to_markdown,
 )
+from m3.metrics import exact_match, normalize_answer
 
 from .conftest import random_image
 
@@ -74,7 +73,7 @@ def test_normalize_answer(text, expected):
     ],
 )
 def test_exact_match(prediction, answer, score):
-    assert exact_match(prediction, answer) == score
+    assert exact_match(prediction, [answer]) == score
 
 
 def test_question_and_answer_of_an_item():
@@ -95,7 +94,7 @@ def test_evaluate_scales_rows(model_and_processor):
         assert set(row) == {"id", "image_id", "family", "scale", "prediction", "answer", "correct"}
         assert row["family"] == "all" and row["image_id"] == f"img{row['id'][1:]}"
         assert isinstance(row["prediction"], str) and row["prediction"] == row["prediction"].strip()
-        assert row["correct"] == exact_match(row["prediction"], row["answer"])
+        assert row["correct"] == exact_match(row["prediction"], [row["answer"]])
     with pytest.raises(ValueError, match="scale"):
         evaluate_scales(model, processor, items, [2], show_progress=False)
     with pytest.raises(ValueError, match="item q0 has no image"):
@@ -141,7 +140,7 @@ def test_accuracy_table_on_hand_made_rows():
 
 def test_markdown_csv_and_png_are_written(tmp_path):
     table = accuracy_table(HAND_ROWS)
-    markdown = to_markdown(table, [1, 9])
+    markdown = accuracy_markdown(table, [1, 9])
     assert markdown.splitlines() == [
         "| family | n | 1 | 9 |",
         "| --- | ---: | ---: | ---: |",

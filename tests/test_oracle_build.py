@@ -14,8 +14,9 @@ import torch
 
 from m3.data.granularity import VOCABULARY, write_split
 from m3.data.llava import LlavaDataset
-from m3.evaluation import accuracy_table, evaluate_scales, normalize_answer
+from m3.evaluation import accuracy_table, evaluate_scales
 from m3.loading import load_m3_model
+from m3.metrics import METRICS, normalize_answer, score
 from m3.processing import M3Processor, llava_prompt
 from m3.prompting import image_token_counts
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
@@ -26,10 +27,9 @@ from oracle_data import (
     load_samples,
     oracle_schema,
     read_manifest,
-    summarize,
+    summarize_oracle,
     write_report,
 )
-from oracle_data.metrics import METRICS, score
 
 from .conftest import random_image
 
@@ -90,7 +90,7 @@ def test_oracle_agrees_with_evaluate_scales_and_the_report(tmp_path, model_dir):
         assert oracle_row[f"answer_{row['scale']}"] == row["prediction"]
         assert oracle_row[f"score_{row['scale']}"] == row["correct"]
         assert oracle_row[f"tokens_{row['scale']}"] == row["scale"]
-    summary = summarize(table, SCALES)
+    summary = summarize_oracle(table, SCALES)
     for cell in accuracy_table(rows):
         assert summary[cell["family"]]["accuracy"][cell["scale"]] == pytest.approx(cell["accuracy"])
         assert summary[cell["family"]]["n"] == cell["count"]

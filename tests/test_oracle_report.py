@@ -3,7 +3,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from oracle_data.report import NO_FAMILY, OVERALL, plot_report, pope_by_scale, summarize, to_markdown
+from oracle_data.report import NO_FAMILY, OVERALL, oracle_markdown, plot_report, pope_by_scale, summarize_oracle
 from oracle_data.store import oracle_schema
 
 SCALES = [1, 9]
@@ -34,7 +34,7 @@ TABLE = pa.Table.from_pylist(
 
 
 def test_summary_of_a_hand_made_table():
-    summary = summarize(TABLE, SCALES)
+    summary = summarize_oracle(TABLE, SCALES)
     assert list(summary) == [NO_FAMILY, "a", "b", OVERALL]
     overall = summary[OVERALL]
     assert overall["n"] == 4
@@ -49,13 +49,13 @@ def test_summary_of_a_hand_made_table():
 
 
 def test_markdown_and_plot(tmp_path):
-    summary = summarize(TABLE, SCALES)
+    summary = summarize_oracle(TABLE, SCALES)
     manifest = {
         "model": {"path": "m", "model_type": "llava", "scales": SCALES, "text_hidden_size": 2},
         "data": {"path": "d", "metrics": {"vqa_accuracy": 4}},
         "settings": {"correct_threshold": 0.5, "max_new_tokens": 8},
     }
-    text = to_markdown(summary, SCALES, manifest)
+    text = oracle_markdown(summary, SCALES, manifest)
     assert "| overall | 4 | 0.575 | 0.400 | 0.725 | 0.725 |" in text
     assert "| Oracle (paper: fewest tokens that answer correctly) | 0.725 | 3.0 | 1 none correct |" in text
     assert "| b | 1 | 0 | 1 |" in text  # label counts per family, flagged samples counted at the smallest scale

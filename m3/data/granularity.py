@@ -30,12 +30,14 @@ import os
 import re
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from ..metrics import majority_baseline
 
 GENERATOR_VERSION = "4"
 IMAGE_SIZE = 96
@@ -192,14 +194,6 @@ def generate_records(split: str, num_images: int, seed: int) -> list[tuple[Image
     return list(iter_records(split, num_images, seed))
 
 
-def majority_baseline(records: Iterable[dict]) -> dict[str, float]:
-    """Per family, the accuracy of always answering that family's most common answer."""
-    counts: dict[str, Counter] = {}
-    for record in records:
-        counts.setdefault(record["family"], Counter())[record["answer"]] += 1
-    return {family: c.most_common(1)[0][1] / c.total() for family, c in counts.items()}
-
-
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary name in the same directory, then rename: readers never see a partial file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -244,10 +238,36 @@ def write_split(out_dir: str | Path, split: str, num_images: int, seed: int, pro
         "num_records": len(records),
         "counts": {f: sum(n.values()) for f, n in answers.items()},
         "answer_counts": answers,
-        "majority_baseline": majority_baseline(records),
+        "majority_baseline": majority_baseline([r["family"] for r in records], [r["answer"] for r in records]),
     }
     _write_json(out_dir / f"{split}.meta.json", meta)
     return json_path
+
+
+def check_generator_version(meta_path: str | Path) -> None:
+    """Refuse a granularity split written by another generator version (its images and answers differ)."""
+    meta_path = Path(meta_path)
+    if not meta_path.exists():
+        return  # not a generated split: the user's own data
+    version = json.loads(meta_path.read_text()).get("generator_version")
+    if version != GENERATOR_VERSION:
+        raise ValueError(
+            f"{meta_path.parent} holds a granularity split of generator version {version}, but this code writes "
+            f"version {GENERATOR_VERSION}: delete that folder to regenerate it, or point --data_path elsewhere"
+        )
+
+
+def ensure_split(path: str | Path, split: str, num_images: int, seed: int = 0, progress: bool = False) -> Path:
+    """Make sure the split file ``path`` (``DIR/{split}.json`` or ``DIR/{split}.chat.json``) exists: written by
+    :func:`write_split` when missing, checked with :func:`check_generator_version` when present. Returns ``path``."""
+    path = Path(path)
+    if path.exists():
+        check_generator_version(path.with_name(f"{split}.meta.json"))
+        return path
+    if path.name not in (f"{split}.json", f"{split}.chat.json"):
+        raise FileNotFoundError(f"{path} does not exist (a generated {split} split is {split}[.chat].json)")
+    write_split(path.parent, split, num_images=num_images, seed=seed, progress=progress)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:

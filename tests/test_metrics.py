@@ -1,6 +1,6 @@
 import pytest
 
-from oracle_data.metrics import (
+from m3.metrics import (
     CORRECT_THRESHOLD,
     METRICS,
     anls,

@@ -1,20 +1,21 @@
-"""Answer scoring for the oracle: one function per benchmark metric, all ``(prediction, answers, choices) -> score``.
+"""Answer scoring: one function per benchmark metric, all ``(prediction, answers, choices) -> score``.
 
 Every metric returns a score in [0, 1]; a sample counts as answered correctly at a scale when its score is at
 least :data:`CORRECT_THRESHOLD` (0.5). Exact match, relaxed accuracy, multiple choice and POPE only give 0 or 1;
 VQA accuracy (0, 1/3, 2/3, 1 with 10 answers) and ANLS (0 or [0.5, 1]) are soft, so the threshold matters there.
-Definitions follow lmms-eval / LLaVA's evaluation code (see each function).
+Definitions follow lmms-eval / LLaVA's evaluation code (see each function). ``scripts/evaluate.py``, the oracle
+and every report score answers here, so their accuracies agree.
 """
 
 from __future__ import annotations
 
 import re
 import string
+from collections import Counter
 from collections.abc import Callable, Sequence
 
-from m3.evaluation import exact_match as _exact_match_one
-
 CORRECT_THRESHOLD = 0.5
+OVERALL = "overall"
 Metric = Callable[[str, Sequence[str], "Sequence[str] | None"], float]
 
 
@@ -23,13 +24,54 @@ def is_correct(score: float) -> bool:
     return score >= CORRECT_THRESHOLD
 
 
-def exact_match(prediction: str, answers: Sequence[str], choices: Sequence[str] | None = None) -> float:
-    """1.0 if the prediction matches any answer after :func:`m3.evaluation.normalize_answer` (lowercase, no
-    punctuation or articles, number words as digits), or its first word equals a one-word answer; else 0.0.
+# ----------------------------------------------------------------------------------------------------
+# exact match (the granularity benchmark's metric; short free-form answers)
 
-    The same rule as ``scripts/evaluate.py``, so oracle and evaluation accuracies agree.
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+_ARTICLES = {"a", "an", "the"}
+_PUNCTUATION = re.compile(r"(?!(?<=\d)[.,](?=\d))[^\w\s]|_")  # keeps the "." / "," inside numbers
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, drop punctuation (not a decimal point) and articles, number words -> digits, collapse spaces.
+
+    ``"The Red Circle."`` -> ``"red circle"``; ``"Three"`` -> ``"3"``; ``"1,000"`` -> ``"1000"``.
     """
+    text = _THOUSANDS.sub("", text.lower())
+    text = _PUNCTUATION.sub(" ", text)
+    words = [_NUMBER_WORDS.get(word, word) for word in text.split() if word not in _ARTICLES]
+    return " ".join(words)
+
+
+def _exact_match_one(prediction: str, answer: str) -> float:
+    prediction, answer = normalize_answer(prediction), normalize_answer(answer)
+    if prediction == answer:
+        return 1.0
+    words = prediction.split()
+    return float(bool(words) and len(answer.split()) == 1 and words[0] == answer)
+
+
+def exact_match(prediction: str, answers: Sequence[str], choices: Sequence[str] | None = None) -> float:
+    """1.0 if the normalized prediction (:func:`normalize_answer`) equals a normalized answer, or (free-form
+    generation) its first word equals a one-word answer; else 0.0."""
     return max((_exact_match_one(prediction, answer) for answer in answers), default=0.0)
+
+
+def majority_baseline(families: Sequence[str | None], answers: Sequence[str]) -> dict[str, float]:
+    """Accuracy of always answering a family's most common (normalized) answer: per family, sorted, then
+    ``"overall"`` (the families' values weighted by their sizes). A family of None is counted as ``"(none)"``."""
+    if len(families) != len(answers):
+        raise ValueError(f"{len(families)} families for {len(answers)} answers")
+    counts: dict[str, Counter] = {}
+    for family, answer in zip(families, answers):
+        counts.setdefault("(none)" if family is None else family, Counter())[normalize_answer(answer)] += 1
+    baseline = {family: c.most_common(1)[0][1] / c.total() for family, c in sorted(counts.items())}
+    baseline[OVERALL] = sum(c.most_common(1)[0][1] for c in counts.values()) / max(1, len(answers))
+    return baseline
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -63,11 +105,6 @@ _CONTRACTIONS = {
     "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
     "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
 }  # fmt: skip
-_DIGITS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
-}  # fmt: skip
-_VQA_ARTICLES = {"a", "an", "the"}
 _VQA_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
                     "?", "!"]  # fmt: skip
 _PERIOD_STRIP = re.compile(r"\.(?!\d)")  # what the official regex does in effect: drop "." unless a digit follows
@@ -87,8 +124,8 @@ def vqa_normalize(text: str) -> str:
         else:
             out = out.replace(mark, " ")
     out = _PERIOD_STRIP.sub("", out)
-    words = [_DIGITS.get(word, word) for word in out.lower().split()]
-    words = [_CONTRACTIONS.get(word, word) for word in words if word not in _VQA_ARTICLES]
+    words = [_NUMBER_WORDS.get(word, word) for word in out.lower().split()]
+    words = [_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES]
     return " ".join(words)
 
 
@@ -187,11 +224,9 @@ def extract_choice(prediction: str, choices: Sequence[str] | None = None) -> str
 
     Tried in order: an upper-case letter alone or leading with punctuation (``"B"``, ``"B."``, ``"(B)"``,
     ``"B) cat"``; not ``"A cat"``), ``"The answer is B"`` / ``"Answer: (B)"`` anywhere, then the text of exactly
-    one option (after :func:`m3.evaluation.normalize_answer`). With ``choices`` given, only their letters (A, B,
+    one option (after :func:`normalize_answer`). With ``choices`` given, only their letters (A, B,
     ... in order) count.
     """
-    from m3.evaluation import normalize_answer
-
     text = prediction.strip()
     valid = set(LETTERS[: len(choices)]) if choices else set(LETTERS)
     for pattern in (_LEADING_LETTER, _ANSWER_IS):
@@ -209,8 +244,6 @@ def extract_choice(prediction: str, choices: Sequence[str] | None = None) -> str
 def answer_letter(answer: str, choices: Sequence[str] | None) -> str:
     """The letter of a reference answer: the answer itself when it is one of the options' letters, else the letter
     of the option whose text it is."""
-    from m3.evaluation import normalize_answer
-
     stripped = answer.strip().strip("().").strip()
     valid = LETTERS[: len(choices)] if choices else LETTERS
     if len(stripped) == 1 and stripped.upper() in valid:

@@ -1,0 +1,127 @@
+"""Answering at any scale from ONE vision pass: the inference loop that evaluation, the oracle and AdaptiveM3 share.
+
+Encode the images once (:func:`encode_images`: vision tower + projector, full-resolution grids), tokenize the
+prompts once in the compact form (one image token per image), then for each scale pool the grids and expand the
+prompts (:func:`generate_at_scale`). Answers are greedy by default and stop at EOS; each comes with its mean token
+log-probability (a confidence), the visual tokens the LLM saw and whether it ended at EOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .pooling import pool_tokens
+from .processing import M3Processor, llava_prompt
+
+
+@dataclass
+class ScaleOutput:
+    """Answers of a batch at one scale."""
+
+    answers: list[str]
+    confidences: list[float]  # mean log-probability of the generated tokens, up to and including EOS
+    tokens: list[int]  # visual tokens the LLM saw per sample
+    eos: list[bool]  # the answer ended with EOS (False: cut at max_new_tokens)
+
+
+def encode_images(model, processor: M3Processor, images: Sequence) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """``(grids, image_sizes)`` of PIL images in ONE vision pass: one full-resolution projected grid tensor per
+    image (``(1, N, D)``; ``(crops, N, D)`` for LLaVA-NeXT) and the image sizes (LLaVA-NeXT) or None."""
+    pixels = processor.image_processor(list(images), return_tensors="pt")
+    sizes = pixels.get("image_sizes")
+    with torch.inference_mode():
+        grids = model.model.encode_images(
+            pixels["pixel_values"].to(model.device, model.dtype),
+            None if sizes is None else sizes.to(model.device),
+        )
+    return list(grids), sizes
+
+
+def compact_prompts(processor: M3Processor, questions: Sequence[str], image_sizes=None) -> dict:
+    """Single-turn prompts (:func:`m3.processing.llava_prompt`) tokenized once with ONE image token each, left
+    padded; ``image_sizes`` (LLaVA-NeXT) ride along for :meth:`M3Processor.expand_to_scale`."""
+    compact = dict(processor([llava_prompt(question) for question in questions], None, expand=False))
+    if image_sizes is not None:
+        compact["image_sizes"] = image_sizes
+    return compact
+
+
+def eos_token_ids(model, processor: M3Processor) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = processor.tokenizer.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+def generate_at_scale(
+    model,
+    processor: M3Processor,
+    compact: dict,
+    grids: list,
+    image_sizes,
+    scale: int,
+    max_new_tokens: int,
+    **generate_kwargs,
+) -> ScaleOutput:
+    """Answers of the batch at ``scale`` from precomputed grids, with their mean token log-probability.
+
+    ``compact`` holds the prompts with one image token per image (:func:`compact_prompts`); ``generate_kwargs``
+    go to ``model.generate`` (e.g. ``num_beams``); greedy decoding is the default."""
+    prompts = processor.expand_to_scale(compact, scale, len(grids))
+    input_ids = prompts["input_ids"].to(model.device)
+    features = model.model.features_at_scale(
+        grids, scale, None if image_sizes is None else image_sizes.to(model.device)
+    )
+    settings = dict(do_sample=False, pad_token_id=processor.tokenizer.pad_token_id, **generate_kwargs)
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=prompts["attention_mask"].to(model.device),
+            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
+            max_new_tokens=max_new_tokens,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **settings,
+        )
+    new_tokens = output.sequences[:, input_ids.shape[1] :]
+    logits = torch.stack(output.logits, dim=1).float()  # raw logits: (batch, generated, vocab)
+    log_probs = logits.log_softmax(-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+    is_eos = torch.isin(new_tokens, torch.tensor(eos_token_ids(model, processor), device=new_tokens.device))
+    before_eos = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first EOS
+    confidences = (log_probs * before_eos).sum(1) / before_eos.sum(1).clamp(min=1)
+    answers = [text.strip() for text in processor.batch_decode(new_tokens)]
+    return ScaleOutput(
+        answers=answers,
+        confidences=confidences.tolist(),
+        tokens=[feature.shape[0] for feature in features],
+        eos=is_eos.any(1).tolist(),
+    )
+
+
+def answer_at_scales(
+    model,
+    processor: M3Processor,
+    compact: dict,
+    grids: list,
+    image_sizes,
+    scales: Sequence[int],
+    max_new_tokens: int,
+    **generate_kwargs,
+) -> dict[int, ScaleOutput]:
+    """:func:`generate_at_scale` at every scale from the same grids (the vision tower has already run)."""
+    return {
+        scale: generate_at_scale(
+            model, processor, compact, grids, image_sizes, scale, max_new_tokens, **generate_kwargs
+        )
+        for scale in scales
+    }
+
+
+def scale_one_embedding(grids: list[torch.Tensor]) -> np.ndarray:
+    """``(samples, D)`` float32: each image's scale-1 token (the base crop's, for LLaVA-NeXT): the predictor input."""
+    return torch.stack([pool_tokens(grid[0], 1)[0] for grid in grids]).float().cpu().numpy()
