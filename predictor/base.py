@@ -205,9 +205,12 @@ class ScalePredictor(BaseEstimator):
         """``(n, scales)``: per scale, the probability that the model answers correctly there (for
         ``target="oracle"``: that the scale is enough, P(label <= s)). ``X``: :class:`Queries` or oracle data."""
         self._check_fitted()
-        return self._proba_from_features(self._features(X if isinstance(X, Queries) else as_oracle_set(X, image_root)))
+        data = X if isinstance(X, Queries) else as_oracle_set(X, image_root)
+        return self.predict_proba_from_features(self._features(data))
 
-    def _proba_from_features(self, features: np.ndarray) -> np.ndarray:
+    def predict_proba_from_features(self, features: np.ndarray) -> np.ndarray:
+        """:meth:`predict_proba` on a feature matrix already built by ``feature_builder_.transform(queries)``
+        (lets a caller time or reuse the two steps apart)."""
         proba = self._model_proba(features)
         if self.target == "oracle":
             proba = np.cumsum(proba, axis=1)

@@ -125,7 +125,7 @@ def bench_router(
             uses_image = predictor.feature_builder_.use_image
             features = image_features(image)[None] if uses_image else None
             batch = Queries([queries[index].question], embeddings[index : index + 1], image_features=features)
-            proba = predictor._proba_from_features(predictor.feature_builder_.transform(batch))
+            proba = predictor.predict_proba_from_features(predictor.feature_builder_.transform(batch))
             return route_by_threshold(proba, predictor.scales_, predictor.threshold_)
 
         bar = tqdm(total=2 * repeats * len(queries), desc="bench", unit="query", disable=not progress)
@@ -140,7 +140,7 @@ def bench_router(
                     timed(
                         f"{name} forward",
                         lambda p=predictor, m=matrix: route_by_threshold(
-                            p._proba_from_features(m), p.scales_, p.threshold_
+                            p.predict_proba_from_features(m), p.scales_, p.threshold_
                         ),
                     )
                 timed("generate", lambda s=sample, im=image: answer(s, im))
