@@ -1,7 +1,8 @@
 """M3 model classes for LLaVA-1.5 and LLaVA-NeXT on transformers.
 
-They subclass transformers' classes and keep every parameter name, so llava-hf checkpoints load as
-they are. Three additions:
+They subclass transformers' classes and keep every parameter name and the parents' call contracts (explicit
+``forward`` parameters, ``get_image_features`` outputs, text-only turns), so llava-hf checkpoints load as they
+are and the classes drop in where the parents are used. Three additions:
 
 * ``get_image_features(..., m3_scale=s)`` pools every projected 24x24 grid to s tokens (per crop for
   NeXT) - ``generate(..., m3_scale=s)`` picks this up because transformers encodes images through it;
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+from transformers.cache_utils import Cache
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.modeling_llava import LlavaModel, LlavaPreTrainedModel
@@ -28,6 +30,8 @@ from transformers.models.llava_next.modeling_llava_next import (
     image_size_to_num_patches,
 )
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import select_hidden_states, selected_hidden_states
 
 from .anyres import pack_anyres_features
 from .configuration import M3LlavaConfig, M3LlavaNextConfig
@@ -52,37 +56,45 @@ class M3ImageEncoderMixin:
         return check_scale(scale, self.config.grid_tokens)
 
     def pooled_image_features(
-        self, pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, m3_scale
+        self, pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, m3_scale, **tower_kwargs
     ) -> BaseModelOutputWithPooling:
-        """Encode once and pool to ``m3_scale``: the body of both families' ``get_image_features``."""
+        """The body of both families' ``get_image_features``: the vision tower's output (``last_hidden_state``,
+        ``hidden_states`` and ``attentions`` as the tower returns them) whose ``pooler_output`` is the list of
+        per-image feature sequences at ``m3_scale`` - the parent's output contract, pooled."""
         scale = self.resolve_scale(m3_scale)
-        grids = self.encode_images(pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy)
-        return BaseModelOutputWithPooling(pooler_output=self.features_at_scale(grids, scale, image_sizes))
+        outputs, grids = self.encode_images_with_outputs(
+            pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, **tower_kwargs
+        )
+        outputs.pooler_output = self.features_at_scale(grids, scale, image_sizes)
+        return outputs
 
     def project_grids(
         self,
         pixel_values: torch.Tensor,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
-    ) -> torch.Tensor:
-        """Projected patch tokens ``(num_grids, N, D)`` of ``(num_grids, C, H, W)`` pixels.
+        **tower_kwargs,
+    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+        """The vision tower's output and the projected patch tokens ``(num_grids, N, D)`` of
+        ``(num_grids, C, H, W)`` pixels.
 
-        The tower runs under ``no_grad`` unless ``config.m3_train_vision_tower`` (as the official code).
+        The tower runs under ``no_grad`` unless ``config.m3_train_vision_tower`` (as the official code). Unless the
+        caller asks for hidden states, only the selected feature layer(s) are kept (as transformers does).
         """
         layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        requested = tower_kwargs.get("output_hidden_states")
+        if requested is not True:  # capture the feature layer(s) and any the caller selected, as a list: a bare
+            # index 0 (the embedding output, which the tiny preset reads) would read as "no hidden states"
+            tower_kwargs["output_hidden_states"] = [*(selected_hidden_states(requested) or []), *layers]
         train_tower = self.config.m3_train_vision_tower and torch.is_grad_enabled()
         with torch.set_grad_enabled(train_tower):
-            outputs = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
-        layers = [layer] if isinstance(layer, int) else list(layer)
+            outputs = self.vision_tower(pixel_values, return_dict=True, **tower_kwargs)
         hidden = torch.cat([outputs.hidden_states[index] for index in layers], dim=-1)
         if strategy == "default":
             hidden = hidden[:, 1:]
-        return self.multi_modal_projector(hidden)
-
-
-class M3LlavaModel(M3ImageEncoderMixin, LlavaModel):
-    config_class = M3LlavaConfig
+        return outputs, self.multi_modal_projector(hidden)
 
     def encode_images(
         self,
@@ -91,9 +103,29 @@ class M3LlavaModel(M3ImageEncoderMixin, LlavaModel):
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
     ) -> list[torch.Tensor]:
-        """Full-resolution projected grids, one ``(1, N, D)`` tensor per image."""
-        grids = self.project_grids(pixel_values, vision_feature_layer, vision_feature_select_strategy)
-        return list(grids.unsqueeze(1))
+        """Full-resolution projected grids, one tensor per image: ``(1, N, D)`` (LLaVA-1.5) or
+        ``(1 + rows*cols, N, D)`` crops (LLaVA-NeXT). Pool them with :meth:`features_at_scale`."""
+        return self.encode_images_with_outputs(
+            pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy
+        )[1]
+
+
+class M3LlavaModel(M3ImageEncoderMixin, LlavaModel):
+    config_class = M3LlavaConfig
+
+    def encode_images_with_outputs(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **tower_kwargs,
+    ) -> tuple[BaseModelOutputWithPooling, list[torch.Tensor]]:
+        """The tower's output and one ``(1, N, D)`` full-resolution projected grid per image."""
+        outputs, grids = self.project_grids(
+            pixel_values, vision_feature_layer, vision_feature_select_strategy, **tower_kwargs
+        )
+        return outputs, list(grids.unsqueeze(1))
 
     def features_at_scale(
         self, grids: list[torch.Tensor], scale: int, image_sizes: torch.Tensor | None = None
@@ -101,6 +133,9 @@ class M3LlavaModel(M3ImageEncoderMixin, LlavaModel):
         """The ``(scale, D)`` token sequence of every image."""
         return [pool_tokens(grid[0], scale) for grid in grids]
 
+    @merge_with_config_defaults
+    @can_return_tuple
+    @select_hidden_states("vision_feature_layer")
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
@@ -109,27 +144,30 @@ class M3LlavaModel(M3ImageEncoderMixin, LlavaModel):
         image_sizes: torch.Tensor | None = None,
         m3_scale: int | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Image features pooled to ``m3_scale`` (default: ``config.m3_default_scale``).
+    ) -> tuple | BaseModelOutputWithPooling:
+        """Image features pooled to ``m3_scale`` (default: ``config.m3_default_scale``), in the parent's output
+        contract: the vision tower's output with ``pooler_output`` = one ``(scale, D)`` tensor per image;
+        ``return_dict=False`` gives a tuple, ``output_hidden_states`` / ``output_attentions`` reach the tower.
 
         The signature mirrors transformers' (generate passes the arguments it finds in it).
         """
         return self.pooled_image_features(
-            pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, m3_scale
+            pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, m3_scale, **kwargs
         )
 
 
 class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
     config_class = M3LlavaNextConfig
 
-    def encode_images(
+    def encode_images_with_outputs(
         self,
         pixel_values: torch.Tensor,
         image_sizes: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
-    ) -> list[torch.Tensor]:
-        """Full-resolution projected crops, one ``(1 + rows*cols, N, D)`` tensor per image."""
+        **tower_kwargs,
+    ) -> tuple[BaseModelOutputWithPooling, list[torch.Tensor]]:
+        """The tower's output and one ``(1 + rows*cols, N, D)`` tensor of full-resolution projected crops per image."""
         if image_sizes is None:
             raise ValueError("LLaVA-NeXT needs image_sizes (height, width of every image)")
         crop_size = self.config.vision_config.image_size
@@ -140,8 +178,10 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
             pixel_values = torch.cat([pixels[:count] for pixels, count in zip(pixel_values, num_crops)], dim=0)
         elif pixel_values.dim() != 4:
             raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
-        grids = self.project_grids(pixel_values, vision_feature_layer, vision_feature_select_strategy)
-        return list(torch.split(grids, num_crops, dim=0))
+        outputs, grids = self.project_grids(
+            pixel_values, vision_feature_layer, vision_feature_select_strategy, **tower_kwargs
+        )
+        return outputs, list(torch.split(grids, num_crops, dim=0))
 
     def features_at_scale(
         self, grids: list[torch.Tensor], scale: int, image_sizes: torch.Tensor | None = None
@@ -155,6 +195,9 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
             for crops, size in zip(grids, image_sizes)
         ]
 
+    @merge_with_config_defaults
+    @can_return_tuple
+    @select_hidden_states("vision_feature_layer")
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
@@ -163,31 +206,41 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
         vision_feature_select_strategy: str | None = None,
         m3_scale: int | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Image features with every crop pooled to ``m3_scale`` (default: ``config.m3_default_scale``)."""
+    ) -> tuple | BaseModelOutputWithPooling:
+        """Image features with every crop pooled to ``m3_scale`` (default: ``config.m3_default_scale``), in the
+        parent's output contract (see :meth:`M3LlavaModel.get_image_features`)."""
         return self.pooled_image_features(
-            pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, m3_scale
+            pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, m3_scale, **kwargs
         )
 
 
 class M3ForConditionalGenerationMixin:
-    """Scale-controlled and multi-scale forward shared by both model families."""
+    """Scale-controlled and multi-scale forward shared by both model families.
 
-    def forward(
+    Each family's ``forward`` spells out the parent's parameters (transformers inspects the signature: e.g.
+    ``generate`` passes ``logits_to_keep`` only to a forward that names it) and hands them to :meth:`m3_forward`.
+    """
+
+    def m3_forward(
         self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        image_sizes: torch.Tensor | None = None,
-        mm_encoder_outputs: dict | None = None,
-        vision_feature_layer: int | list[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        m3_scale: int | None = None,
-        m3_scales: Sequence[int] | None = None,
+        input_ids: torch.LongTensor | None,
+        pixel_values: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        labels: torch.LongTensor | None,
+        image_sizes: torch.Tensor | None,
+        mm_encoder_outputs: dict | None,
+        vision_feature_layer: int | list[int] | None,
+        vision_feature_select_strategy: str | None,
+        m3_scale: int | None,
+        m3_scales: Sequence[int] | None,
         **kwargs,
     ):
-        """``m3_scale``: visual tokens per image (per crop for NeXT); ``m3_scales``: multi-scale loss."""
+        """``m3_scale``: visual tokens per image (per crop for NeXT); ``m3_scales``: multi-scale loss.
+
+        Everything else (``position_ids``, ``past_key_values``, ``inputs_embeds``, ``logits_to_keep``, ``use_cache``
+        ...) goes to the parent's forward unchanged. Without images (a text-only turn, or decoding from a cache)
+        this is the parent's forward.
+        """
         vision_kwargs = {
             "vision_feature_layer": vision_feature_layer,
             "vision_feature_select_strategy": vision_feature_select_strategy,
@@ -199,14 +252,15 @@ class M3ForConditionalGenerationMixin:
                 input_ids, pixel_values, attention_mask, labels, image_sizes, m3_scales, vision_kwargs, kwargs
             )
         if pixel_values is not None:
-            if mm_encoder_outputs is not None:
+            if mm_encoder_outputs:
                 raise ValueError("pass either pixel_values or mm_encoder_outputs, not both")
             features = self.model.get_image_features(
                 pixel_values, image_sizes=image_sizes, m3_scale=m3_scale, **vision_kwargs
             )
             mm_encoder_outputs = {"image": features}
-        if mm_encoder_outputs is not None and input_ids is not None:
-            self._check_image_tokens(input_ids, mm_encoder_outputs["image"].pooler_output, m3_scale)
+        image_features = (mm_encoder_outputs or {}).get("image")
+        if image_features is not None and input_ids is not None:
+            self._check_image_tokens(input_ids, image_features.pooler_output, m3_scale)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -222,8 +276,9 @@ class M3ForConditionalGenerationMixin:
         if found != needed:
             scale = self.config.m3_default_scale if m3_scale is None else m3_scale
             raise ValueError(
-                f"input_ids hold {found} image tokens but {len(features)} image(s) at scale {scale} need "
-                f"{needed}; build the prompt for this scale with M3Processor(..., m3_scale={scale})"
+                f"Image features and image tokens do not match, tokens: {found}, features: {needed}. input_ids hold "
+                f"{found} image tokens but {len(features)} image(s) at scale {scale} need {needed}; build the prompt "
+                f"for this scale with M3Processor(..., m3_scale={scale})"
             )
 
     def _multiscale_forward(
@@ -231,6 +286,12 @@ class M3ForConditionalGenerationMixin:
     ) -> M3CausalLMOutputWithPast:
         if labels is None:
             raise ValueError("the multi-scale forward (m3_scales=...) computes a loss and needs labels")
+        if input_ids is None:
+            raise ValueError("the multi-scale forward (m3_scales=...) needs input_ids with one image token per image")
+        kwargs = {key: value for key, value in kwargs.items() if value is not None}
+        logits_to_keep = kwargs.pop("logits_to_keep", 0)
+        if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("the multi-scale loss needs the logits of every position; do not pass logits_to_keep")
         scales = [check_scale(scale, self.config.grid_tokens) for scale in scales]
         if pixel_values is None:  # text only: every scale sees the same input, so one forward serves all
             loss = super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs).loss
@@ -268,6 +329,44 @@ class M3LlavaForConditionalGeneration(M3ForConditionalGenerationMixin, LlavaForC
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.Tensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        m3_scale: int | None = None,
+        m3_scales: Sequence[int] | None = None,
+        **kwargs,
+    ):
+        """The parent's forward, plus ``m3_scale`` (visual tokens per image) or ``m3_scales`` (the multi-scale loss
+        of compact inputs: one image token per image); see :meth:`M3ForConditionalGenerationMixin.m3_forward`."""
+        return self.m3_forward(
+            input_ids,
+            pixel_values,
+            attention_mask,
+            labels,
+            image_sizes,
+            mm_encoder_outputs,
+            vision_feature_layer,
+            vision_feature_select_strategy,
+            m3_scale,
+            m3_scales,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
 
 class M3LlavaNextForConditionalGeneration(M3ForConditionalGenerationMixin, LlavaNextForConditionalGeneration):
     """LLaVA-NeXT (anyres) with Matryoshka visual tokens; every crop is pooled to the scale."""
@@ -279,6 +378,45 @@ class M3LlavaNextForConditionalGeneration(M3ForConditionalGenerationMixin, Llava
         self.model = M3LlavaNextModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        m3_scale: int | None = None,
+        m3_scales: Sequence[int] | None = None,
+        **kwargs,
+    ):
+        """The parent's forward, plus ``m3_scale`` / ``m3_scales`` (see :class:`M3LlavaForConditionalGeneration`)."""
+        return self.m3_forward(
+            input_ids,
+            pixel_values,
+            attention_mask,
+            labels,
+            image_sizes,
+            mm_encoder_outputs,
+            vision_feature_layer,
+            vision_feature_select_strategy,
+            m3_scale,
+            m3_scales,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
 
 
 def _register_checkpoint_conversions() -> None:

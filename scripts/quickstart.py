@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
 
-    from m3.data.granularity import write_split
-    from m3.training import TrainConfig, check_generator_version, train
+    from m3.data.granularity import check_generator_version, write_split
+    from m3.training import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
