@@ -91,8 +91,9 @@ class TrainConfig:
         return [int(s) for s in self.scales.split(",") if s.strip()]
 
 
-# The paper's recipe (REFERENCE.md): 1 epoch of llava_v1_5_mix665k, global batch 128 (4 x 4 accum x 8 GPUs),
-# lr 2e-5 (1e-5 for NeXT), no weight decay, warmup 3 %, cosine, bf16, max length 2048, grad checkpointing.
+# The paper's recipe (the official github mu-cai/matryoshka-mm training scripts): 1 epoch of llava_v1_5_mix665k,
+# global batch 128 (4 x 4 accum x 8 GPUs), lr 2e-5 (1e-5 for NeXT), no weight decay, warmup 3 %, cosine, bf16,
+# max length 2048, grad checkpointing.
 _PAPER = dict(
     max_steps=-1,
     num_threads=0,

@@ -1,6 +1,6 @@
 """Oracle label rules on a (samples x scales) correctness matrix: pure functions, no model and no files.
 
-Two oracles (REFERENCE.md, "Routing evaluation"):
+Two oracles (the paper's Table 2, and the stricter one a router must reach without skipping a correct scale):
 
 * the paper's (Table 2): the fewest visual tokens that answer correctly, i.e. the smallest correct scale. A
   sample that no scale answers is labelled with the smallest scale and flagged ``none_correct``.

@@ -76,5 +76,19 @@ def test_processor_rejects_a_tokenizer_of_another_model():
         M3Processor(tiny_image_processor("llava"), tokenizer, config)
 
 
-def test_ignore_index_is_the_transformers_one():
-    assert IGNORE_INDEX == -100
+def test_labels_at_image_positions_are_ignored_by_the_transformers_loss():
+    """Expanded image positions carry IGNORE_INDEX, and transformers' causal-LM loss skips exactly those: the loss
+    equals the one computed on the text positions alone."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    ids = torch.tensor([[5, 9, 6, 7, 8]])  # token 9 is the image placeholder
+    labels = ids.clone()
+    new_ids, _, new_labels = expand_image_tokens(ids, 9, [3], labels=labels)
+    assert new_labels.tolist() == [[5, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 6, 7, 8]]
+    logits = torch.randn(1, new_ids.shape[1], 12, generator=torch.Generator().manual_seed(0))
+    loss = ForCausalLMLoss(logits, new_labels, vocab_size=12)
+    # the loss predicts labels[t + 1] from position t: keep the pairs whose target is a text token
+    targets = new_labels[0, 1:]
+    keep = targets != IGNORE_INDEX
+    expected = torch.nn.functional.cross_entropy(logits[0, :-1][keep], targets[keep])
+    torch.testing.assert_close(loss, expected)
