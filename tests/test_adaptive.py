@@ -9,7 +9,8 @@ from m3.data.llava import BadImageError
 from m3.processing import M3Processor, llava_prompt
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
 from predictor import MLPScalePredictor, PredictorMismatchError
-from predictor.synthetic import write_synthetic_oracle
+
+from .synthetic_oracle import write_synthetic_oracle
 
 HIDDEN = 32
 

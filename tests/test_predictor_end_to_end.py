@@ -8,7 +8,8 @@ import pytest
 
 from predictor import LGBMScalePredictor, MLPScalePredictor, evaluate_routing, summarize, write_evaluation
 from predictor.evaluation import budget_rows
-from predictor.synthetic import write_synthetic_oracle
+
+from .synthetic_oracle import write_synthetic_oracle
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,8 @@ from predictor import (
     split_oracle,
     tune,
 )
-from predictor.synthetic import write_synthetic_oracle
+
+from .synthetic_oracle import write_synthetic_oracle
 
 FAST_MLP = dict(max_epochs=15, hidden_sizes=(32,))
 PREDICTORS = {
