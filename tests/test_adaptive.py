@@ -29,13 +29,22 @@ def predictor(tmp_path_factory):
     return MLPScalePredictor(hidden_sizes=(16,), max_epochs=5, use_image=True).fit(oracle)
 
 
+def make_adaptive(family: str, predictor) -> AdaptiveM3:
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(family, tokenizer=tokenizer, hidden_size=HIDDEN)
+    model.generation_config.max_new_tokens = None
+    processor = M3Processor(tiny_image_processor(family), tokenizer, model.config)
+    return AdaptiveM3(model, processor, predictor)
+
+
 @pytest.fixture(scope="module")
 def adaptive(predictor):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model("llava", tokenizer=tokenizer, hidden_size=HIDDEN)
-    model.generation_config.max_new_tokens = None
-    processor = M3Processor(tiny_image_processor("llava"), tokenizer, model.config)
-    return AdaptiveM3(model, processor, predictor)
+    return make_adaptive("llava", predictor)
+
+
+@pytest.fixture(scope="module")
+def adaptive_next(predictor):
+    return make_adaptive("llava_next", predictor)
 
 
 def images(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -154,15 +163,6 @@ def count_vision_passes(model) -> tuple[list[int], object]:
     passes: list[int] = []
     hook = model.model.vision_tower.register_forward_hook(lambda module, args, out: passes.append(args[0].shape[0]))
     return passes, hook
-
-
-@pytest.fixture(scope="module")
-def adaptive_next(predictor):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model("llava_next", tokenizer=tokenizer, hidden_size=HIDDEN)
-    model.generation_config.max_new_tokens = None
-    processor = M3Processor(tiny_image_processor("llava_next"), tokenizer, model.config)
-    return AdaptiveM3(model, processor, predictor)
 
 
 def test_llava_next_batch_of_aspect_ratios_routes_each_image_like_generate_alone(adaptive_next):
