@@ -37,17 +37,28 @@ def _upper_hull(tokens: np.ndarray, values: np.ndarray) -> list[int]:
     return hull
 
 
-def allocate_scales(probabilities: np.ndarray, tokens: np.ndarray | Sequence[int], budget: int) -> np.ndarray:
-    """One scale index per frame, maximising ``sum(probabilities[f, choice[f]])`` within ``budget`` tokens.
+def allocate_scales(
+    probabilities: np.ndarray,
+    budget: int,
+    *,
+    scales: Sequence[int],
+    tokens: np.ndarray | Sequence[int] | None = None,
+) -> np.ndarray:
+    """``(frames,)`` one scale per frame, maximising the summed ``probabilities`` of the chosen scales within
+    ``budget`` visual tokens.
 
-    ``probabilities``: ``(frames, scales)``; ``tokens``: the visual tokens of each scale, ``(scales,)`` or
-    ``(frames, scales)`` (LLaVA-NeXT counts differ per image). Every frame gets at least its cheapest
-    scale; a budget below that total raises ``ValueError`` (sample fewer frames first).
+    ``probabilities``: ``(frames, scales)``, one column per entry of ``scales``; ``tokens``: the visual tokens of
+    each scale, ``(scales,)`` or ``(frames, scales)`` (LLaVA-NeXT counts differ per image), by default the scales
+    themselves (LLaVA-1.5). Every frame gets at least its cheapest scale; a budget below that total raises
+    ``ValueError`` (sample fewer frames first).
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
+    scales = np.asarray(scales, dtype=np.int64)
     if probabilities.ndim != 2 or probabilities.shape[1] == 0:
         raise ValueError(f"probabilities must be (frames, scales), got shape {probabilities.shape}")
-    cost = np.broadcast_to(np.asarray(tokens, dtype=np.int64), probabilities.shape)
+    if probabilities.shape[1] != len(scales):
+        raise ValueError(f"probabilities have {probabilities.shape[1]} columns for {len(scales)} scales")
+    cost = np.broadcast_to(np.asarray(scales if tokens is None else tokens, dtype=np.int64), probabilities.shape)
     if (cost < 1).any():
         raise ValueError("every scale must cost at least one visual token")
     hulls = [_upper_hull(cost[f], probabilities[f]) for f in range(len(probabilities))]
@@ -74,7 +85,7 @@ def allocate_scales(probabilities: np.ndarray, tokens: np.ndarray | Sequence[int
         choice[frame] = hull[position]
         if position + 1 < len(hull):
             heapq.heappush(heap, _step(probabilities, cost, frame, hull, position + 1))
-    return choice
+    return scales[choice]
 
 
 def _step(probabilities: np.ndarray, cost: np.ndarray, frame: int, hull: list[int], position: int):

@@ -23,7 +23,15 @@ from m3.loading import load_m3_model
 from m3.pooling import check_scale
 from m3.processing import M3Processor
 from m3.prompting import image_token_counts
-from predictor import Queries, load_predictor
+from predictor import (
+    CalibratedRouter,
+    Queries,
+    ScalePredictor,
+    check_compatible,
+    check_threshold,
+    load_predictor,
+    route_by_threshold,
+)
 
 from .budget import allocate_scales
 
@@ -84,17 +92,22 @@ def _check_question(question) -> str:
 class AdaptiveM3:
     """Answer each (image, question) at the fewest visual tokens the predictor expects to be enough.
 
-    ``threshold``: the default probability a scale must reach (the predictor's calibrated one when None).
+    ``predictor``: a fitted scale predictor or a :class:`predictor.CalibratedRouter`. ``threshold``: the default
+    probability a scale must reach, in [0, 1] (the predictor's own ``threshold_`` when None).
     """
 
-    def __init__(self, model, processor: M3Processor, predictor, threshold: float | None = None) -> None:
-        from predictor import check_compatible
-
+    def __init__(
+        self,
+        model,
+        processor: M3Processor,
+        predictor: ScalePredictor | CalibratedRouter,
+        threshold: float | None = None,
+    ) -> None:
         check_compatible(predictor.fingerprint_, model_config=model.config, where="the predictor")
         self.model = model.eval()
         self.processor = processor
         self.predictor = predictor
-        self.threshold = threshold
+        self.threshold = None if threshold is None else check_threshold(threshold)
         self.scales = list(predictor.scales_)
 
     # ---- loading and saving
@@ -159,27 +172,22 @@ class AdaptiveM3:
         threshold: float | None = None,
         max_tokens: int | None = None,
     ) -> list[int]:
-        """Per query, the smallest scale whose probability reaches the threshold among the scales within
-        ``max_tokens`` visual tokens; the largest such scale when none reaches it."""
+        """Per query, the threshold rule (:func:`predictor.route_by_threshold`) over the scales within
+        ``max_tokens`` visual tokens (``token_counts``: ``(n, scales)``): the smallest that reaches the threshold,
+        the largest such scale when none does."""
         threshold = self._threshold(threshold)
-        choices = []
-        for proba, counts in zip(probabilities, token_counts):
-            allowed = [i for i, count in enumerate(counts) if max_tokens is None or count <= max_tokens]
-            if not allowed:
-                raise ValueError(
-                    f"max_tokens={max_tokens} is below the smallest scale's {int(counts.min())} visual tokens"
-                )
-            reaching = [i for i in allowed if proba[i] >= threshold]
-            choices.append(self.scales[reaching[0] if reaching else allowed[-1]])
-        return choices
+        allowed = None
+        if max_tokens is not None:
+            allowed = np.asarray(token_counts) <= max_tokens
+            if not allowed.any(axis=1).all():
+                smallest = int(np.asarray(token_counts)[~allowed.any(axis=1)].min())
+                raise ValueError(f"max_tokens={max_tokens} is below the smallest scale's {smallest} visual tokens")
+        return route_by_threshold(probabilities, self.scales, threshold, allowed).tolist()
 
     def _threshold(self, threshold: float | None) -> float:
         if threshold is None:
             threshold = self.predictor.threshold_ if self.threshold is None else self.threshold
-        threshold = float(threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        return threshold
+        return check_threshold(threshold)
 
     # ---- answering
     def generate(
@@ -241,11 +249,11 @@ class AdaptiveM3:
         pil, grids, sizes = self.encode(frames)
         probabilities = self.probabilities(pil, grids, [question] * len(pil))
         counts = self._token_counts(sizes, len(pil))
-        choice = allocate_scales(probabilities, counts, int(budget))
-        rows = np.arange(len(pil))
+        scales = allocate_scales(probabilities, int(budget), scales=self.scales, tokens=counts)
+        columns = np.searchsorted(self.scales, scales)
         return FrameAllocation(
-            scales=[self.scales[i] for i in choice],
-            visual_tokens=counts[rows, choice].tolist(),
+            scales=scales.tolist(),
+            visual_tokens=counts[np.arange(len(pil)), columns].tolist(),
             probabilities=probabilities,
             budget=int(budget),
         )

@@ -2,27 +2,29 @@
 
 ``MLPScalePredictor`` (torch MLP on the scale-1 embedding + question features) and ``LGBMScalePredictor``
 (LightGBM on image + question features, optionally the embedding) estimate, per scale, the probability of a
-correct answer; ``predict(X, threshold=t)`` routes to the smallest scale that reaches ``t``. ``tune`` searches
-hyper-parameters with optuna; ``evaluate_routing`` / ``write_evaluation`` compare predictors with the baselines
-(fixed scales, random routing, a confidence cascade, the oracles). See docs/predictor.md.
+correct answer; ``predict(X, threshold=t)`` routes to the smallest scale that reaches ``t``
+(:func:`route_by_threshold`, the one threshold rule). ``CalibratedRouter`` learns a predictor's operating threshold
+on calibration data; ``tune`` searches hyper-parameters with optuna; ``evaluate_routing`` / ``summarize_routing`` /
+``write_evaluation`` compare predictors with the baselines (fixed scales, random routing, a confidence cascade, the
+oracles). See docs/predictor.md.
 """
 
-from .base import (
-    PredictorMismatchError,
-    ScalePredictor,
-    check_compatible,
-    load_predictor,
-    route_by_threshold,
-)
+from .base import PredictorMismatchError, ScalePredictor, check_compatible
+from .calibration import CalibratedRouter
 from .data import OracleSet, Queries, as_oracle_set, grouped_split, split_oracle
-from .evaluation import calibrate_threshold, evaluate_routing, summarize, write_evaluation
+from .evaluation import best_predictor, evaluate_routing, summarize_routing
 from .features import FeatureBuilder, image_features, question_features
 from .lgbm import LGBMScalePredictor
 from .mlp import MLPScalePredictor
+from .registry import PREDICTOR_CLASSES, load_predictor
+from .report import routing_markdown, write_evaluation
 from .routing_metrics import Curve, apgr, cpt
+from .thresholds import check_threshold, route_by_threshold
 from .tuning import TuningResult, tune
 
 __all__ = [
+    "PREDICTOR_CLASSES",
+    "CalibratedRouter",
     "Curve",
     "FeatureBuilder",
     "LGBMScalePredictor",
@@ -34,8 +36,9 @@ __all__ = [
     "TuningResult",
     "apgr",
     "as_oracle_set",
-    "calibrate_threshold",
+    "best_predictor",
     "check_compatible",
+    "check_threshold",
     "cpt",
     "evaluate_routing",
     "grouped_split",
@@ -43,8 +46,9 @@ __all__ = [
     "load_predictor",
     "question_features",
     "route_by_threshold",
+    "routing_markdown",
     "split_oracle",
-    "summarize",
+    "summarize_routing",
     "tune",
     "write_evaluation",
 ]

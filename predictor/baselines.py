@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .thresholds import route_by_threshold
+
 
 def fixed_routing(n: int, scale: int) -> np.ndarray:
     """``(n,)``: every query at ``scale``."""
@@ -42,10 +44,9 @@ def random_routing_weights(tokens: np.ndarray, target_tokens: float) -> np.ndarr
 
 
 def cascade_routing(confidences: np.ndarray, scales: Sequence[int], cutoff: float) -> np.ndarray:
-    """``(n,)`` scales: the first scale whose answer has confidence ``>= cutoff``, else the largest."""
-    confident = np.asarray(confidences) >= cutoff
-    index = np.where(confident.any(axis=1), confident.argmax(axis=1), len(scales) - 1)
-    return np.asarray(scales)[index]
+    """``(n,)`` scales: the first scale whose answer has confidence ``>= cutoff``, else the largest (the threshold
+    rule on confidences instead of probabilities)."""
+    return route_by_threshold(confidences, scales, cutoff)
 
 
 def cascade_processed_tokens(confidences: np.ndarray, tokens: np.ndarray, scales: Sequence[int], cutoff: float):

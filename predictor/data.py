@@ -28,6 +28,7 @@ from m3.data.llava import open_rgb
 from .features import IMAGE_FEATURE_NAMES, image_features
 
 ORACLE_COLUMNS = {"paper": "oracle_scale", "monotone": "oracle_monotone_scale"}
+ACCURACY_KINDS = ("correct", "score")  # what a routing's accuracy averages: correct_{s} or score_{s}
 _PER_SCALE = re.compile(r"^correct_(\d+)$")
 
 
@@ -265,6 +266,13 @@ def as_oracle_set(data, image_root: str | os.PathLike | None = None) -> OracleSe
         raise ValueError(f"{source} lacks oracle column(s) {missing}")
     root = image_root if image_root is not None else (manifest or {}).get("data", {}).get("image_root")
     return OracleSet(table, scales, manifest, None if root is None else Path(root), source)
+
+
+def accuracy_values(data: OracleSet, accuracy: str = "correct") -> np.ndarray:
+    """``(n, scales)`` per-scale values a routing's accuracy averages: ``correct_{s}`` (0/1) or ``score_{s}``."""
+    if accuracy not in ACCURACY_KINDS:
+        raise ValueError(f"accuracy must be one of {ACCURACY_KINDS}, got {accuracy!r}")
+    return data.correct().astype(np.float64) if accuracy == "correct" else data.scores()
 
 
 def to_queries(data, embeddings: bool, images: bool, image_root=None, progress: bool = True) -> Queries:

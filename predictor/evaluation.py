@@ -1,10 +1,12 @@
 """Routing evaluation on a test oracle: every predictor and baseline as an accuracy / mean-tokens curve, summarised.
 
 :func:`evaluate_routing` sweeps each router (a predictor's threshold, the cascade's confidence cut-off, the random
-router's token budget) and keeps every operating point; :func:`summarize` turns the points into APGR, CPT(50/80/95 %),
-the cheapest point that matches full-scale accuracy, under-/over-selection against the oracle labels, the
-accuracy of the cascade and of random routing at the same mean tokens, and results per question family.
-:func:`write_evaluation` writes them as markdown, CSV, JSON and a PNG plot.
+router's token budget) and keeps every operating point; :func:`summarize_routing` turns the points into APGR,
+CPT(50/80/95 %), the cheapest point that matches full-scale accuracy, under-/over-selection against the oracle
+labels, the accuracy of the cascade and of random routing at the same mean tokens; :func:`family_rows` and
+:func:`budget_rows` break them down per question family and per token budget. Everything here is pure (no files);
+:mod:`predictor.report` writes it as markdown, CSV, JSON and a plot, and :mod:`predictor.calibration` chooses a
+predictor's threshold on calibration data.
 
 Accuracy of a routing is the mean over samples of ``correct_{chosen scale}`` (``accuracy="correct"``, the
 default) or of ``score_{chosen scale}`` (``"score"``); its cost is the mean of ``tokens_{chosen scale}``.
@@ -12,16 +14,12 @@ default) or of ``score_{chosen scale}`` (``"score"``); its cost is the mean of `
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .base import ScalePredictor, route_by_threshold
+from .base import ScalePredictor
 from .baselines import (
     cascade_cutoffs,
     cascade_processed_tokens,
@@ -29,19 +27,12 @@ from .baselines import (
     fixed_routing,
     random_routing_weights,
 )
-from .data import OracleSet, as_oracle_set
-from .routing_metrics import (
-    Curve,
-    apgr,
-    auc,
-    cheapest_point_reaching,
-    cpt,
-    default_thresholds,
-    routing_point,
-    selection_rates,
-)
+from .calibration import CalibratedRouter
+from .data import OracleSet, accuracy_values, as_oracle_set
+from .routing_metrics import Curve, apgr, auc, cpt, operating_point, routing_point, selection_rates
+from .thresholds import candidate_thresholds, route_by_threshold
 
-ACCURACY_KINDS = ("correct", "score")
+Router = ScalePredictor | CalibratedRouter  # what evaluate_routing (and AdaptiveM3) route with
 CPT_FRACTIONS = (0.5, 0.8, 0.95)
 BUDGET_SHARES = (0.02, 0.05, 0.1, 0.15, 0.25, 0.5)  # token budgets, as shares of the largest scale's tokens
 SINGLE_POINT_KINDS = ("fixed", "oracle", "classifier")
@@ -116,13 +107,15 @@ def _sweep(name, kind, routings_and_params, values, tokens, scales, description=
     return RouterResult(name, kind, points, routings, description)
 
 
-def predictor_routers(name: str, predictor: ScalePredictor, data: OracleSet, values, tokens) -> list[RouterResult]:
-    """The threshold sweep of a predictor (and, for an oracle classifier, its argmax point)."""
+def predictor_routers(name: str, predictor: Router, data: OracleSet, values, tokens) -> list[RouterResult]:
+    """The threshold sweep of a predictor (and, for an oracle classifier, its argmax point); the point at its own
+    threshold (``threshold_``) is marked as calibrated."""
     scales = data.scales
     proba = predictor.predict_proba(data)
-    thresholds = np.unique(np.concatenate([default_thresholds(proba), [predictor.threshold_]]))
+    thresholds = np.unique(np.concatenate([candidate_thresholds(proba), [predictor.threshold_]]))
     sweep = [(route_by_threshold(proba, scales, t), t) for t in thresholds]
-    described = f"{type(predictor).__name__}(target={predictor.target!r}), threshold swept"
+    estimator = predictor.predictor if isinstance(predictor, CalibratedRouter) else predictor
+    described = f"{type(estimator).__name__}(target={predictor.target!r}), threshold swept"
     router = _sweep(name, "predictor", sweep, values, tokens, scales, described)
     router.calibrated_index = int(np.flatnonzero(thresholds == predictor.threshold_)[0])
     routers = [router]
@@ -177,17 +170,16 @@ def baseline_routers(data: OracleSet, values, tokens, random_points_per_segment:
     return routers
 
 
-def evaluate_routing(test, predictors: dict[str, ScalePredictor], accuracy: str = "correct") -> RoutingEvaluation:
-    """Every baseline and every predictor on the test oracle ``test`` (folder, table or OracleSet)."""
-    if accuracy not in ACCURACY_KINDS:
-        raise ValueError(f"accuracy must be one of {ACCURACY_KINDS}, got {accuracy!r}")
+def evaluate_routing(test, predictors: dict[str, Router], accuracy: str = "correct") -> RoutingEvaluation:
+    """Every baseline and every predictor (or calibrated router) on the test oracle ``test`` (folder, table or
+    OracleSet)."""
     data = as_oracle_set(test)
+    values = accuracy_values(data, accuracy)
     for name, predictor in predictors.items():
         if list(predictor.scales_) != list(data.scales):
             raise ValueError(
                 f"predictor {name!r} routes over scales {predictor.scales_}, the test data has {data.scales}"
             )
-    values = data.correct().astype(np.float64) if accuracy == "correct" else data.scores()
     tokens = data.tokens()
     routers = baseline_routers(data, values, tokens)
     for name, predictor in predictors.items():
@@ -201,11 +193,7 @@ def evaluate_routing(test, predictors: dict[str, ScalePredictor], accuracy: str 
 
 def operating_index(router: RouterResult, target: float) -> int:
     """The cheapest point reaching ``target`` accuracy, else the most accurate point."""
-    indexed = [dict(p, index=i) for i, p in enumerate(router.points)]
-    best = cheapest_point_reaching(indexed, target)
-    if best is None:
-        best = max(indexed, key=lambda p: (p["accuracy"], -p["tokens"]))
-    return best["index"]
+    return operating_point([dict(p, index=i) for i, p in enumerate(router.points)], target)["index"]
 
 
 def _router_metrics(router: RouterResult, weak, strong) -> dict:
@@ -252,7 +240,7 @@ def _at_point(evaluation: RoutingEvaluation, router: RouterResult, index: int, m
     }
 
 
-def summarize(evaluation: RoutingEvaluation) -> list[dict]:
+def summarize_routing(evaluation: RoutingEvaluation) -> list[dict]:
     """One row per router: APGR, AUC, CPT(50/80/95), the cheapest point matching full-scale accuracy (tokens,
     share of the largest scale's tokens, accuracy, parameter), under/over-selection there, the cascade's and the
     random router's accuracy at the same mean tokens, and (predictors) the point at their calibrated threshold."""
@@ -355,231 +343,17 @@ def _subset(router: RouterResult, mask, values, tokens, scales) -> RouterResult:
     return RouterResult(router.name, router.kind, points, routings)
 
 
-# ----------------------------------------------------------------------------------------------------
-# calibration
+def best_predictor(rows: list[dict], names) -> str:
+    """Of the routers ``names`` in :func:`summarize_routing`'s ``rows``: the one needing the fewest mean tokens to
+    match full-scale accuracy on the test curve (APGR is not discriminative when a small scale already closes most
+    of the gap); on a tie, or when none matches, the higher APGR. The first name when no row is among them."""
+    names = list(names)
+    by_router = {row["router"]: row for row in rows}
 
+    def key(name: str) -> tuple[float, float]:
+        row = by_router[name]
+        tokens = row["tokens_at_match"] if row["matches_full"] else float("inf")
+        return tokens, -(float("-inf") if row["apgr"] is None or math.isnan(row["apgr"]) else row["apgr"])
 
-def calibrate_threshold(predictor: ScalePredictor, calibration, accuracy: str = "correct") -> float:
-    """Set ``predictor.threshold_`` to the cheapest threshold whose accuracy on ``calibration`` (held-out oracle
-    data, never the test set) matches that data's full-scale accuracy; returns it."""
-    data = as_oracle_set(calibration)
-    values = data.correct().astype(np.float64) if accuracy == "correct" else data.scores()
-    tokens = data.tokens()
-    proba = predictor.predict_proba(data)
-    points = []
-    for threshold in default_thresholds(proba):
-        point = _point(route_by_threshold(proba, data.scales, threshold), values, tokens, data.scales, threshold)
-        points.append(point)
-    target = float(values[:, -1].mean())
-    predictor.threshold_ = float(cheapest_point_reaching(points, target)["param"])
-    return predictor.threshold_
-
-
-# ----------------------------------------------------------------------------------------------------
-# writing
-
-
-def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def to_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: list[dict], title: str = "") -> str:
-    """The report: setup, the main table, equal-token comparisons, per-family results and notes."""
-    data = evaluation.data
-    weak, strong = evaluation.weak, evaluation.strong
-    value = "correct_{s}" if evaluation.accuracy == "correct" else "score_{s}"
-    lines = [
-        f"# Routing evaluation{': ' + title if title else ''}",
-        "",
-        f"- test data: {data.source} ({len(data)} samples, {len(set(data.groups.tolist()))} images), scales "
-        f"{evaluation.scales}",
-        f"- accuracy of a routing = mean of `{value}` at the chosen scale; tokens = mean of `tokens_{{s}}` there",
-        f"- weak = scale {evaluation.scales[0]} ({weak[0]:.1f} tokens, accuracy {weak[1]:.3f}); strong = scale "
-        f"{evaluation.scales[-1]} ({strong[0]:.1f} tokens, accuracy {strong[1]:.3f})",
-        "- APGR = (AUC - acc_weak) / (acc_strong - acc_weak), AUC = mean accuracy over [weak, strong] mean tokens "
-        "(linear; a single-point router's AUC is its accuracy); 'APGR (log tokens)' averages over log tokens instead, "
-        "so each doubling of tokens weighs the same; CPT(x) = fewest mean tokens recovering x of the gap",
-        "- 'match full' = the cheapest realised operating point whose accuracy is at least the strong accuracy "
-        "(read off the test curve, as CPT is); under / over = share routed below / above the paper-oracle label there",
-    ]
-    if strong[1] <= weak[1]:
-        lines += [
-            f"- **no gap to recover**: the largest scale is not more accurate than the smallest on this data "
-            f"({strong[1]:.3f} vs {weak[1]:.3f}), so APGR and CPT are undefined (shown as -); compare AUC, the best "
-            "accuracy on each curve and the accuracy at equal tokens instead",
-        ]
-    lines += [
-        "",
-        "| router | APGR | APGR (log tokens) | AUC | CPT(50%) | CPT(80%) | CPT(95%) | tokens at match full "
-        "| % of largest | accuracy there | under | over | cascade acc. same tokens | random acc. same tokens "
-        "| best accuracy (tokens) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        match = _fmt(row["tokens_at_match"], 1) + ("" if row["matches_full"] else " (never)")
-        lines.append(
-            f"| {row['router']} | {_fmt(row['apgr'])} | {_fmt(row['apgr_log'])} | {_fmt(row['auc'])} | "
-            f"{_fmt(row['cpt50'], 1)} | "
-            f"{_fmt(row['cpt80'], 1)} | {_fmt(row['cpt95'], 1)} | {match} | "
-            f"{_fmt(100 * row['token_share_at_match'], 1)} | {_fmt(row['accuracy_at_match'])} | {_fmt(row['under'])} | "
-            f"{_fmt(row['over'])} | {_fmt(row['cascade_accuracy_same_tokens'])} | "
-            f"{_fmt(row['random_accuracy_same_tokens'])} | "
-            f"{_fmt(row['best_accuracy'])} ({_fmt(row['tokens_at_best'], 1)}) |"
-        )
-    calibrated = [row for row in rows if "calibrated_threshold" in row]
-    if calibrated:
-        lines += [
-            "",
-            "Predictors at their own threshold, chosen on held-out TRAIN images (the cheapest threshold matching "
-            "full-scale accuracy there), i.e. without looking at the test labels:",
-            "",
-            "| router | threshold | tokens | % of largest | accuracy | cascade acc. same tokens "
-            "| random acc. same tokens |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for row in calibrated:
-            lines.append(
-                f"| {row['router']} | {_fmt(row['calibrated_threshold'], 4)} | {_fmt(row['calibrated_tokens'], 1)} | "
-                f"{_fmt(100 * row['calibrated_tokens'] / strong[0], 1)} | {_fmt(row['calibrated_accuracy'])} | "
-                f"{_fmt(row['calibrated_cascade_accuracy'])} | {_fmt(row['calibrated_random_accuracy'])} |"
-            )
-    cascade = next(row for row in rows if row["kind"] == "cascade")
-    lines += [
-        "",
-        f"The cascade's cost above counts only the final scale's tokens. It actually runs every scale it tries: at "
-        f"its match-full point it processes {_fmt(cascade['processed_tokens_at_match'], 1)} visual tokens per query "
-        f"on average (vs {_fmt(cascade['tokens_at_match'], 1)}), plus one decode per scale tried.",
-        "",
-        "## Accuracy at equal token budgets",
-        "",
-        "Each swept router's curve read at the same mean tokens (a share of the largest scale's tokens); the best "
-        "value per column is in bold.",
-        "",
-    ]
-    budgets = budget_rows(evaluation)
-    shares = [f"accuracy_at_{share:g}" for share in BUDGET_SHARES]
-    best = {key: max(row[key] for row in budgets) for key in shares}
-    header = " | ".join(f"{100 * share:g} % ({share * strong[0]:.0f})" for share in BUDGET_SHARES)
-    lines += [f"| router | {header} |", "|---|" + "---:|" * len(shares)]
-    for row in budgets:
-        cells = [f"**{row[k]:.3f}**" if row[k] >= best[k] - 1e-12 else f"{row[k]:.3f}" for k in shares]
-        lines.append(f"| {row['router']} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Per question family (at each router's match-full operating point)",
-        "",
-    ]
-    names = sorted({row["family"] for row in families})
-    header = "| router | " + " | ".join(f"{f} acc / tokens / APGR" for f in names) + " |"
-    lines += [header, "|---|" + "---:|" * len(names)]
-    by_router: dict[str, dict] = {}
-    for row in families:
-        by_router.setdefault(row["router"], {})[row["family"]] = row
-    counts = {row["family"]: row["n"] for row in families}
-    for router, cells in by_router.items():
-        parts = [
-            f"{_fmt(cells[f]['accuracy'])} / {_fmt(cells[f]['tokens'], 1)} / {_fmt(cells[f]['apgr'], 2)}" for f in names
-        ]
-        lines.append(f"| {router} | " + " | ".join(parts) + " |")
-    lines += ["", "Samples per family: " + ", ".join(f"{f} {counts[f]}" for f in names) + "."]
-    return "\n".join(lines) + "\n"
-
-
-def plot_curves(evaluation: RoutingEvaluation, path: str | os.PathLike) -> None:
-    """Accuracy against mean visual tokens for every router, on a linear and a log token axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5))
-    strong = evaluation.strong
-    for axis, scale in zip(axes, ("linear", "log")):
-        for router in evaluation.routers:
-            tokens = [p["tokens"] for p in router.points]
-            accuracy = [p["accuracy"] for p in router.points]
-            if router.kind == "fixed":
-                continue
-            if router.kind == "oracle":
-                axis.plot(tokens, accuracy, "*", markersize=12, label=router.name)
-            elif router.kind == "classifier":
-                axis.plot(tokens, accuracy, "D", markersize=7, label=router.name)
-            elif router.kind == "cascade":
-                line = axis.plot(tokens, accuracy, "-", label=f"{router.name} (final-scale tokens)")[0]
-                processed = [p["processed_tokens"] for p in router.points]
-                axis.plot(processed, accuracy, "--", color=line.get_color(), label=f"{router.name} (tokens processed)")
-            elif router.kind == "random":
-                axis.plot(tokens, accuracy, ":", color="gray", label="random (matched tokens)")
-            else:
-                curve = router.curve()
-                line = axis.plot(curve.tokens, curve.accuracy, "-", linewidth=1.8, label=router.name)[0]
-                if router.calibrated_index is not None:
-                    point = router.points[router.calibrated_index]
-                    axis.plot([point["tokens"]], [point["accuracy"]], "o", color=line.get_color(), markersize=5)
-        fixed = [r.points[0] for r in evaluation.routers if r.kind == "fixed"]
-        axis.plot([p["tokens"] for p in fixed], [p["accuracy"] for p in fixed], "ks", label="fixed scales")
-        axis.axhline(strong[1], color="black", linewidth=0.6, linestyle="-.")
-        axis.set_xscale(scale)
-        axis.set_xlabel(f"mean visual tokens per query ({scale} axis)")
-        axis.set_ylabel("accuracy")
-        axis.grid(alpha=0.3)
-    axes[0].set_title("accuracy vs mean tokens (APGR integrates this axis)")
-    axes[1].set_title("same, log tokens (dots: threshold chosen on train)")
-    axes[1].legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    names = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _json_safe(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def write_evaluation(evaluation: RoutingEvaluation, out_dir: str | os.PathLike, title: str = "") -> dict[str, Path]:
-    """Write ``results.md``, ``results.csv``, ``results.json``, ``families.csv``, ``curves.csv`` and ``curves.png``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = summarize(evaluation)
-    families = family_rows(evaluation)
-    budgets = budget_rows(evaluation)
-    names = ("results.md", "results.csv", "results.json", "families.csv", "budgets.csv")
-    paths = {name: out_dir / name for name in names}
-    paths["curves.csv"], paths["curves.png"] = out_dir / "curves.csv", out_dir / "curves.png"
-    paths["results.md"].write_text(to_markdown(evaluation, rows, families, title), encoding="utf-8")
-    _write_csv(paths["results.csv"], rows)
-    _write_csv(paths["families.csv"], families)
-    _write_csv(paths["budgets.csv"], budgets)
-    curve_rows = [{"router": r.name, "kind": r.kind, **p} for r in evaluation.routers for p in r.points]
-    _write_csv(paths["curves.csv"], curve_rows)
-    summary = {
-        "test": evaluation.data.source,
-        "n": len(evaluation.data),
-        "scales": evaluation.scales,
-        "accuracy": evaluation.accuracy,
-        "weak": list(evaluation.weak),
-        "strong": list(evaluation.strong),
-        "routers": rows,
-        "budgets": budgets,
-        "families": families,
-    }
-    paths["results.json"].write_text(json.dumps(_json_safe(summary), indent=2) + "\n", encoding="utf-8")
-    plot_curves(evaluation, paths["curves.png"])
-    return paths
+    candidates = [name for name in names if name in by_router]
+    return min(candidates, key=key) if candidates else names[0]

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 IMAGE_FEATURE_NAMES = (
     "image_width",
@@ -57,6 +59,7 @@ QUESTION_FEATURE_NAMES = (
 TOKEN_PATTERN = r"(?u)\b\w+\b"  # single letters count (a, b, c options; "x")
 _WORDS = re.compile(TOKEN_PATTERN)
 BLOCKS = ("embedding", "question", "tfidf", "image")
+FEATURES_FORMAT = 2  # 2: the standard deviations are saved as "std" (format 1 called them "scale")
 
 
 def _moment_matrix() -> np.ndarray:
@@ -202,8 +205,9 @@ def tfidf_rows(questions, index: dict[str, int], idf: np.ndarray, ngram_range: t
     return rows
 
 
-class FeatureBuilder:
-    """Queries -> one float32 feature matrix; fitted on training data, saved as JSON.
+class FeatureBuilder(BaseEstimator):
+    """Queries -> one float32 feature matrix; fitted on training data, saved as JSON (a scikit-learn estimator:
+    ``get_params``, ``clone`` and ``NotFittedError`` work as usual).
 
     ``use_embedding`` / ``use_question`` / ``use_image`` select the blocks; ``tfidf_max_features`` caps the
     question vocabulary (0 turns TF-IDF off). Dense blocks are standardised with the training mean and standard
@@ -246,13 +250,16 @@ class FeatureBuilder:
         dense = self._dense(queries)
         self.mean_ = dense.mean(axis=0)
         std = dense.std(axis=0)
-        self.scale_ = np.where(std > 1e-12, std, 1.0)
+        self.std_ = np.where(std > 1e-12, std, 1.0)  # constant columns are only centred
         self.feature_names_ = self._names()
         return self
 
     def _check_fitted(self) -> None:
+        """scikit-learn's ``NotFittedError`` unless :meth:`fit` (or loading) has run (one lookup when fitted)."""
         if not hasattr(self, "feature_names_"):
-            raise RuntimeError("this FeatureBuilder is not fitted yet; call fit(queries) first")
+            check_is_fitted(
+                self, "feature_names_", msg="This FeatureBuilder is not fitted yet; call fit(queries) first."
+            )
 
     def _names(self) -> list[str]:
         names = []
@@ -292,7 +299,7 @@ class FeatureBuilder:
     def transform(self, queries) -> np.ndarray:
         """``(n, n_features)`` float32 in the order of ``feature_names_``."""
         self._check_fitted()
-        dense = (self._dense(queries) - self.mean_) / self.scale_
+        dense = (self._dense(queries) - self.mean_) / self.std_
         emb = self.embedding_dim_ or 0
         q = len(QUESTION_FEATURE_NAMES) if self.use_question else 0
         blocks = [dense[:, : emb + q]]
@@ -318,7 +325,7 @@ class FeatureBuilder:
     def to_dict(self) -> dict:
         self._check_fitted()
         return {
-            "format": 1,
+            "format": FEATURES_FORMAT,
             "params": {
                 "use_embedding": self.use_embedding,
                 "use_question": self.use_question,
@@ -330,20 +337,23 @@ class FeatureBuilder:
             "vocabulary": self.vocabulary_,
             "idf": self.idf_.tolist(),
             "mean": self.mean_.tolist(),
-            "scale": self.scale_.tolist(),
+            "std": self.std_.tolist(),
             "feature_names": self.feature_names_,
         }
 
     @classmethod
     def from_dict(cls, state: dict) -> FeatureBuilder:
-        if state.get("format") != 1:
-            raise ValueError(f"unknown FeatureBuilder format {state.get('format')!r}; this code reads format 1")
+        if state.get("format") != FEATURES_FORMAT:
+            raise ValueError(
+                f"FeatureBuilder format {state.get('format')!r}; this code reads format {FEATURES_FORMAT} (format 1 "
+                "predates the scale -> std rename: refit the features)"
+            )
         builder = cls(**state["params"])
         builder.embedding_dim_ = state["embedding_dim"]
         builder.vocabulary_ = list(state["vocabulary"])
         builder.idf_ = np.asarray(state["idf"], dtype=np.float64)
         builder.mean_ = np.asarray(state["mean"], dtype=np.float64)
-        builder.scale_ = np.asarray(state["scale"], dtype=np.float64)
+        builder.std_ = np.asarray(state["std"], dtype=np.float64)
         builder.feature_names_ = list(state["feature_names"])
         return builder
 

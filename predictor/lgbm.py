@@ -28,7 +28,7 @@ class LGBMScalePredictor(ScalePredictor):
     def __init__(
         self,
         target: str = "correct",
-        oracle: str = "monotone",
+        oracle_kind: str = "monotone",
         use_embedding: bool = False,
         use_image: bool = True,
         use_question: bool = True,
@@ -46,7 +46,7 @@ class LGBMScalePredictor(ScalePredictor):
         n_jobs: int = 1,
     ) -> None:
         self.target = target
-        self.oracle = oracle
+        self.oracle_kind = oracle_kind
         self.use_embedding = use_embedding
         self.use_image = use_image
         self.use_question = use_question

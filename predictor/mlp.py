@@ -43,7 +43,7 @@ class MLPScalePredictor(ScalePredictor):
     def __init__(
         self,
         target: str = "correct",
-        oracle: str = "monotone",
+        oracle_kind: str = "monotone",
         hidden_sizes: tuple[int, ...] = (256,),
         dropout: float = 0.1,
         learning_rate: float = 1e-3,
@@ -58,7 +58,7 @@ class MLPScalePredictor(ScalePredictor):
         seed: int = 0,
     ) -> None:
         self.target = target
-        self.oracle = oracle
+        self.oracle_kind = oracle_kind
         self.hidden_sizes = hidden_sizes
         self.dropout = dropout
         self.learning_rate = learning_rate

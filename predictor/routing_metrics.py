@@ -159,9 +159,8 @@ def cheapest_point_reaching(points: Sequence[dict], target: float, tolerance: fl
     return min(reaching, key=lambda p: (p["tokens"], -p["accuracy"])) if reaching else None
 
 
-def default_thresholds(proba: np.ndarray, max_quantiles: int = 400) -> np.ndarray:
-    """Thresholds that trace a router's whole curve: 0, an even grid, quantiles of the probabilities, and one
-    above 1 (which routes everything to the largest scale)."""
-    values = np.asarray(proba, dtype=np.float64).ravel()
-    quantiles = np.quantile(values, np.linspace(0, 1, max_quantiles)) if values.size else np.zeros(0)
-    return np.unique(np.concatenate([np.linspace(0, 1, 101), quantiles, [1.0 + 1e-9]]))
+def operating_point(points: Sequence[dict], target: float) -> dict:
+    """The cheapest point reaching ``target`` accuracy (:func:`cheapest_point_reaching`), else the most accurate
+    point (the fewer tokens on a tie): where a router is run when it should match ``target``."""
+    best = cheapest_point_reaching(points, target)
+    return best if best is not None else max(points, key=lambda p: (p["accuracy"], -p["tokens"]))

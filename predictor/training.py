@@ -1,8 +1,9 @@
 """The standard predictor set, fitted (and tuned) on a training oracle, with a held-out calibration split.
 
 The training oracle is split by image: ``1 - calibration_fraction`` to fit (and tune, on its own grouped
-holdout) and ``calibration_fraction`` to choose each predictor's operating threshold (the cheapest one that
-matches full-scale accuracy there). The test oracle is never seen.
+holdout) and ``calibration_fraction`` to choose each predictor's operating threshold
+(:class:`predictor.calibration.CalibratedRouter`: the cheapest one that matches full-scale accuracy there). The test
+oracle is never seen.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .base import ScalePredictor
+from .calibration import CalibratedRouter
 from .data import as_oracle_set, split_oracle
-from .evaluation import calibrate_threshold
 from .lgbm import LGBMScalePredictor
 from .mlp import MLPScalePredictor
 from .tuning import tune
@@ -40,8 +41,9 @@ def fit_predictors(
     save_dir: str | os.PathLike | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> dict[str, ScalePredictor]:
-    """Fit (tune when ``n_trials`` > 0) and calibrate each named predictor; save each to ``save_dir/NAME``."""
+) -> dict[str, CalibratedRouter]:
+    """Fit (tune when ``n_trials`` > 0) and calibrate each named predictor; save each to ``save_dir/NAME`` (a
+    predictor folder routing at the calibrated threshold)."""
     unknown = [name for name in names if name not in PREDICTORS]
     if unknown:
         raise ValueError(f"unknown predictor(s) {unknown}; choose from {sorted(PREDICTORS)}")
@@ -63,9 +65,9 @@ def fit_predictors(
         else:
             predictor = estimator.fit(fit_data)
             note = "default hyper-parameters"
-        threshold = calibrate_threshold(predictor, calibration, accuracy)
-        log(f"{name}: {note}; threshold {threshold:.4f}; {time.perf_counter() - start:.1f} s")
+        router = CalibratedRouter(predictor, accuracy).fit(calibration)
+        log(f"{name}: {note}; threshold {router.threshold_:.4f}; {time.perf_counter() - start:.1f} s")
         if save_dir is not None:
-            predictor.save_pretrained(Path(save_dir) / name)
-        fitted[name] = predictor
+            router.save_pretrained(Path(save_dir) / name)
+        fitted[name] = router
     return fitted

@@ -53,7 +53,7 @@ def validation_loss(predictor: ScalePredictor, data: OracleSet) -> float:
         correct = data.correct()
         return float(-(correct * np.log(proba) + (~correct) * np.log(1 - proba)).mean())
     proba = np.clip(predictor.predict_label_proba(data), EPSILON, 1.0)
-    labels = np.searchsorted(np.asarray(data.scales), data.oracle_labels(predictor.oracle))
+    labels = np.searchsorted(np.asarray(data.scales), data.oracle_labels(predictor.oracle_kind))
     return float(-np.log(proba[np.arange(len(labels)), labels]).mean())
 
 

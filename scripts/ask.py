@@ -1,10 +1,10 @@
 """Ask an adaptive M3 model one question about one image; prints the answer and the scale it chose.
 
-Examples:
-    python scripts/ask.py --image runs/granularity/images/test/test_000000.png \\
+Examples (folders as scripts/quickstart.py writes them):
+    python scripts/ask.py --image runs/quickstart/granularity/images/test/test_000000.png \\
         --question "where is the big shape ?" --adaptive runs/quickstart/adaptive
     python scripts/ask.py --image cat.jpg --question "What is in the image?" \\
-        --model runs/tiny-m3 --predictor runs/quickstart/predictor-mlp --threshold 0.9
+        --model runs/quickstart/m3 --predictor runs/quickstart/predictors/mlp --threshold 0.9
     python scripts/ask.py --image cat.jpg --question "..." --adaptive DIR --scale 576   # force a scale
 """
 
@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adaptive", help="a folder written by AdaptiveM3.save_pretrained (model/ + predictor/)")
     parser.add_argument("--model", help="an M3 model folder (with --predictor)")
     parser.add_argument("--predictor", help="a saved scale predictor folder (with --model)")
-    parser.add_argument("--threshold", type=float, help="probability a scale must reach (default: the predictor's)")
+    parser.add_argument(
+        "--threshold", type=float, help="probability a scale must reach, in [0, 1] (default: the predictor's)"
+    )
     parser.add_argument("--max-tokens", type=int, help="cap on the visual tokens the router may choose")
     parser.add_argument("--scale", type=int, help="force this scale (the predictor's estimates are still shown)")
     parser.add_argument("--max-new-tokens", type=int, default=32)

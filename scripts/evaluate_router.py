@@ -7,9 +7,9 @@ Examples:
     python scripts/evaluate_router.py --oracle-test runs/oracle-test --predictor runs/router/predictors/mlp \
         --out runs/eval
 
-Writes OUT/results.md (tables), results.csv, results.json, families.csv, curves.csv and curves.png; with
---oracle-train also OUT/predictors/NAME (save_pretrained folders). Tuning and the operating threshold use grouped
-splits of the training oracle only. See docs/predictor.md.
+Writes OUT/results.md (tables), results.csv, results.json, families.csv, budgets.csv, curves.csv and curves.png;
+with --oracle-train also OUT/predictors/NAME (save_pretrained folders, at the calibrated threshold). Tuning and the
+operating threshold use grouped splits of the training oracle only. See docs/predictor.md.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     for directory in args.predictor:
         name = Path(directory).name
-        predictors[name if name not in predictors else directory] = load_predictor(directory, oracle=args.oracle_test)
+        loaded = load_predictor(directory, oracle_data=args.oracle_test)
+        predictors[name if name not in predictors else directory] = loaded
     evaluation = evaluate_routing(args.oracle_test, predictors, accuracy=args.accuracy)
     paths = write_evaluation(evaluation, out)
     print(paths["results.md"].read_text())

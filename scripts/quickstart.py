@@ -5,25 +5,25 @@
     python scripts/quickstart.py --smoke              # a shrunken run of every stage (CI; about a minute)
 
 Steps, each skipped when its output already exists (so a killed run continues where it stopped):
-1. the granularity benchmark (train / validation / test splits) in OUT/../granularity or --data-dir;
+1. the granularity benchmark (train / validation / test splits) in OUT/granularity or --data-dir;
 2. the tiny M3 model (`python scripts/train_m3.py --preset tiny`), or the committed checkpoint;
 3. the oracle of the model on part of the train split (the predictors' teacher) and on the test split;
-4. the scale predictors (MLP and LightGBM, tuned with optuna on grouped train splits) and the routing
-   evaluation on the test oracle;
-5. an AdaptiveM3 folder (the model with the best predictor) and OUT/report.md with the per-scale table,
-   the oracle table, the router table and the accuracy-vs-tokens plot.
+4. the scale predictors (MLP and LightGBM, tuned with optuna on grouped train splits; OUT/predictors/NAME) and
+   the routing evaluation on the test oracle (OUT/router);
+5. an AdaptiveM3 folder (the model with the best predictor; OUT/adaptive) and OUT/report.md with the per-scale
+   table, the oracle table, the router table and the accuracy-vs-tokens plot.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "checkpoints" / "tiny-m3"
+SMOKE_NUM_IMAGES = {"train": 12, "validation": 4, "test": 6}  # --smoke: checks the chain, learns nothing
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,25 +47,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
 
-    from m3.data.granularity import check_generator_version, write_split
+    from m3.data.granularity import DEFAULT_NUM_IMAGES, ensure_split
     from m3.training import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data_dir) if args.data_dir else out / "granularity"
-    sizes = {"train": 3000, "validation": 200, "test": 250}
-    if args.smoke:
-        sizes = {"train": 12, "validation": 4, "test": 6}
     timings = {}
 
     start = stage("1/5 granularity benchmark")
-    for split, num_images in sizes.items():
-        meta = data / f"{split}.meta.json"
-        if meta.exists():
-            check_generator_version(meta)
-        else:
-            write_split(data, split, num_images, seed=0, progress=True)
+    for split, num_images in (SMOKE_NUM_IMAGES if args.smoke else DEFAULT_NUM_IMAGES).items():
+        ensure_split(data / f"{split}.json", split, num_images, seed=0, progress=True)
     timings["benchmark"] = time.perf_counter() - start
 
     start = stage("2/5 tiny M3 model")
@@ -98,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     timings["oracle"] = time.perf_counter() - start
 
     start = stage("4/5 scale predictors and routing evaluation")
-    from predictor import evaluate_routing, write_evaluation
+    from predictor import best_predictor, evaluate_routing, summarize_routing, write_evaluation
     from predictor.training import fit_predictors
 
     predictors = fit_predictors(
@@ -109,64 +102,24 @@ def main(argv: list[str] | None = None) -> None:
         save_dir=out / "predictors",
     )
     evaluation = evaluate_routing(out / "oracle-test", predictors)
-    paths = write_evaluation(evaluation, out / "router")
+    write_evaluation(evaluation, out / "router")
     timings["predictors"] = time.perf_counter() - start
 
     start = stage("5/5 AdaptiveM3 and the report")
     from adaptive import AdaptiveM3
+    from predictor.report import pipeline_report
 
-    best = _best_predictor(out / "router" / "results.json", list(predictors))
+    best = best_predictor(summarize_routing(evaluation), predictors)
     adaptive = AdaptiveM3.from_pretrained(model_dir, out / "predictors" / best)
     adaptive_dir = out / "adaptive"
     if adaptive_dir.exists():
         shutil.rmtree(adaptive_dir)
     adaptive.save_pretrained(adaptive_dir)
     timings["adaptive"] = time.perf_counter() - start
-    report = _report(out, model_dir, best, paths, timings)
+    report = out / "report.md"
+    text = pipeline_report(out, evaluation, out / "router", out / "oracle-test", model_dir, best, adaptive_dir, timings)
+    report.write_text(text, encoding="utf-8")
     print(f"\nwrote {report}")
-
-
-def _best_predictor(results_path: Path, names: list[str]) -> str:
-    """The predictor needing the fewest mean tokens to match full-scale accuracy on the test curve (APGR is not
-    discriminative when a small scale already closes most of the gap); ties and no match: the higher APGR."""
-    rows = {row["router"]: row for row in json.loads(results_path.read_text())["routers"]}
-
-    def key(name: str) -> tuple:
-        row = rows[name]
-        tokens = row["tokens_at_match"] if row["matches_full"] else float("inf")
-        return (tokens, -(row["apgr"] or float("-inf")))
-
-    candidates = [name for name in names if name in rows]
-    return min(candidates, key=key) if candidates else names[0]
-
-
-def _report(out: Path, model_dir: Path, best: str, paths: dict, timings: dict) -> Path:
-    oracle = (out / "oracle-test" / "report.md").read_text()
-    router = paths["results.md"].read_text()
-    lines = [
-        "# Quickstart report",
-        "",
-        f"Model: `{model_dir}`. Best predictor: `{best}`, the one needing the fewest tokens to match full-scale "
-        f"accuracy on the test curve (saved with the model in `{out / 'adaptive'}`).",
-        "",
-        "Stage times (s): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items()),
-        "",
-        "## Oracle and per-scale accuracy (test split)",
-        "",
-        (oracle.split("\n", 1)[1] if oracle.startswith("#") else oracle).replace(
-            "Plot: report.png", "![oracle accuracy per scale](oracle-test/report.png)"
-        ),
-        "",
-        "## Routing (test split)",
-        "",
-        router.split("\n", 1)[1] if router.startswith("#") else router,
-        "",
-        f"![accuracy vs visual tokens]({Path('router') / 'curves.png'})",
-        "",
-    ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
 
 
 if __name__ == "__main__":

@@ -7,9 +7,18 @@ from adaptive import AdaptiveM3
 from adaptive.model import load_rgb
 from m3.data.llava import BadImageError
 from m3.processing import M3Processor, llava_prompt
+from m3.prompting import image_token_counts
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
-from predictor import MLPScalePredictor, PredictorMismatchError
-from predictor.synthetic import write_synthetic_oracle
+from predictor import (
+    CalibratedRouter,
+    LGBMScalePredictor,
+    MLPScalePredictor,
+    PredictorMismatchError,
+    as_oracle_set,
+    load_predictor,
+)
+
+from .synthetic_oracle import write_synthetic_oracle
 
 HIDDEN = 32
 
@@ -20,13 +29,22 @@ def predictor(tmp_path_factory):
     return MLPScalePredictor(hidden_sizes=(16,), max_epochs=5, use_image=True).fit(oracle)
 
 
+def make_adaptive(family: str, predictor) -> AdaptiveM3:
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(family, tokenizer=tokenizer, hidden_size=HIDDEN)
+    model.generation_config.max_new_tokens = None
+    processor = M3Processor(tiny_image_processor(family), tokenizer, model.config)
+    return AdaptiveM3(model, processor, predictor)
+
+
 @pytest.fixture(scope="module")
 def adaptive(predictor):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model("llava", tokenizer=tokenizer, hidden_size=HIDDEN)
-    model.generation_config.max_new_tokens = None
-    processor = M3Processor(tiny_image_processor("llava"), tokenizer, model.config)
-    return AdaptiveM3(model, processor, predictor)
+    return make_adaptive("llava", predictor)
+
+
+@pytest.fixture(scope="module")
+def adaptive_next(predictor):
+    return make_adaptive("llava_next", predictor)
 
 
 def images(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -130,6 +148,82 @@ def test_ask_script_prints_the_answer_and_scale(adaptive, tmp_path):
     assert "scale: 9 (forced; 9 visual tokens)" in out.stdout and "answer:" in out.stdout
     bad = subprocess.run([*command, "--question", "where ?", "--scale", "10"], capture_output=True, text=True)
     assert bad.returncode == 2 and "error:" in bad.stderr and "10" in bad.stderr
+
+
+def expected_answer(model, processor, image: Image.Image, question: str, scale: int, max_new_tokens: int) -> str:
+    """What plain ``model.generate(..., m3_scale=scale)`` answers for this image alone (vision tower included)."""
+    inputs = processor(llava_prompt(question), image, m3_scale=scale)
+    with torch.inference_mode():
+        out = model.generate(**inputs, m3_scale=scale, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
+
+
+def count_vision_passes(model) -> tuple[list[int], object]:
+    """A forward hook on the vision tower; the list receives the batch size (images or crops) of every pass."""
+    passes: list[int] = []
+    hook = model.model.vision_tower.register_forward_hook(lambda module, args, out: passes.append(args[0].shape[0]))
+    return passes, hook
+
+
+def test_llava_next_batch_of_aspect_ratios_routes_each_image_like_generate_alone(adaptive_next):
+    """Images of four shapes in ONE batch, routed to two scales by the token cap (anyres counts depend on the
+    shape): each answer equals plain ``generate`` at its scale on that image alone, so the per-scale subsets of
+    the batch (prompts, grids and ``image_sizes``) stay aligned."""
+    rng = np.random.default_rng(7)
+    shapes = [(96, 96), (288, 96), (96, 288), (150, 200)]  # (height, width): square, tall, wide, odd
+    pictures = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+    questions = ["what color is the background ?", "where is the big shape ?"] * 2
+    config = adaptive_next.model.config
+    cap = 160
+    results = adaptive_next.generate(pictures, questions, threshold=1.0, max_tokens=cap, max_new_tokens=3)
+    # threshold 1: each image gets the largest scale within the cap; 78 / 45 / 150 / 37 visual tokens
+    assert [r.scale for r in results] == [36, 9, 36, 9]
+    for picture, question, result in zip(pictures, questions, results):
+        size = [[picture.height, picture.width]]
+        assert result.visual_tokens == image_token_counts(config, result.scale, size, num_images=1)[0] <= cap
+        counts = [image_token_counts(config, s, size, num_images=1)[0] for s in adaptive_next.scales]
+        assert max(c for c in counts if c <= cap) == result.visual_tokens  # the largest scale within the cap
+        expected = expected_answer(adaptive_next.model, adaptive_next.processor, picture, question, result.scale, 3)
+        assert result.answer == expected
+        alone = adaptive_next.generate(picture, question, threshold=1.0, max_tokens=cap, max_new_tokens=3)
+        assert (alone.scale, alone.answer) == (result.scale, result.answer)
+        assert alone.probabilities == pytest.approx(result.probabilities, abs=1e-5)
+
+
+@pytest.mark.parametrize("which", ["adaptive", "adaptive_next"])
+def test_one_vision_pass_per_generate_batch(which, request):
+    adaptive = request.getfixturevalue(which)
+    pictures = images(4, seed=5)
+    questions = ["what color is the background ?", "what shape is the big object ?"] * 2
+    passes, hook = count_vision_passes(adaptive.model)
+    try:
+        results = adaptive.generate(pictures, questions, threshold=0.5, max_new_tokens=2)
+        assert len(passes) == 1  # routing input and every chosen scale come from the same pass
+        adaptive.generate(pictures, questions, threshold=0.0, max_tokens=40, max_new_tokens=2)
+        assert len(passes) == 2
+        adaptive.allocate_frames(pictures, "what is in the picture ?", budget=4 * 576 * 5)
+        assert len(passes) == 3
+    finally:
+        hook.remove()
+    assert passes[0] >= len(pictures) and len(results) == 4
+
+
+def test_a_predictors_own_calibrated_threshold_is_always_accepted(adaptive, tmp_path):
+    """Regression: calibration used to pick 1 + 1e-9 (to route everything to the largest scale), which AdaptiveM3
+    refuses, so a predictor made ``generate`` raise with its own threshold. A predictor that is 'certain' at the
+    smallest scale (cumulative probabilities of 1 everywhere) on data where the smallest scale is worse than the
+    largest needs exactly that point."""
+    oracle = as_oracle_set(write_synthetic_oracle(tmp_path / "oracle", num_images=20, embedding_dim=HIDDEN))
+    certain = LGBMScalePredictor(target="oracle").fit(oracle, y=np.ones(len(oracle), dtype=np.int64))
+    assert np.all(certain.predict_proba(oracle) >= 1 - 1e-12)  # sure, at every scale, that 1 token is enough
+    router = CalibratedRouter(certain).fit(oracle)
+    assert 0.0 <= router.threshold_ <= 1.0 and router.accuracy_ >= router.target_accuracy_
+    routed = AdaptiveM3(adaptive.model, adaptive.processor, router)
+    answer = routed.generate(images(1)[0], "where is the big shape ?", max_new_tokens=2)
+    assert answer.scale == 576  # the calibrated point: every query at the largest scale
+    router.save_pretrained(tmp_path / "router")
+    loaded = AdaptiveM3(adaptive.model, adaptive.processor, load_predictor(tmp_path / "router"))
+    assert loaded.generate(images(1)[0], "where is the big shape ?", max_new_tokens=2).scale == 576
 
 
 def test_latency_benchmark_times_every_path_on_every_query(adaptive):

@@ -4,7 +4,8 @@ import pytest
 
 from oracle_data import load_oracle
 from predictor import as_oracle_set, grouped_split, split_oracle
-from predictor.synthetic import write_synthetic_oracle
+
+from .synthetic_oracle import write_synthetic_oracle
 
 SCALES = [1, 9, 36, 144, 576]
 

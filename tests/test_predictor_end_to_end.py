@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predictor import LGBMScalePredictor, MLPScalePredictor, evaluate_routing, summarize, write_evaluation
+from predictor import LGBMScalePredictor, MLPScalePredictor, evaluate_routing, summarize_routing, write_evaluation
 from predictor.evaluation import budget_rows
-from predictor.synthetic import write_synthetic_oracle
+
+from .synthetic_oracle import write_synthetic_oracle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,7 @@ def test_fitted_predictors_beat_random_routing_at_equal_tokens(oracles, tmp_path
     train, test = oracles
     predictors = {"mlp": MLPScalePredictor(max_epochs=40).fit(train), "lgbm": LGBMScalePredictor().fit(train)}
     evaluation = evaluate_routing(test, predictors)
-    rows = {row["router"]: row for row in summarize(evaluation)}
+    rows = {row["router"]: row for row in summarize_routing(evaluation)}
     budgets = {row["router"]: row for row in budget_rows(evaluation)}
     random = rows["random"]
     for name in predictors:

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.exceptions import NotFittedError
 
 from predictor import FeatureBuilder, Queries, image_features, question_features
 from predictor.features import (
@@ -98,6 +99,12 @@ def test_feature_builder_is_deterministic_and_round_trips(tmp_path):
     loaded = FeatureBuilder.load(tmp_path / "features.json")
     np.testing.assert_array_equal(loaded.transform(other), features)
     assert loaded.feature_names_ == first.feature_names_
+    np.testing.assert_array_equal(loaded.std_, first.std_)
+    # a features.json of format 1 (standard deviations saved as "scale") is refused by name, not with a KeyError
+    old = json.loads((tmp_path / "features.json").read_text())
+    old["format"], old["scale"] = 1, old.pop("std")
+    with pytest.raises(ValueError, match="format 1 .*refit"):
+        FeatureBuilder.from_dict(old)
     # dense blocks are standardised with the TRAINING statistics
     train_features = first.transform(train)
     dense = [i for i, name in enumerate(first.feature_names_) if not name.startswith("tfidf[")]
@@ -109,7 +116,7 @@ def test_feature_builder_blocks_and_errors():
     only_question = FeatureBuilder(use_embedding=False, use_image=False).fit(Queries(data.questions))
     assert not any(n.startswith(("embedding_", "image_")) for n in only_question.feature_names_)
     assert only_question.transform(Queries(["where is the big shape ?"])).shape == (1, only_question.n_features_)
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         FeatureBuilder().transform(data)
     with pytest.raises(ValueError, match="at least one"):
         FeatureBuilder(use_embedding=False, use_question=False, use_image=False).fit(data)

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 
 from predictor import (
     LGBMScalePredictor,
@@ -14,7 +15,8 @@ from predictor import (
     split_oracle,
     tune,
 )
-from predictor.synthetic import write_synthetic_oracle
+
+from .synthetic_oracle import write_synthetic_oracle
 
 FAST_MLP = dict(max_epochs=15, hidden_sizes=(32,))
 PREDICTORS = {
@@ -46,8 +48,9 @@ def test_estimator_contract(fitted, split):
     assert clone(mlp).get_params() == mlp.get_params()
     assert LGBMScalePredictor().set_params(num_leaves=7).num_leaves == 7
     for make in PREDICTORS.values():
-        with pytest.raises(RuntimeError, match="not fitted"):
-            make().predict_proba(split[1])
+        for method in ("predict_proba", "predict", "save_pretrained"):
+            with pytest.raises(NotFittedError, match="not fitted"):
+                getattr(make(), method)(split[1])
     for name, predictor in fitted.items():
         assert predictor.scales_ == [1, 9, 36, 144, 576] and predictor.n_features_in_ > 0, name
         proba = predictor.predict_proba(split[1])
@@ -59,9 +62,12 @@ def test_estimator_contract(fitted, split):
 @pytest.mark.parametrize("name", list(PREDICTORS))
 def test_higher_threshold_never_picks_a_smaller_scale(fitted, split, name):
     predictor = fitted[name]
-    routes = np.stack([predictor.predict(split[1], threshold=t) for t in np.linspace(0, 1.01, 30)])
+    routes = np.stack([predictor.predict(split[1], threshold=t) for t in np.linspace(0, 1, 30)])
     assert np.all(np.diff(routes, axis=0) >= 0)
-    assert set(routes[0]) == {1} and set(routes[-1]) == {576}
+    assert set(routes[0]) == {1} and set(routes[-1]) == {576}  # 0 and 1, the ends of the valid range
+    for invalid in (1.01, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
+            predictor.predict(split[1], threshold=invalid)
 
 
 def test_oracle_target_is_a_classifier_with_cumulative_probabilities(fitted, split):
@@ -83,7 +89,7 @@ def test_save_and_load_give_identical_predictions(fitted, split, oracle_dir, tmp
     predictor.save_pretrained(tmp_path / name)
     saved = sorted(p.name for p in (tmp_path / name).iterdir())
     assert not [f for f in saved if f.endswith((".pkl", ".pickle", ".joblib", ".bin"))]
-    loaded = load_predictor(tmp_path / name, oracle=oracle_dir)
+    loaded = load_predictor(tmp_path / name, oracle_data=oracle_dir)
     assert type(loaded) is type(predictor) and loaded.get_params() == predictor.get_params()
     np.testing.assert_array_equal(loaded.predict_proba(split[1]), predictor.predict_proba(split[1]))
     np.testing.assert_array_equal(loaded.predict(split[1]), predictor.predict(split[1]))
@@ -116,9 +122,9 @@ def test_a_predictor_for_another_model_is_refused(fitted, tmp_path):
     other_size = write_synthetic_oracle(tmp_path / "d8", num_images=6, embedding_dim=8)
     other_scales = write_synthetic_oracle(tmp_path / "s4", num_images=6, scales=(1, 9, 36, 144))
     with pytest.raises(PredictorMismatchError, match=r"embedding size 16 \(it has 8\)"):
-        load_predictor(tmp_path / "mlp", oracle=other_size)
+        load_predictor(tmp_path / "mlp", oracle_data=other_size)
     with pytest.raises(PredictorMismatchError, match=r"scales \[1, 9, 36, 144, 576\] \(it has \[1, 9, 36, 144\]\)"):
-        load_predictor(tmp_path / "lgbm", oracle=other_scales)
+        load_predictor(tmp_path / "lgbm", oracle_data=other_scales)
     config = {"m3_scales": [1, 9, 36, 144, 576], "text_config": {"hidden_size": 32}}
     with pytest.raises(PredictorMismatchError, match="model config"):
         load_predictor(tmp_path / "mlp", model_config=config)

@@ -11,6 +11,7 @@ from predictor.baselines import (
     random_routing_weights,
 )
 from predictor.routing_metrics import auc, routing_point, selection_rates, tokens_for_accuracy
+from predictor.thresholds import candidate_thresholds, check_threshold, clip_probabilities
 
 SCALES = [1, 9, 36, 144, 576]
 WEAK, STRONG = (1.0, 0.2), (576.0, 0.8)
@@ -31,6 +32,45 @@ def test_higher_threshold_never_picks_a_smaller_scale():
     thresholds = np.linspace(0, 1.01, 60)
     routes = np.stack([route_by_threshold(proba, SCALES, t) for t in thresholds])
     assert np.all(np.diff(routes, axis=0) >= 0)
+
+
+def test_the_token_cap_restricts_the_rule_to_the_allowed_scales():
+    proba = np.array([[0.9, 0.9, 0.9, 0.9, 0.9], [0.1, 0.6, 0.4, 0.8, 0.95], [0.1, 0.1, 0.1, 0.1, 0.1]])
+    allowed = np.array([[0, 1, 1, 0, 0], [1, 0, 1, 1, 0], [1, 1, 1, 1, 1]], bool)
+    # the smallest ALLOWED scale that reaches 0.5, else the largest allowed one
+    assert route_by_threshold(proba, SCALES, 0.5, allowed).tolist() == [9, 144, 576]
+    assert route_by_threshold(proba, SCALES, 0.99, allowed).tolist() == [36, 144, 576]
+    assert route_by_threshold(proba, SCALES, 0.0, allowed).tolist() == [9, 1, 1]
+    # an all-true mask is no mask; the rule is the same for probabilities and the cascade's confidences
+    everything = np.ones_like(proba, bool)
+    for threshold in (0.0, 0.3, 0.7, 1.0):
+        np.testing.assert_array_equal(
+            route_by_threshold(proba, SCALES, threshold, everything), route_by_threshold(proba, SCALES, threshold)
+        )
+        np.testing.assert_array_equal(
+            cascade_routing(proba, SCALES, threshold), route_by_threshold(proba, SCALES, threshold)
+        )
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\] allow no scale"):
+        route_by_threshold(proba, SCALES, 0.5, np.array([[1] * 5, [0] * 5, [1] * 5], bool))
+    with pytest.raises(ValueError, match="allowed must have"):
+        route_by_threshold(proba, SCALES, 0.5, everything[:, :3])
+
+
+def test_valid_thresholds_cover_the_whole_curve():
+    for value in (0, 0.25, 1, np.float32(1.0)):
+        assert check_threshold(value) == float(value)
+    for invalid in (-1e-9, 1 + 1e-9, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
+            check_threshold(invalid)
+    # a cumulative sum that rounded above 1 and a saturated sigmoid: below the largest scale, never sure
+    raw = np.array([[0.3, 1.0000000000000002, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0], [-1e-17, 0.2, 0.4, 0.6, 0.8]])
+    proba = clip_probabilities(raw)
+    assert proba.min() >= 0 and np.all(proba[:, :-1] < 1) and proba[:, -1].tolist() == [1.0, 1.0, 0.8]
+    assert np.abs(proba - raw).max() < 1e-15  # at most one float step
+    assert route_by_threshold(proba, SCALES, 1.0).tolist() == [576, 576, 576]
+    assert route_by_threshold(proba, SCALES, 0.0).tolist() == [1, 1, 1]
+    candidates = candidate_thresholds(proba)
+    assert candidates.min() == 0.0 and candidates.max() == 1.0 and np.all(np.diff(candidates) > 0)
 
 
 def test_apgr_and_cpt_on_hand_made_curves():

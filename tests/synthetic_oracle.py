@@ -1,4 +1,4 @@
-"""A synthetic oracle folder in the real schema, with a known rule for which scale answers: for tests and demos.
+"""Test fixture: a synthetic oracle folder in the real schema, with a known rule for which scale answers.
 
 Each image is 32 px with a detail level 0, 1 or 2 (a flat colour, a few blocks, many small blocks). Each of its
 questions belongs to a family that needs a minimum scale (``background`` 1, ``position`` 9, ``shape`` 36,

@@ -1,0 +1,279 @@
+"""Routing reports: the evaluation of :mod:`predictor.evaluation` as markdown, CSV, JSON and a plot.
+
+:func:`write_evaluation` writes one folder (``results.md`` and friends); :func:`routing_markdown` is its text and
+:func:`plot_curves` its figure. :func:`pipeline_report` composes the quickstart's report (the oracle summary and
+the routing evaluation of one run) from the same renderers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+from .evaluation import BUDGET_SHARES, RoutingEvaluation, budget_rows, family_rows, summarize_routing
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: list[dict], title: str = "") -> str:
+    """The report: setup, the main table, equal-token comparisons, per-family results and notes (``rows``:
+    :func:`summarize_routing`, ``families``: :func:`family_rows`)."""
+    data = evaluation.data
+    weak, strong = evaluation.weak, evaluation.strong
+    value = "correct_{s}" if evaluation.accuracy == "correct" else "score_{s}"
+    lines = [
+        f"# Routing evaluation{': ' + title if title else ''}",
+        "",
+        f"- test data: {data.source} ({len(data)} samples, {len(set(data.groups.tolist()))} images), scales "
+        f"{evaluation.scales}",
+        f"- accuracy of a routing = mean of `{value}` at the chosen scale; tokens = mean of `tokens_{{s}}` there",
+        f"- weak = scale {evaluation.scales[0]} ({weak[0]:.1f} tokens, accuracy {weak[1]:.3f}); strong = scale "
+        f"{evaluation.scales[-1]} ({strong[0]:.1f} tokens, accuracy {strong[1]:.3f})",
+        "- APGR = (AUC - acc_weak) / (acc_strong - acc_weak), AUC = mean accuracy over [weak, strong] mean tokens "
+        "(linear; a single-point router's AUC is its accuracy); 'APGR (log tokens)' averages over log tokens instead, "
+        "so each doubling of tokens weighs the same; CPT(x) = fewest mean tokens recovering x of the gap",
+        "- 'match full' = the cheapest realised operating point whose accuracy is at least the strong accuracy "
+        "(read off the test curve, as CPT is); under / over = share routed below / above the paper-oracle label there",
+    ]
+    if strong[1] <= weak[1]:
+        lines += [
+            f"- **no gap to recover**: the largest scale is not more accurate than the smallest on this data "
+            f"({strong[1]:.3f} vs {weak[1]:.3f}), so APGR and CPT are undefined (shown as -); compare AUC, the best "
+            "accuracy on each curve and the accuracy at equal tokens instead",
+        ]
+    lines += [
+        "",
+        "| router | APGR | APGR (log tokens) | AUC | CPT(50%) | CPT(80%) | CPT(95%) | tokens at match full "
+        "| % of largest | accuracy there | under | over | cascade acc. same tokens | random acc. same tokens "
+        "| best accuracy (tokens) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        match = _fmt(row["tokens_at_match"], 1) + ("" if row["matches_full"] else " (never)")
+        lines.append(
+            f"| {row['router']} | {_fmt(row['apgr'])} | {_fmt(row['apgr_log'])} | {_fmt(row['auc'])} | "
+            f"{_fmt(row['cpt50'], 1)} | "
+            f"{_fmt(row['cpt80'], 1)} | {_fmt(row['cpt95'], 1)} | {match} | "
+            f"{_fmt(100 * row['token_share_at_match'], 1)} | {_fmt(row['accuracy_at_match'])} | {_fmt(row['under'])} | "
+            f"{_fmt(row['over'])} | {_fmt(row['cascade_accuracy_same_tokens'])} | "
+            f"{_fmt(row['random_accuracy_same_tokens'])} | "
+            f"{_fmt(row['best_accuracy'])} ({_fmt(row['tokens_at_best'], 1)}) |"
+        )
+    calibrated = [row for row in rows if "calibrated_threshold" in row]
+    if calibrated:
+        lines += [
+            "",
+            "Predictors at their own threshold, chosen on held-out TRAIN images (the cheapest threshold matching "
+            "full-scale accuracy there), i.e. without looking at the test labels:",
+            "",
+            "| router | threshold | tokens | % of largest | accuracy | cascade acc. same tokens "
+            "| random acc. same tokens |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in calibrated:
+            lines.append(
+                f"| {row['router']} | {_fmt(row['calibrated_threshold'], 4)} | {_fmt(row['calibrated_tokens'], 1)} | "
+                f"{_fmt(100 * row['calibrated_tokens'] / strong[0], 1)} | {_fmt(row['calibrated_accuracy'])} | "
+                f"{_fmt(row['calibrated_cascade_accuracy'])} | {_fmt(row['calibrated_random_accuracy'])} |"
+            )
+    cascade = next(row for row in rows if row["kind"] == "cascade")
+    lines += [
+        "",
+        f"The cascade's cost above counts only the final scale's tokens. It actually runs every scale it tries: at "
+        f"its match-full point it processes {_fmt(cascade['processed_tokens_at_match'], 1)} visual tokens per query "
+        f"on average (vs {_fmt(cascade['tokens_at_match'], 1)}), plus one decode per scale tried.",
+        "",
+        "## Accuracy at equal token budgets",
+        "",
+        "Each swept router's curve read at the same mean tokens (a share of the largest scale's tokens); the best "
+        "value per column is in bold.",
+        "",
+    ]
+    budgets = budget_rows(evaluation)
+    shares = [f"accuracy_at_{share:g}" for share in BUDGET_SHARES]
+    best = {key: max(row[key] for row in budgets) for key in shares}
+    header = " | ".join(f"{100 * share:g} % ({share * strong[0]:.0f})" for share in BUDGET_SHARES)
+    lines += [f"| router | {header} |", "|---|" + "---:|" * len(shares)]
+    for row in budgets:
+        cells = [f"**{row[k]:.3f}**" if row[k] >= best[k] - 1e-12 else f"{row[k]:.3f}" for k in shares]
+        lines.append(f"| {row['router']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Per question family (at each router's match-full operating point)",
+        "",
+    ]
+    names = sorted({row["family"] for row in families})
+    header = "| router | " + " | ".join(f"{f} acc / tokens / APGR" for f in names) + " |"
+    lines += [header, "|---|" + "---:|" * len(names)]
+    by_router: dict[str, dict] = {}
+    for row in families:
+        by_router.setdefault(row["router"], {})[row["family"]] = row
+    counts = {row["family"]: row["n"] for row in families}
+    for router, cells in by_router.items():
+        parts = [
+            f"{_fmt(cells[f]['accuracy'])} / {_fmt(cells[f]['tokens'], 1)} / {_fmt(cells[f]['apgr'], 2)}" for f in names
+        ]
+        lines.append(f"| {router} | " + " | ".join(parts) + " |")
+    lines += ["", "Samples per family: " + ", ".join(f"{f} {counts[f]}" for f in names) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(evaluation: RoutingEvaluation, path: str | os.PathLike) -> None:
+    """Accuracy against mean visual tokens for every router, on a linear and a log token axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5))
+    strong = evaluation.strong
+    for axis, scale in zip(axes, ("linear", "log")):
+        for router in evaluation.routers:
+            tokens = [p["tokens"] for p in router.points]
+            accuracy = [p["accuracy"] for p in router.points]
+            if router.kind == "fixed":
+                continue
+            if router.kind == "oracle":
+                axis.plot(tokens, accuracy, "*", markersize=12, label=router.name)
+            elif router.kind == "classifier":
+                axis.plot(tokens, accuracy, "D", markersize=7, label=router.name)
+            elif router.kind == "cascade":
+                line = axis.plot(tokens, accuracy, "-", label=f"{router.name} (final-scale tokens)")[0]
+                processed = [p["processed_tokens"] for p in router.points]
+                axis.plot(processed, accuracy, "--", color=line.get_color(), label=f"{router.name} (tokens processed)")
+            elif router.kind == "random":
+                axis.plot(tokens, accuracy, ":", color="gray", label="random (matched tokens)")
+            else:
+                curve = router.curve()
+                line = axis.plot(curve.tokens, curve.accuracy, "-", linewidth=1.8, label=router.name)[0]
+                if router.calibrated_index is not None:
+                    point = router.points[router.calibrated_index]
+                    axis.plot([point["tokens"]], [point["accuracy"]], "o", color=line.get_color(), markersize=5)
+        fixed = [r.points[0] for r in evaluation.routers if r.kind == "fixed"]
+        axis.plot([p["tokens"] for p in fixed], [p["accuracy"] for p in fixed], "ks", label="fixed scales")
+        axis.axhline(strong[1], color="black", linewidth=0.6, linestyle="-.")
+        axis.set_xscale(scale)
+        axis.set_xlabel(f"mean visual tokens per query ({scale} axis)")
+        axis.set_ylabel("accuracy")
+        axis.grid(alpha=0.3)
+    axes[0].set_title("accuracy vs mean tokens (APGR integrates this axis)")
+    axes[1].set_title("same, log tokens (dots: threshold chosen on train)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_evaluation(evaluation: RoutingEvaluation, out_dir: str | os.PathLike, title: str = "") -> dict[str, Path]:
+    """Write ``results.md``, ``results.csv``, ``results.json``, ``families.csv``, ``budgets.csv``, ``curves.csv`` and
+    ``curves.png``; returns their paths by name."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = summarize_routing(evaluation)
+    families = family_rows(evaluation)
+    budgets = budget_rows(evaluation)
+    names = ("results.md", "results.csv", "results.json", "families.csv", "budgets.csv")
+    paths = {name: out_dir / name for name in names}
+    paths["curves.csv"], paths["curves.png"] = out_dir / "curves.csv", out_dir / "curves.png"
+    paths["results.md"].write_text(routing_markdown(evaluation, rows, families, title), encoding="utf-8")
+    _write_csv(paths["results.csv"], rows)
+    _write_csv(paths["families.csv"], families)
+    _write_csv(paths["budgets.csv"], budgets)
+    curve_rows = [{"router": r.name, "kind": r.kind, **p} for r in evaluation.routers for p in r.points]
+    _write_csv(paths["curves.csv"], curve_rows)
+    summary = {
+        "test": evaluation.data.source,
+        "n": len(evaluation.data),
+        "scales": evaluation.scales,
+        "accuracy": evaluation.accuracy,
+        "weak": list(evaluation.weak),
+        "strong": list(evaluation.strong),
+        "routers": rows,
+        "budgets": budgets,
+        "families": families,
+    }
+    paths["results.json"].write_text(json.dumps(_json_safe(summary), indent=2) + "\n", encoding="utf-8")
+    plot_curves(evaluation, paths["curves.png"])
+    return paths
+
+
+def nest_markdown(markdown: str, levels: int = 1) -> str:
+    """``markdown`` with every heading ``levels`` deeper, so a whole report reads as one section of another."""
+    return re.sub(r"^(#+) ", lambda match: "#" * (len(match.group(1)) + levels) + " ", markdown, flags=re.MULTILINE)
+
+
+def pipeline_report(
+    report_dir: str | os.PathLike,
+    evaluation: RoutingEvaluation,
+    routing_dir: str | os.PathLike,
+    oracle_dir: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    best: str,
+    adaptive_dir: str | os.PathLike,
+    timings: dict[str, float],
+) -> str:
+    """The quickstart's report, to be saved in ``report_dir``: the run's setup, then the oracle report of the test
+    oracle (``oracle_dir``, with its ``report.png`` from :func:`oracle_data.write_report`) and the routing report
+    of ``evaluation`` (written to ``routing_dir`` by :func:`write_evaluation`), each as a section."""
+    from oracle_data import load_oracle, read_manifest
+    from oracle_data.report import oracle_markdown, pope_by_scale, summarize_oracle
+
+    oracle_dir, routing_dir = Path(oracle_dir), Path(routing_dir)
+    manifest = read_manifest(oracle_dir)
+    table, scales = load_oracle(oracle_dir), list(manifest["model"]["scales"])
+    oracle = oracle_markdown(summarize_oracle(table, scales), scales, manifest, pope_by_scale(table, scales))
+    routing = routing_markdown(evaluation, summarize_routing(evaluation), family_rows(evaluation))
+    lines = [
+        "# Quickstart report",
+        "",
+        f"Model: `{model_dir}`. Best predictor: `{best}`, the one needing the fewest tokens to match full-scale "
+        f"accuracy on the test curve (saved with the model in `{adaptive_dir}`).",
+        "",
+        "Stage times (s): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items()),
+        "",
+        "## Oracle and per-scale accuracy (test split)",
+        "",
+        f"![oracle accuracy per scale]({_relative(oracle_dir / 'report.png', report_dir)})",
+        "",
+        nest_markdown(oracle, 2).rstrip("\n"),
+        "",
+        "## Routing (test split)",
+        "",
+        nest_markdown(routing, 2).rstrip("\n"),
+        "",
+        f"![accuracy vs visual tokens]({_relative(routing_dir / 'curves.png', report_dir)})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _relative(path: Path, start: str | os.PathLike) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
