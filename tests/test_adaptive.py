@@ -130,14 +130,3 @@ def test_ask_script_prints_the_answer_and_scale(adaptive, tmp_path):
     assert "scale: 9 (forced; 9 visual tokens)" in out.stdout and "answer:" in out.stdout
     bad = subprocess.run([*command, "--question", "where ?", "--scale", "10"], capture_output=True, text=True)
     assert bad.returncode == 2 and "error:" in bad.stderr and "10" in bad.stderr
-
-
-def test_latency_benchmark_times_every_path_on_every_query(adaptive):
-    from adaptive.bench import measure_latency
-
-    pictures = images(4, seed=4)
-    report = measure_latency(adaptive, pictures, ["where is the big shape ?"] * 4, [1, 9, 36, 576], warmup=1)
-    paths = ["adaptive", "routing (features + predictor)", "always 576", "oracle scale"]
-    assert list(report.seconds) == paths and all(len(report.seconds[p]) == 3 for p in paths)
-    assert report.visual_tokens["always 576"] == [576] * 3 and report.visual_tokens["oracle scale"] == [9, 36, 576]
-    assert "| always 576 | 3 |" in report.table()
