@@ -224,14 +224,3 @@ def test_a_predictors_own_calibrated_threshold_is_always_accepted(adaptive, tmp_
     router.save_pretrained(tmp_path / "router")
     loaded = AdaptiveM3(adaptive.model, adaptive.processor, load_predictor(tmp_path / "router"))
     assert loaded.generate(images(1)[0], "where is the big shape ?", max_new_tokens=2).scale == 576
-
-
-def test_latency_benchmark_times_every_path_on_every_query(adaptive):
-    from adaptive.bench import measure_latency
-
-    pictures = images(4, seed=4)
-    report = measure_latency(adaptive, pictures, ["where is the big shape ?"] * 4, [1, 9, 36, 576], warmup=1)
-    paths = ["adaptive", "routing (features + predictor)", "always 576", "oracle scale"]
-    assert list(report.seconds) == paths and all(len(report.seconds[p]) == 3 for p in paths)
-    assert report.visual_tokens["always 576"] == [576] * 3 and report.visual_tokens["oracle scale"] == [9, 36, 576]
-    assert "| always 576 | 3 |" in report.table()

@@ -2,49 +2,56 @@
 
 All three run on the same samples with the same loaded model, interleaved (plain, oracle, naive, plain, ...):
 
-* ``plain``: one evaluation pass at the largest scale only - load the items (images decoded), greedy
+* ``plain``: one evaluation pass at the largest scale only: load the items (images decoded), greedy
   ``m3.evaluation.generate_answers`` at that scale (vision tower per item), score with exact match;
-* ``oracle``: :func:`oracle_data.build.build_oracle` into a fresh folder - every scale, confidences, scale-1
-  embeddings, labels, Parquet shards and manifest written;
+* ``oracle``: ``oracle_data.build_oracle`` into a fresh folder: every scale, confidences, scale-1 embeddings,
+  labels, Parquet shards and manifest written;
 * ``naive``: the plain pass once per scale (images loaded and the vision tower re-run every time).
+
+A random-weight model rarely emits EOS, so answers run to ``--max-new-tokens``; the output says how many stopped.
+
+Example:
+    python benchmarks/oracle_build.py --num-images 16 --repeats 3
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
-import time
 from dataclasses import dataclass, field
+from itertools import count
 from pathlib import Path
 
-import numpy as np
 import torch
+from timing import Timings, interleave, machine
+
+from m3.data.granularity import FAMILIES, VOCABULARY, write_split
+from m3.data.llava import LlavaDataset
+from m3.evaluation import answer_of, generate_answers
+from m3.loading import load_m3_model
+from m3.metrics import exact_match
+from m3.processing import M3Processor
+from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
+from oracle_data import build_oracle, load_oracle
 
 DESIGNS = ("plain", "oracle", "naive")
 
 
 @dataclass
 class OracleBenchResult:
-    """Seconds per design (in run order), the answer check and the setup."""
+    """Seconds per design (interleaved), the answer check and the setup."""
 
-    times: dict[str, list[float]]
+    timings: Timings
     setup: dict = field(default_factory=dict)
     eos_answers: int = 0
     total_answers: int = 0
     agreeing_answers: int = 0
 
-    def median(self, design: str) -> float:
-        return float(np.median(self.times[design]))
-
-    def ratio(self, design: str, baseline: str = "plain") -> float:
-        return self.median(design) / self.median(baseline)
-
 
 def write_bench_data(out_dir: Path, num_images: int, questions_per_image: int, seed: int) -> Path:
     """A granularity validation split; with ``questions_per_image`` < 4 only that many families per image
     (cycling through the families, so all of them appear)."""
-    from m3.data.granularity import FAMILIES, write_split
-
     path = write_split(out_dir, "validation", num_images, seed)
     if questions_per_image >= len(FAMILIES):
         return path
@@ -71,18 +78,8 @@ def run_oracle_benchmark(
     model_dir: str | Path | None = None,
 ) -> OracleBenchResult:
     """Write the data and a tiny random model (or load the model in ``model_dir``, e.g. a trained one, whose
-    answers stop at EOS), then time the three designs ``repeats`` times each, interleaved."""
-    from m3.data.granularity import VOCABULARY
-    from m3.data.llava import LlavaDataset
-    from m3.evaluation import answer_of, exact_match, generate_answers
-    from m3.processing import M3Processor
-    from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
-
-    from .build import build_oracle
-    from .store import load_oracle
-
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    answers stop at EOS), check the oracle's full-scale answers against the plain pass, then time the three
+    designs ``repeats`` times each, interleaved."""
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         tmp = Path(tmp)
         data_path = write_bench_data(tmp / "data", num_images, questions_per_image, seed)
@@ -95,13 +92,11 @@ def run_oracle_benchmark(
             processor.save_pretrained(model_dir)
             description = f"tiny llava, hidden_size={hidden_size}"
         else:
-            from m3.loading import load_m3_model
-
             model = load_m3_model(model_dir).eval()
             processor = M3Processor.from_pretrained(model_dir, config=model.config)
             description = str(model_dir)
         scales = list(model.config.m3_scales)
-        runs = iter(range(10**6))
+        runs = count()
 
         def load_items() -> list[dict]:
             dataset = LlavaDataset(data_path, data_path.parent)
@@ -110,7 +105,7 @@ def run_oracle_benchmark(
         def plain(scale: int = scales[-1]) -> list[str]:
             items = load_items()
             answers = generate_answers(model, processor, items, scale, batch_size, max_new_tokens, show_progress=False)
-            _ = [exact_match(answer, answer_of(item)) for answer, item in zip(answers, items)]
+            _ = [exact_match(answer, [answer_of(item)]) for answer, item in zip(answers, items)]
             return answers
 
         def oracle() -> Path:
@@ -131,20 +126,13 @@ def run_oracle_benchmark(
             for scale in scales:
                 plain(scale)
 
-        run = {"plain": plain, "oracle": oracle, "naive": naive}
+        # the check run doubles as the first warm-up round
         plain_answers = plain()
         table = load_oracle(oracle())
         oracle_answers = table.column(f"answer_{scales[-1]}").to_pylist()
         eos = sum(sum(table.column(f"eos_{s}").to_pylist()) for s in scales)
-        for _ in range(warmup - 1):
-            for design in DESIGNS:
-                run[design]()
-        times: dict[str, list[float]] = {design: [] for design in DESIGNS}
-        for _ in range(repeats):
-            for design in DESIGNS:
-                start = time.perf_counter()
-                run[design]()
-                times[design].append(time.perf_counter() - start)
+        designs = {"plain": lambda _: plain(), "oracle": lambda _: oracle(), "naive": lambda _: naive()}
+        timings = interleave(designs, repeats, warmup=max(warmup - 1, 0))
         parameters = sum(p.numel() for p in model.parameters()) / 1e6
         setup = dict(
             model=f"{description}, {parameters:.2f}M params",
@@ -154,11 +142,10 @@ def run_oracle_benchmark(
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             repeats=repeats,
-            threads=torch.get_num_threads(),
-            torch=torch.__version__,
+            machine=machine(),
         )
         return OracleBenchResult(
-            times=times,
+            timings=timings,
             setup=setup,
             eos_answers=int(eos),
             total_answers=len(oracle_answers) * len(scales),
@@ -168,7 +155,7 @@ def run_oracle_benchmark(
 
 def format_report(result: OracleBenchResult, goal: float = 1.6) -> str:
     """Setup, EOS note, a table of medians and the ratios (oracle / plain is the figure with a goal)."""
-    s = result.setup
+    s, t = result.setup, result.timings
     n = s["samples"]
     labels = {
         "plain": f"plain evaluation pass, scale {s['scales'][-1]} only",
@@ -177,26 +164,62 @@ def format_report(result: OracleBenchResult, goal: float = 1.6) -> str:
     }
     lines = [
         f"{s['model']}; {s['data']} = {n} samples; scales {s['scales']}",
-        f"batch {s['batch_size']}, max_new_tokens {s['max_new_tokens']}, threads {s['threads']}, torch {s['torch']}, "
+        f"batch {s['batch_size']}, max_new_tokens {s['max_new_tokens']}; machine: {s['machine']}; "
         f"{s['repeats']} interleaved repeats per design (medians)",
-        f"answers that ended with EOS: {result.eos_answers}/{result.total_answers} (a random-weight model rarely "
-        f"emits EOS: the others ran to the {s['max_new_tokens']}-token cap)",
+        f"answers that ended with EOS: {result.eos_answers}/{result.total_answers}"
+        + ("" if result.eos_answers == result.total_answers else f" (the others ran to the {s['max_new_tokens']}-"
+           "token cap; a random-weight model rarely emits EOS)"),
         f"check: the oracle's answers at scale {s['scales'][-1]} equal the plain pass's for "
         f"{result.agreeing_answers}/{n} samples",
         "",
-        "| design | median (s) | per sample (ms) | runs (s) |",
-        "|---|---:|---:|---|",
+        "| design | median (s) | IQR (s) | per sample (ms) | runs (s) |",
+        "|---|---:|---:|---:|---|",
     ]
     for design in DESIGNS:
-        runs = ", ".join(f"{t:.2f}" for t in result.times[design])
+        runs = ", ".join(f"{seconds:.2f}" for seconds in t.seconds[design])
         lines.append(
-            f"| {labels[design]} | {result.median(design):.2f} | {1000 * result.median(design) / n:.1f} | {runs} |"
+            f"| {labels[design]} | {t.median(design):.2f} | {t.iqr(design):.2f} | {1000 * t.median(design) / n:.1f} "
+            f"| {runs} |"
         )
-    oracle_ratio = result.ratio("oracle")
+    oracle_ratio = t.ratio("oracle", "plain")
     lines += [
         "",
         f"oracle / plain: {oracle_ratio:.2f}x (goal <= {goal}x: {'met' if oracle_ratio <= goal else 'NOT met'})",
-        f"naive / plain: {result.ratio('naive'):.2f}x",
-        f"naive / oracle: {result.ratio('naive', 'oracle'):.2f}x",
+        f"naive / plain: {t.ratio('naive', 'plain'):.2f}x",
+        f"naive / oracle: {t.ratio('naive', 'oracle'):.2f}x",
     ]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-images", type=int, default=16, help="granularity images (4 questions each)")
+    parser.add_argument(
+        "--questions-per-image", type=int, default=4, choices=(1, 2, 3, 4), help="keep 1 to 4 questions per image"
+    )
+    parser.add_argument("--hidden-size", type=int, default=128, help="tiny model width")
+    parser.add_argument("--model", help="a saved M3 model (e.g. checkpoints/tiny-m3) instead of a random tiny one")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=8, help="cap on generated tokens")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per design, interleaved")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (the first also checks answers)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = run_oracle_benchmark(
+        num_images=args.num_images,
+        questions_per_image=args.questions_per_image,
+        hidden_size=args.hidden_size,
+        model_dir=args.model,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        seed=args.seed,
+    )
+    print(format_report(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,44 +1,45 @@
 """Wall time of one M3 multi-scale training step: one vision pass (ours) against one per scale (official).
 
-Both designs run on the SAME batch and the SAME weights:
+Both designs run on the SAME batch (built by ``m3.data.llava.M3Collator``, as training builds it) and the SAME
+weights, forward + backward:
 
-* ``ours``: ``model(compact_ids, ..., m3_scales=scales).loss.backward()`` - the vision tower and the
-  projector run once, the projected grids are pooled to every scale inside the model;
-* ``official``: for every scale, expand the image tokens to that scale and call
-  ``model(..., m3_scale=s)`` (the vision tower runs again each time); the losses are summed, divided by
-  the number of scales and back-propagated once - what github mu-cai/matryoshka-mm does.
+* ``ours``: ``model(compact_ids, ..., m3_scales=scales).loss.backward()``: the vision tower and the projector run
+  once, the projected grids are pooled to every scale inside the model;
+* ``official``: for every scale, expand the image tokens to that scale and call ``model(..., m3_scale=s)`` (the
+  vision tower runs again each time); the losses are summed, divided by the number of scales and back-propagated
+  once, as github mu-cai/matryoshka-mm does.
 
 :func:`check_designs_agree` first shows that the two are the same computation (equal losses, near-equal
-gradients); :func:`run_benchmark` then times them interleaved (ours, official, ours, ...).
+gradients); :func:`run_benchmark` then times them interleaved (ours, official, ours, ...) with ``timing.interleave``.
+
+Example:
+    python benchmarks/train_step.py --family llava_next --threads 1
 """
 
 from __future__ import annotations
 
+import argparse
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import (
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaNextImageProcessor,
-    PreTrainedTokenizerFast,
-)
+from timing import Timings, device_sync, interleave, machine, peak_memory_gib
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaNextImageProcessorPil
 
-from .convert import KNOWN_VISION_TOWERS
-from .modeling import M3LlavaForConditionalGeneration, M3LlavaNextForConditionalGeneration
-from .processing import llava_prompt
-from .prompting import IGNORE_INDEX, expand_image_tokens, image_token_counts
-from .tiny import build_tiny_tokenizer, m3_config, tiny_image_processor, tiny_model
+from m3.convert import KNOWN_VISION_TOWERS
+from m3.data.llava import M3Collator
+from m3.modeling import M3LlavaForConditionalGeneration, M3LlavaNextForConditionalGeneration
+from m3.processing import IMAGE_PLACEHOLDER, M3Processor
+from m3.prompting import expand_image_tokens, image_token_counts
+from m3.tiny import MODEL_FAMILIES, build_tiny_tokenizer, m3_config, tiny_image_processor, tiny_model
 
 CONFIGS = ("tiny", "1b")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DEFAULT_SCALES = (1, 9, 36, 144, 576)
+DESIGNS = ("ours", "official")
 
 # Short question / answer pairs written with the tiny tokenizer's word list (no unknown tokens).
 QA_PAIRS = (
@@ -50,8 +51,8 @@ QA_PAIRS = (
     ("what is the background color ?", "white"),
 )
 
-# (height, width) of the LLaVA-NeXT benchmark images, as fractions of the crop size: they give 2 to 4
-# grid crops each, and the last one needs unpadding.
+# (height, width) of the LLaVA-NeXT benchmark images, as fractions of the crop size: they give 2 to 4 grid crops
+# each, and the last one needs unpadding.
 NEXT_IMAGE_SHAPES = ((1.0, 2.0), (2.0, 2.0), (1.0, 3.0), (1.5625, 2.0833))
 
 # CLIP ViT-L/14-336 tower + a ~1B Llama (about 1.26B parameters in all).
@@ -66,28 +67,37 @@ TEXT_1B = dict(
     max_position_embeddings=4096,
 )
 PINPOINTS_336 = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+MAX_LENGTH = 8192  # the collator's cut: above any benchmark sequence (an anyres image alone can need ~2,900 tokens)
 
 
 # ----------------------------------------------------------------------------------------------------
 # model and batch
 
 
-def config_1b(family: str, tokenizer: PreTrainedTokenizerFast, **m3_kwargs):
+def config_1b(family: str, tokenizer, **m3_kwargs):
     """Random-weight ~1B M3 config: CLIP ViT-L/14-336 + Llama (hidden 2048, 16 layers), vocab 32064."""
     return m3_config(
         family, CLIPVisionConfig(**VISION_1B), LlamaConfig(**TEXT_1B), tokenizer, PINPOINTS_336, **m3_kwargs
     )
 
 
-def build_model_and_processor(
+def image_processor_336(family: str):
+    """A CLIP-style (or anyres) image processor for 336 px crops (PIL variants: no torchvision needed)."""
+    kwargs = dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    if family == "llava":
+        return CLIPImageProcessorPil(**kwargs)
+    return LlavaNextImageProcessorPil(image_grid_pinpoints=PINPOINTS_336, **kwargs)
+
+
+def benchmark_model(
     config_name: str = "tiny",
     family: str = "llava",
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     train_vision_tower: bool = False,
     seed: int = 0,
-):
-    """``(model, tokenizer, image_processor)`` for the ``tiny`` or ``1b`` preset, in train mode."""
+) -> tuple[torch.nn.Module, M3Processor]:
+    """``(model in train mode, processor)`` of the ``tiny`` or random-weight ``1b`` preset (no download)."""
     if config_name not in CONFIGS:
         raise ValueError(f"unknown config {config_name!r}; expected one of {CONFIGS}")
     tokenizer = build_tiny_tokenizer()
@@ -100,15 +110,9 @@ def build_model_and_processor(
         torch.manual_seed(seed)
         with torch.device(device):  # initialise in place: no 5 GB float32 copy on the host first
             model = model_class(config)
-        size = config.vision_config.image_size
-        kwargs = dict(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-        image_processor = (
-            CLIPImageProcessor(**kwargs)
-            if family == "llava"
-            else LlavaNextImageProcessor(image_grid_pinpoints=PINPOINTS_336, **kwargs)
-        )
+        image_processor = image_processor_336(family)
     model = model.to(device=device, dtype=dtype).train()
-    return model, tokenizer, image_processor
+    return model, M3Processor(image_processor, tokenizer, model.config)
 
 
 def image_shapes(family: str, crop_size: int, batch_size: int) -> list[tuple[int, int]]:
@@ -121,51 +125,35 @@ def image_shapes(family: str, crop_size: int, batch_size: int) -> list[tuple[int
     ]
 
 
-def build_batch(
-    tokenizer: PreTrainedTokenizerFast,
-    image_processor,
-    config,
-    batch_size: int = 4,
-    seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    """A right-padded training batch in the compact form (ONE ``<image>`` token per image).
-
-    Keys: ``input_ids``, ``attention_mask``, ``labels`` (-100 everywhere but the answer and its EOS),
-    ``pixel_values`` and, for LLaVA-NeXT, ``image_sizes``.
-    """
-    family = "llava" if getattr(config, "image_grid_pinpoints", None) is None else "llava_next"
+def benchmark_items(family: str, crop_size: int, batch_size: int, seed: int = 0) -> list[dict]:
+    """``batch_size`` LLaVA-format items (random-pixel images, one question and answer each) for ``M3Collator``."""
     rng = np.random.default_rng(seed)
-    images = [
-        Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
-        for height, width in image_shapes(family, config.vision_config.image_size, batch_size)
-    ]
-    rows_ids, rows_labels = [], []
-    for i in range(batch_size):
-        question, answer = QA_PAIRS[i % len(QA_PAIRS)]
-        prompt_ids = tokenizer(llava_prompt(question))["input_ids"]
-        full_ids = tokenizer(llava_prompt(question, answer))["input_ids"] + [tokenizer.eos_token_id]
-        if full_ids[: len(prompt_ids)] != prompt_ids:
-            raise ValueError("the tokenized prompt is not a prefix of the tokenized prompt + answer")
-        rows_ids.append(full_ids)
-        rows_labels.append([IGNORE_INDEX] * len(prompt_ids) + full_ids[len(prompt_ids) :])
-    length = max(len(ids) for ids in rows_ids)
-    input_ids = torch.full((batch_size, length), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
-    labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long)
-    for row, (ids, row_labels) in enumerate(zip(rows_ids, rows_labels)):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        labels[row, : len(ids)] = torch.tensor(row_labels)
-    batch = dict(image_processor(images, return_tensors="pt"))
-    batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    items = []
+    for index, (height, width) in enumerate(image_shapes(family, crop_size, batch_size)):
+        question, answer = QA_PAIRS[index % len(QA_PAIRS)]
+        items.append(
+            {
+                "id": str(index),
+                "image": Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)),
+                "conversations": [
+                    {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{question}"},
+                    {"from": "gpt", "value": answer},
+                ],
+            }
+        )
+    return items
+
+
+def benchmark_batch(
+    processor: M3Processor, batch_size: int = 4, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """A compact training batch (ONE image token per image) from :class:`M3Collator`, on ``device``; pixel values
+    in the model's ``dtype``."""
+    family = "llava" if getattr(processor.config, "image_grid_pinpoints", None) is None else "llava_next"
+    items = benchmark_items(family, processor.config.vision_config.image_size, batch_size, seed)
+    batch = {key: value.to(device) for key, value in M3Collator(processor, MAX_LENGTH)(items).items()}
+    batch["pixel_values"] = batch["pixel_values"].to(dtype)
     return batch
-
-
-def move_batch(batch: dict[str, torch.Tensor], device: str | torch.device, dtype: torch.dtype):
-    """Batch on ``device``; pixel values in the model's ``dtype`` (integer tensors unchanged)."""
-    moved = {key: value.to(device) for key, value in batch.items()}
-    moved["pixel_values"] = moved["pixel_values"].to(dtype)
-    return moved
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -209,13 +197,13 @@ def loss_official(model, batch: dict[str, torch.Tensor], scales: Sequence[int]) 
     return total / len(scales), per_scale
 
 
-DESIGNS = {"ours": loss_ours, "official": loss_official}
+LOSSES = {"ours": loss_ours, "official": loss_official}
 
 
 def train_step(model, batch: dict[str, torch.Tensor], scales: Sequence[int], design: str):
     """Forward + backward of one design (gradients are set to None first); returns its loss outputs."""
     model.zero_grad(set_to_none=True)
-    loss, per_scale = DESIGNS[design](model, batch, scales)
+    loss, per_scale = LOSSES[design](model, batch, scales)
     loss.backward()
     return loss.detach(), per_scale
 
@@ -237,6 +225,7 @@ class Agreement:
     max_grad_abs: float
     num_grads: int
     same_grad_params: bool
+    dtype: str = "float32"
 
     @property
     def loss_diff(self) -> float:
@@ -244,8 +233,8 @@ class Agreement:
 
 
 def check_designs_agree(model, batch, scales: Sequence[int], loss_atol: float = 1e-5) -> Agreement:
-    """Run both designs once on the same batch and weights; raise if their losses (mean or any per-scale
-    one) differ by more than ``loss_atol`` or they do not give gradients to the same parameters."""
+    """Run both designs once on the same batch and weights; raise if their losses (mean or any per-scale one)
+    differ by more than ``loss_atol`` or they do not give gradients to the same parameters."""
     loss_a, per_scale_a = train_step(model, batch, scales, "ours")
     grads_a = _gradients(model)
     loss_b, per_scale_b = train_step(model, batch, scales, "official")
@@ -265,6 +254,7 @@ def check_designs_agree(model, batch, scales: Sequence[int], loss_atol: float = 
         max_grad_abs=max((float(g.float().abs().max()) for g in grads_a.values()), default=0.0),
         num_grads=len(grads_a),
         same_grad_params=same_params,
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
     )
     same_scales = per_scale_a.keys() == per_scale_b.keys() == set(scales)
     gaps = [abs(per_scale_a[s] - per_scale_b[s]) for s in scales] if same_scales else [math.inf]
@@ -282,53 +272,19 @@ def check_designs_agree(model, batch, scales: Sequence[int], loss_atol: float = 
 # timing
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_step(model, batch, scales: Sequence[int], design: str) -> tuple[float, float | None]:
-    """Seconds of one forward + backward (and peak CUDA memory in GiB, None on CPU)."""
-    device = next(model.parameters()).device
-    model.zero_grad(set_to_none=True)
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    loss, _ = DESIGNS[design](model, batch, scales)
-    loss.backward()
-    _sync(device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return seconds, peak
-
-
-def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
-    """(25th percentile, median, 75th percentile), linear interpolation (numpy's default)."""
-    q25, q50, q75 = np.percentile(np.asarray(values, dtype=float), [25, 50, 75])
-    return float(q25), float(q50), float(q75)
-
-
 @dataclass
 class BenchResult:
-    """Per-design step times (seconds, in run order) plus the agreement check and the setup."""
+    """Step times per design (``timings``, interleaved), peak CUDA memory, the agreement check and the setup."""
 
-    times: dict[str, list[float]]
+    timings: Timings
     peak_memory_gib: dict[str, float | None]
     agreement: Agreement
     setup: dict = field(default_factory=dict)
 
-    def median(self, design: str) -> float:
-        return quartiles(self.times[design])[1]
-
-    def iqr(self, design: str) -> float:
-        q25, _, q75 = quartiles(self.times[design])
-        return q75 - q25
-
     @property
     def ratio(self) -> float:
         """Median official step time / median ours (> 1: the one-pass design is faster)."""
-        return self.median("official") / self.median("ours")
+        return self.timings.ratio("official", "ours")
 
 
 def run_benchmark(
@@ -342,28 +298,21 @@ def run_benchmark(
     dtype: str = "float32",
     scales: Sequence[int] = DEFAULT_SCALES,
     loss_atol: float = 1e-5,
+    check_dtype: str | None = None,
     seed: int = 0,
 ) -> BenchResult:
-    """Build the model and batch, check both designs agree, then time ``repeats`` interleaved steps each."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    torch_dtype = DTYPES[dtype]
-    model, tokenizer, image_processor = build_model_and_processor(
-        config_name, family, device, torch_dtype, train_vision_tower, seed
-    )
-    batch = move_batch(build_batch(tokenizer, image_processor, model.config, batch_size, seed), device, torch_dtype)
+    """Build the model and batch, check both designs agree (in ``check_dtype``, default ``dtype``: a float32
+    check is exact where a bfloat16 one is only approximate), then time ``repeats`` interleaved steps each."""
+    first_dtype = DTYPES[check_dtype or dtype]
+    model, processor = benchmark_model(config_name, family, device, first_dtype, train_vision_tower, seed)
+    batch = benchmark_batch(processor, batch_size, seed, device, first_dtype)
     agreement = check_designs_agree(model, batch, scales, loss_atol)
-    for _ in range(warmup):
-        for design in DESIGNS:
-            time_step(model, batch, scales, design)
-    times = {design: [] for design in DESIGNS}
-    peaks = {design: None for design in DESIGNS}
-    for _ in range(repeats):
-        for design in DESIGNS:
-            seconds, peak = time_step(model, batch, scales, design)
-            times[design].append(seconds)
-            if peak is not None:
-                peaks[design] = max(peak, peaks[design] or 0.0)
+    if check_dtype is not None and check_dtype != dtype:
+        model = model.to(DTYPES[dtype])
+        batch["pixel_values"] = batch["pixel_values"].to(DTYPES[dtype])
+    designs = {design: lambda _, d=design: train_step(model, batch, scales, d) for design in DESIGNS}
+    timings = interleave(designs, repeats, warmup, sync=device_sync(device))
+    peaks = {d: peak_memory_gib(lambda d=d: train_step(model, batch, scales, d), device) for d in DESIGNS}
     model.zero_grad(set_to_none=True)
     setup = dict(
         config=config_name,
@@ -372,28 +321,23 @@ def run_benchmark(
         repeats=repeats,
         warmup=warmup,
         train_vision_tower=train_vision_tower,
-        device=str(device),
         dtype=dtype,
         scales=list(scales),
-        threads=torch.get_num_threads(),
-        torch=torch.__version__,
+        machine=machine(device),
         parameters=sum(p.numel() for p in model.parameters()),
         sequence_length_compact=int(batch["input_ids"].shape[1]),
-        device_name=torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None,
     )
-    return BenchResult(times=times, peak_memory_gib=peaks, agreement=agreement, setup=setup)
+    return BenchResult(timings=timings, peak_memory_gib=peaks, agreement=agreement, setup=setup)
 
 
 def format_report(result: BenchResult) -> str:
     """Markdown: setup line, agreement line, and a table of median / IQR per design and the ratio."""
-    s, a = result.setup, result.agreement
-    where = s["device"] if s["device_name"] is None else f"{s['device']} ({s['device_name']})"
+    s, a, t = result.setup, result.agreement, result.timings
     lines = [
         f"config={s['config']} family={s['family']} params={s['parameters'] / 1e6:.2f}M batch={s['batch_size']} "
         f"scales={s['scales']} train_vision_tower={s['train_vision_tower']} dtype={s['dtype']}",
-        f"device={where} threads={s['threads']} torch={s['torch']} repeats={s['repeats']} (interleaved, "
-        f"after {s['warmup']} warm-up steps each)",
-        f"loss ours={a.loss_ours:.6f} official={a.loss_official:.6f} |diff|={a.loss_diff:.2e}; "
+        f"machine: {s['machine']}; repeats={s['repeats']} (interleaved, after {s['warmup']} warm-up steps each)",
+        f"check ({a.dtype}): loss ours={a.loss_ours:.6f} official={a.loss_official:.6f} |diff|={a.loss_diff:.2e}; "
         f"max |grad diff|={a.max_grad_diff:.2e} (max |grad|={a.max_grad_abs:.2e}, {a.num_grads} tensors)",
         "",
     ]
@@ -406,9 +350,47 @@ def format_report(result: BenchResult) -> str:
         "official": f"official ({n} full forwards, 1 per scale)",
     }
     for design, label in labels.items():
-        row = f"| {label} | {result.median(design):.4f} | {result.iqr(design):.4f} |"
+        row = f"| {label} | {t.median(design):.4f} | {t.iqr(design):.4f} |"
         if with_memory:
             row += f" {result.peak_memory_gib[design]:.2f} |"
         lines.append(row)
     lines += ["", f"ratio official / ours (medians): **{result.ratio:.2f}x**"]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=CONFIGS, default="tiny", help="tiny (CPU) or a random ~1B LLaVA (GPU)")
+    parser.add_argument("--family", choices=MODEL_FAMILIES, default="llava")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per design, interleaved")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per design before timing")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--train-vision-tower", action="store_true", help="set config.m3_train_vision_tower=True")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument("--check-dtype", choices=tuple(DTYPES), help="dtype of the agreement check (default: --dtype)")
+    parser.add_argument("--scales", type=int, nargs="+", default=list(DEFAULT_SCALES))
+    parser.add_argument("--loss-atol", type=float, default=1e-5, help="largest loss gap allowed between designs")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = run_benchmark(
+        config_name=args.config,
+        family=args.family,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        train_vision_tower=args.train_vision_tower,
+        device=args.device,
+        dtype=args.dtype,
+        scales=args.scales,
+        loss_atol=args.loss_atol,
+        check_dtype=args.check_dtype,
+        seed=args.seed,
+    )
+    print(format_report(result))
+
+
+if __name__ == "__main__":
+    main()
