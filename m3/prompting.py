@@ -74,7 +74,8 @@ def image_token_mismatch(
     """Why the image tokens of ``input_ids`` do not fit images needing ``counts`` tokens each, or None if they do.
 
     Images take the runs of consecutive image tokens in order (row-major); images whose placeholders touch share one
-    run. The answer names the first image (index and, if given, its scale) whose tokens are missing or short.
+    run, of which only the total can be checked. The answer names the first image (index and, if given, its scale)
+    whose tokens are missing or short.
     """
 
     def image(index: int) -> str:
