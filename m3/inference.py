@@ -4,6 +4,9 @@ Encode the images once (:func:`encode_images`: vision tower + projector, full-re
 prompts once in the compact form (one image token per image), then for each scale pool the grids and expand the
 prompts (:func:`generate_at_scale`). Answers are greedy by default and stop at EOS; each comes with its mean token
 log-probability (a confidence), the visual tokens the LLM saw and whether it ended at EOS.
+
+A prompt may hold several images, each at its own scale (:func:`answer_images`: the frames of a video under one
+visual-token budget); a batch may mix scales across its rows.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .pooling import pool_tokens
 from .processing import M3Processor, llava_prompt
+from .prompting import per_image_scales
 
 
 @dataclass
@@ -25,7 +29,7 @@ class ScaleOutput:
 
     answers: list[str]
     confidences: list[float]  # mean log-probability of the generated tokens, up to and including EOS
-    tokens: list[int]  # visual tokens the LLM saw per sample
+    tokens: list[int]  # visual tokens the LLM saw per sample (summed over the sample's images)
     eos: list[bool]  # the answer ended with EOS (False: cut at max_new_tokens)
 
 
@@ -42,10 +46,17 @@ def encode_images(model, processor: M3Processor, images: Sequence) -> tuple[list
     return list(grids), sizes
 
 
-def compact_prompts(processor: M3Processor, questions: Sequence[str], image_sizes=None) -> dict:
-    """Single-turn prompts (:func:`m3.processing.llava_prompt`) tokenized once with ONE image token each, left
-    padded; ``image_sizes`` (LLaVA-NeXT) ride along for :meth:`M3Processor.expand_to_scale`."""
-    compact = dict(processor([llava_prompt(question) for question in questions], None, expand=False))
+def compact_prompts(
+    processor: M3Processor, questions: Sequence[str], image_sizes=None, num_images: int | Sequence[int] = 1
+) -> dict:
+    """Single-turn prompts (:func:`m3.processing.llava_prompt`) tokenized once with ONE image token per image
+    (``num_images`` per prompt: one count for all, or one per prompt), left padded; ``image_sizes`` (LLaVA-NeXT, every
+    image in prompt order) ride along for :meth:`M3Processor.expand_to_scale`."""
+    counts = [num_images] * len(questions) if isinstance(num_images, int) else list(num_images)
+    if len(counts) != len(questions):
+        raise ValueError(f"num_images holds {len(counts)} counts for {len(questions)} questions")
+    texts = [llava_prompt(question, num_images=count) for question, count in zip(questions, counts)]
+    compact = dict(processor(texts, None, expand=False))
     if image_sizes is not None:
         compact["image_sizes"] = image_sizes
     return compact
@@ -64,25 +75,35 @@ def generate_at_scale(
     compact: dict,
     grids: list,
     image_sizes,
-    scale: int,
+    scale: int | Sequence[int],
     max_new_tokens: int,
     **generate_kwargs,
 ) -> ScaleOutput:
     """Answers of the batch at ``scale`` from precomputed grids, with their mean token log-probability.
 
-    ``compact`` holds the prompts with one image token per image (:func:`compact_prompts`); ``generate_kwargs``
-    go to ``model.generate`` (e.g. ``num_beams``); greedy decoding is the default."""
-    prompts = processor.expand_to_scale(compact, scale, len(grids))
+    ``scale`` is one scale for every image or one per image (in prompt order: row 0's images first), so rows, and the
+    images within a row, may sit at different scales. ``compact`` holds the prompts with one image token per image
+    (:func:`compact_prompts`); ``generate_kwargs`` go to ``model.generate`` (e.g. ``num_beams``); greedy decoding is
+    the default."""
+    scales = per_image_scales(scale, len(grids), model.config.grid_tokens)
+    prompts = processor.expand_to_scale(compact, scales, len(grids))
     input_ids = prompts["input_ids"].to(model.device)
     features = model.model.features_at_scale(
-        grids, scale, None if image_sizes is None else image_sizes.to(model.device)
+        grids, scales, None if image_sizes is None else image_sizes.to(model.device)
+    )
+    image_output = BaseModelOutputWithPooling(pooler_output=features)
+    image_output.m3_scales = scales  # named by the error for a prompt that does not fit
+    placeholders = (compact["input_ids"] == model.config.image_token_id) & compact["attention_mask"].bool()
+    row_of_image = torch.arange(len(placeholders)).repeat_interleave(placeholders.sum(1))
+    tokens = torch.zeros(len(placeholders), dtype=torch.long).index_add_(
+        0, row_of_image, torch.tensor([feature.shape[0] for feature in features], dtype=torch.long)
     )
     settings = dict(do_sample=False, pad_token_id=processor.tokenizer.pad_token_id, **generate_kwargs)
     with torch.inference_mode():
         output = model.generate(
             input_ids=input_ids,
             attention_mask=prompts["attention_mask"].to(model.device),
-            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
+            mm_encoder_outputs={"image": image_output},
             max_new_tokens=max_new_tokens,
             output_logits=True,
             return_dict_in_generate=True,
@@ -98,7 +119,7 @@ def generate_at_scale(
     return ScaleOutput(
         answers=answers,
         confidences=confidences.tolist(),
-        tokens=[feature.shape[0] for feature in features],
+        tokens=tokens.tolist(),
         eos=is_eos.any(1).tolist(),
     )
 
@@ -120,6 +141,23 @@ def answer_at_scales(
         )
         for scale in scales
     }
+
+
+def answer_images(
+    model,
+    processor: M3Processor,
+    images: Sequence,
+    question: str,
+    scales: int | Sequence[int],
+    max_new_tokens: int = 32,
+    **generate_kwargs,
+) -> ScaleOutput:
+    """One answer to ``question`` about several images in ONE prompt (one placeholder line per image, in order),
+    each image at its own scale (``scales``: one per image, or one for all). A collage, or any single image, is the
+    case of one image."""
+    grids, sizes = encode_images(model, processor, images)
+    compact = compact_prompts(processor, [question], sizes, num_images=len(grids))
+    return generate_at_scale(model, processor, compact, grids, sizes, scales, max_new_tokens, **generate_kwargs)
 
 
 def scale_one_embedding(grids: list[torch.Tensor]) -> np.ndarray:

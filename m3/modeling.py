@@ -6,7 +6,8 @@ are and the classes drop in where the parents are used. Three additions:
 
 * ``get_image_features(..., m3_scale=s)`` pools every projected 24x24 grid to s tokens (per crop for
   NeXT) - ``generate(..., m3_scale=s)`` picks this up because transformers encodes images through it;
-* ``forward(..., m3_scale=s)`` runs the LLM on s visual tokens per image;
+* ``forward(..., m3_scale=s)`` runs the LLM on s visual tokens per image; ``m3_scale=[s0, s1, ...]`` gives every
+  image its own scale (images in batch and prompt order), e.g. the frames of a video under one token budget;
 * ``forward(..., labels=..., m3_scales=[...])`` is the multi-scale training forward: the vision tower
   runs once, its projected features are pooled to every scale, and the loss is the mean of the
   per-scale answer losses. ``input_ids`` then hold ONE image token per image (the compact form).
@@ -36,7 +37,7 @@ from transformers.utils.output_capturing import select_hidden_states, selected_h
 from .anyres import pack_anyres_features
 from .configuration import M3LlavaConfig, M3LlavaNextConfig
 from .pooling import check_scale, pool_tokens
-from .prompting import expand_image_tokens
+from .prompting import expand_image_tokens, image_token_mismatch, per_image_scales
 
 
 @dataclass
@@ -51,21 +52,25 @@ class M3CausalLMOutputWithPast(ModelOutput):
 class M3ImageEncoderMixin:
     """Vision tower -> feature layer -> projector once, then pooling to any scale (base models)."""
 
-    def resolve_scale(self, m3_scale: int | None) -> int:
+    def resolve_scales(self, m3_scale: int | Sequence[int] | None, num_images: int) -> list[int]:
+        """One checked scale per image; ``None`` means ``config.m3_default_scale`` for every image."""
         scale = self.config.m3_default_scale if m3_scale is None else m3_scale
-        return check_scale(scale, self.config.grid_tokens)
+        return per_image_scales(scale, num_images, self.config.grid_tokens)
 
     def pooled_image_features(
         self, pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, m3_scale, **tower_kwargs
     ) -> BaseModelOutputWithPooling:
         """The body of both families' ``get_image_features``: the vision tower's output (``last_hidden_state``,
         ``hidden_states`` and ``attentions`` as the tower returns them) whose ``pooler_output`` is the list of
-        per-image feature sequences at ``m3_scale`` - the parent's output contract, pooled."""
-        scale = self.resolve_scale(m3_scale)
+        per-image feature sequences at ``m3_scale`` (one scale, or one per image) - the parent's output contract,
+        pooled. The per-image scales also ride along as the attribute ``m3_scales`` (not a field, so the keys and
+        the tuple form stay the parent's): ``forward`` names them when the prompt does not fit."""
         outputs, grids = self.encode_images_with_outputs(
             pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, **tower_kwargs
         )
-        outputs.pooler_output = self.features_at_scale(grids, scale, image_sizes)
+        scales = self.resolve_scales(m3_scale, len(grids))
+        outputs.pooler_output = self.features_at_scale(grids, scales, image_sizes)
+        outputs.m3_scales = scales
         return outputs
 
     def project_grids(
@@ -128,10 +133,11 @@ class M3LlavaModel(M3ImageEncoderMixin, LlavaModel):
         return outputs, list(grids.unsqueeze(1))
 
     def features_at_scale(
-        self, grids: list[torch.Tensor], scale: int, image_sizes: torch.Tensor | None = None
+        self, grids: list[torch.Tensor], scale: int | Sequence[int], image_sizes: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """The ``(scale, D)`` token sequence of every image."""
-        return [pool_tokens(grid[0], scale) for grid in grids]
+        """The ``(scale, D)`` token sequence of every image (``scale``: one for all, or one per image)."""
+        scales = per_image_scales(scale, len(grids), self.config.grid_tokens)
+        return [pool_tokens(grid[0], value) for grid, value in zip(grids, scales)]
 
     @merge_with_config_defaults
     @can_return_tuple
@@ -142,11 +148,12 @@ class M3LlavaModel(M3ImageEncoderMixin, LlavaModel):
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
         image_sizes: torch.Tensor | None = None,
-        m3_scale: int | None = None,
+        m3_scale: int | Sequence[int] | None = None,
         **kwargs,
     ) -> tuple | BaseModelOutputWithPooling:
-        """Image features pooled to ``m3_scale`` (default: ``config.m3_default_scale``), in the parent's output
-        contract: the vision tower's output with ``pooler_output`` = one ``(scale, D)`` tensor per image;
+        """Image features pooled to ``m3_scale`` (default: ``config.m3_default_scale``; a sequence gives one scale
+        per image), in the parent's output contract: the vision tower's output with ``pooler_output`` = one
+        ``(scale, D)`` tensor per image;
         ``return_dict=False`` gives a tuple, ``output_hidden_states`` / ``output_attentions`` reach the tower.
 
         The signature mirrors transformers' (generate passes the arguments it finds in it).
@@ -184,15 +191,17 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
         return outputs, list(torch.split(grids, num_crops, dim=0))
 
     def features_at_scale(
-        self, grids: list[torch.Tensor], scale: int, image_sizes: torch.Tensor | None = None
+        self, grids: list[torch.Tensor], scale: int | Sequence[int], image_sizes: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """Every crop pooled to ``scale``, then unpadded and closed with newline tokens per row."""
+        """Every crop pooled to its image's scale (one for all, or one per image), then unpadded and closed with
+        newline tokens per row."""
+        scales = per_image_scales(scale, len(grids), self.config.grid_tokens)
         crop_size = self.config.vision_config.image_size
         return [
             pack_anyres_features(
-                pool_tokens(crops, scale), size, self.config.image_grid_pinpoints, crop_size, self.image_newline
+                pool_tokens(crops, value), size, self.config.image_grid_pinpoints, crop_size, self.image_newline
             )
-            for crops, size in zip(grids, image_sizes)
+            for crops, size, value in zip(grids, image_sizes, scales)
         ]
 
     @merge_with_config_defaults
@@ -204,11 +213,11 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
         image_sizes: torch.Tensor,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
-        m3_scale: int | None = None,
+        m3_scale: int | Sequence[int] | None = None,
         **kwargs,
     ) -> tuple | BaseModelOutputWithPooling:
-        """Image features with every crop pooled to ``m3_scale`` (default: ``config.m3_default_scale``), in the
-        parent's output contract (see :meth:`M3LlavaModel.get_image_features`)."""
+        """Image features with every crop pooled to ``m3_scale`` (default: ``config.m3_default_scale``; a sequence
+        gives one scale per image), in the parent's output contract (see :meth:`M3LlavaModel.get_image_features`)."""
         return self.pooled_image_features(
             pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, m3_scale, **kwargs
         )
@@ -231,11 +240,12 @@ class M3ForConditionalGenerationMixin:
         mm_encoder_outputs: dict | None,
         vision_feature_layer: int | list[int] | None,
         vision_feature_select_strategy: str | None,
-        m3_scale: int | None,
+        m3_scale: int | Sequence[int] | None,
         m3_scales: Sequence[int] | None,
         **kwargs,
     ):
-        """``m3_scale``: visual tokens per image (per crop for NeXT); ``m3_scales``: multi-scale loss.
+        """``m3_scale``: visual tokens per image (per crop for NeXT), or a sequence with one scale per image in batch
+        and prompt order; ``m3_scales``: multi-scale loss.
 
         Everything else (``position_ids``, ``past_key_values``, ``inputs_embeds``, ``logits_to_keep``, ``use_cache``
         ...) goes to the parent's forward unchanged. Without images (a text-only turn, or decoding from a cache)
@@ -260,7 +270,10 @@ class M3ForConditionalGenerationMixin:
             mm_encoder_outputs = {"image": features}
         image_features = (mm_encoder_outputs or {}).get("image")
         if image_features is not None and input_ids is not None:
-            self._check_image_tokens(input_ids, image_features.pooler_output, m3_scale)
+            scales = getattr(image_features, "m3_scales", None)
+            if scales is None and m3_scale is not None:
+                scales = per_image_scales(m3_scale, len(image_features.pooler_output), self.config.grid_tokens)
+            self._check_image_tokens(input_ids, image_features.pooler_output, scales)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -270,16 +283,27 @@ class M3ForConditionalGenerationMixin:
             **kwargs,
         )
 
-    def _check_image_tokens(self, input_ids: torch.Tensor, features: list[torch.Tensor], m3_scale: int | None):
-        found = int((input_ids == self.config.image_token_id).sum())
-        needed = sum(feature.shape[0] for feature in features)
-        if found != needed:
-            scale = self.config.m3_default_scale if m3_scale is None else m3_scale
-            raise ValueError(
-                f"Image features and image tokens do not match, tokens: {found}, features: {needed}. input_ids hold "
-                f"{found} image tokens but {len(features)} image(s) at scale {scale} need {needed}; build the prompt "
-                f"for this scale with M3Processor(..., m3_scale={scale})"
-            )
+    def _check_image_tokens(
+        self, input_ids: torch.Tensor, features: list[torch.Tensor], scales: list[int] | None
+    ) -> None:
+        """Every image's features must meet a run of image tokens of their length (transformers only checks the
+        total, so with per-image scales a prompt built for other scales could silently misplace features)."""
+        counts = [feature.shape[0] for feature in features]
+        problem = image_token_mismatch(input_ids, self.config.image_token_id, counts, scales)
+        if problem is None:
+            return
+        found, needed = int((input_ids == self.config.image_token_id).sum()), sum(counts)
+        if scales is None:
+            images, fix = f"{len(features)} image(s)", "with one image token per feature token of each image"
+        else:
+            uniform = len(set(scales)) == 1
+            scale = scales[0] if uniform else scales
+            images = f"{len(features)} image(s) at scale{'' if uniform else 's'} {scale}"
+            fix = f"for {'this scale' if uniform else 'these scales'} with M3Processor(..., m3_scale={scale})"
+        raise ValueError(
+            f"Image features and image tokens do not match, tokens: {found}, features: {needed}. input_ids hold "
+            f"{found} image tokens but {images} need {needed}: {problem}; build the prompt {fix}"
+        )
 
     def _multiscale_forward(
         self, input_ids, pixel_values, attention_mask, labels, image_sizes, scales, vision_kwargs, kwargs
@@ -343,12 +367,13 @@ class M3LlavaForConditionalGeneration(M3ForConditionalGenerationMixin, LlavaForC
         logits_to_keep: int | torch.Tensor = 0,
         image_sizes: torch.Tensor | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        m3_scale: int | None = None,
+        m3_scale: int | Sequence[int] | None = None,
         m3_scales: Sequence[int] | None = None,
         **kwargs,
     ):
-        """The parent's forward, plus ``m3_scale`` (visual tokens per image) or ``m3_scales`` (the multi-scale loss
-        of compact inputs: one image token per image); see :meth:`M3ForConditionalGenerationMixin.m3_forward`."""
+        """The parent's forward, plus ``m3_scale`` (visual tokens per image, or one scale per image) or ``m3_scales``
+        (the multi-scale loss of compact inputs: one image token per image); see
+        :meth:`M3ForConditionalGenerationMixin.m3_forward`."""
         return self.m3_forward(
             input_ids,
             pixel_values,
@@ -394,7 +419,7 @@ class M3LlavaNextForConditionalGeneration(M3ForConditionalGenerationMixin, Llava
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        m3_scale: int | None = None,
+        m3_scale: int | Sequence[int] | None = None,
         m3_scales: Sequence[int] | None = None,
         **kwargs,
     ):

@@ -18,9 +18,11 @@ from .prompting import expand_image_tokens, image_token_counts
 IMAGE_PLACEHOLDER = "<image>"
 
 
-def llava_prompt(question: str, answer: str | None = None) -> str:
-    """LLaVA-1.5 (vicuna_v1) single-turn prompt; the answer is appended for training text."""
-    prompt = f"USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:"
+def llava_prompt(question: str, answer: str | None = None, num_images: int = 1) -> str:
+    """LLaVA-1.5 (vicuna_v1) single-turn prompt; the answer is appended for training text. ``num_images`` > 1 puts
+    one placeholder line per image before the question (multi-image prompts, e.g. the frames of a video)."""
+    placeholders = f"{IMAGE_PLACEHOLDER}\n" * num_images
+    prompt = f"USER: {placeholders}{question} ASSISTANT:"
     return prompt if answer is None else f"{prompt} {answer}"
 
 
@@ -52,11 +54,12 @@ class M3Processor:
         self,
         text: str | Sequence[str],
         images=None,
-        m3_scale: int | None = None,
+        m3_scale: int | Sequence[int] | None = None,
         padding_side: str = "left",
         expand: bool = True,
     ) -> BatchFeature:
-        """Tokenize ``text`` (one ``<image>`` per image) and expand image tokens for ``m3_scale``.
+        """Tokenize ``text`` (one ``<image>`` per image) and expand image tokens for ``m3_scale``: one scale for all
+        images, or one per image in ``images`` order (the images of every text in turn, as the placeholders read).
 
         Left padding by default, as batched generation needs. ``expand=False`` keeps ONE image token per
         image: the compact form that the multi-scale training forward (``m3_scales=...``) expects.
@@ -75,9 +78,10 @@ class M3Processor:
         return BatchFeature(data=data, tensor_type="pt")
 
     def expand_to_scale(
-        self, compact, scale: int, num_images: int, padding_side: str = "left"
+        self, compact, scale: int | Sequence[int], num_images: int, padding_side: str = "left"
     ) -> dict[str, torch.Tensor]:
-        """``input_ids``/``attention_mask`` of a compact encoding (one image token per image) at ``scale``.
+        """``input_ids``/``attention_mask`` of a compact encoding (one image token per image) at ``scale`` (one
+        for all images, or one per image in placeholder order).
 
         Lets a caller encode texts and images once and build the prompts of every scale from them.
         """

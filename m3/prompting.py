@@ -16,19 +16,93 @@ from .pooling import check_scale
 IGNORE_INDEX = -100
 
 
+def per_image_scales(scale: int | Sequence[int], num_images: int, grid_tokens: int) -> list[int]:
+    """One checked scale per image: a scalar applies to every image, a sequence gives each image its own (images in
+    batch and prompt order: row 0's images first). The lengths must agree, so no image silently takes another's
+    scale. Arrays and tensors are read with ``tolist()``."""
+    if hasattr(scale, "tolist"):
+        scale = scale.tolist()
+    if not isinstance(scale, Sequence) or isinstance(scale, str):
+        return [check_scale(scale, grid_tokens)] * num_images
+    if len(scale) != num_images:
+        raise ValueError(
+            f"m3_scale holds {len(scale)} scales but there are {num_images} images; give one scale per image "
+            "(in batch and prompt order) or a single scale for all"
+        )
+    return [check_scale(value, grid_tokens) for value in scale]
+
+
 def image_token_counts(
-    config, scale: int, image_sizes: Iterable[Sequence[int]] | None = None, num_images: int | None = None
+    config,
+    scale: int | Sequence[int],
+    image_sizes: Iterable[Sequence[int]] | None = None,
+    num_images: int | None = None,
 ) -> list[int]:
-    """Image tokens per image at ``scale`` for an M3 config (``image_sizes`` as (height, width), NeXT only)."""
-    check_scale(scale, config.grid_tokens)
+    """Image tokens per image at ``scale`` for an M3 config (``image_sizes`` as (height, width), NeXT only).
+
+    ``scale`` may hold one scale per image; then ``num_images`` defaults to its length (LLaVA-1.5)."""
     if getattr(config, "image_grid_pinpoints", None) is None:
         if num_images is None:
-            raise ValueError("num_images is required for LLaVA-1.5 configs")
-        return [scale] * num_images
+            if not isinstance(scale, Sequence):
+                raise ValueError("num_images is required for LLaVA-1.5 configs")
+            num_images = len(scale)
+        return per_image_scales(scale, num_images, config.grid_tokens)
     if image_sizes is None:
         raise ValueError("image_sizes (height, width per image) are required for LLaVA-NeXT configs")
+    image_sizes = list(image_sizes)
+    scales = per_image_scales(scale, len(image_sizes), config.grid_tokens)
     crop = config.vision_config.image_size
-    return [anyres_num_image_tokens(size, scale, config.image_grid_pinpoints, crop) for size in image_sizes]
+    return [
+        anyres_num_image_tokens(size, value, config.image_grid_pinpoints, crop)
+        for size, value in zip(image_sizes, scales)
+    ]
+
+
+def image_token_runs(input_ids: torch.Tensor, image_token_id: int) -> list[tuple[int, int]]:
+    """``(row, length)`` of every run of consecutive image tokens in a batch, row-major."""
+    runs = []
+    for row, is_image in enumerate((input_ids == image_token_id).int()):
+        edges = torch.nn.functional.pad(is_image, (1, 1)).diff()
+        starts, ends = (edges == 1).nonzero().flatten().tolist(), (edges == -1).nonzero().flatten().tolist()
+        runs += [(row, end - start) for start, end in zip(starts, ends)]
+    return runs
+
+
+def image_token_mismatch(
+    input_ids: torch.Tensor, image_token_id: int, counts: Sequence[int], scales: Sequence[int] | None = None
+) -> str | None:
+    """Why the image tokens of ``input_ids`` do not fit images needing ``counts`` tokens each, or None if they do.
+
+    Images take the runs of consecutive image tokens in order (row-major); images whose placeholders touch share one
+    run, of which only the total can be checked. The answer names the first image (index and, if given, its scale)
+    whose tokens are missing or short.
+    """
+
+    def image(index: int) -> str:
+        return f"image {index}" + ("" if scales is None else f" (scale {scales[index]})")
+
+    runs = image_token_runs(input_ids, image_token_id)
+    if len(runs) == len(counts):  # one run per image: compare them pairwise
+        for index, ((row, length), count) in enumerate(zip(runs, counts)):
+            if length != count:
+                return f"{image(index)} needs {count} image tokens but its run in row {row} holds {length}"
+        return None
+    index = 0
+    for row, length in runs:
+        left = length
+        while left > 0:
+            if index == len(counts):
+                return f"row {row} holds {left} image tokens more than the {len(counts)} image(s) need"
+            if counts[index] > left:
+                return (
+                    f"{image(index)} needs {counts[index]} image tokens but only {left} are left in the run of "
+                    f"{length} in row {row}"
+                )
+            left -= counts[index]
+            index += 1
+    if index < len(counts):
+        return f"{image(index)} needs {counts[index]} image tokens but input_ids hold no run for it"
+    return None
 
 
 def _padding_side(attention_mask: torch.Tensor) -> str:
