@@ -10,7 +10,7 @@ oracles). See docs/predictor.md.
 """
 
 from .base import PredictorMismatchError, ScalePredictor, check_compatible
-from .calibration import CalibratedRouter
+from .calibration import CalibratedRouter, CertifiedRouter, saved_certificate
 from .data import OracleSet, Queries, as_oracle_set, grouped_split, split_oracle
 from .evaluation import best_predictor, evaluate_routing, summarize_routing
 from .features import FeatureBuilder, image_features, question_features
@@ -25,6 +25,7 @@ from .tuning import TuningResult, tune
 __all__ = [
     "PREDICTOR_CLASSES",
     "CalibratedRouter",
+    "CertifiedRouter",
     "Curve",
     "FeatureBuilder",
     "LGBMScalePredictor",
@@ -47,6 +48,7 @@ __all__ = [
     "question_features",
     "route_by_threshold",
     "routing_markdown",
+    "saved_certificate",
     "split_oracle",
     "summarize_routing",
     "tune",

@@ -269,6 +269,7 @@ class ScalePredictor(BaseEstimator):
         predictor.scales_ = list(config["scales"])
         predictor.fingerprint_ = config["fingerprint"]
         predictor.threshold_ = check_threshold(config["threshold"])
+        predictor.calibration_ = config.get("calibration")  # how threshold_ was chosen (and its certificate), if known
         predictor.n_features_in_ = int(config["n_features_in"])
         predictor._load_model(directory, config["model"])
         return predictor
