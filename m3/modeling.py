@@ -6,6 +6,7 @@ are and the classes drop in where the parents are used. Three additions:
 
 * ``get_image_features(..., m3_scale=s)`` pools every projected 24x24 grid to s tokens (per crop for
   NeXT) - ``generate(..., m3_scale=s)`` picks this up because transformers encodes images through it;
+  ``config.m3_token_selection`` swaps average pooling for the paper's spatial or sequential sampling;
 * ``forward(..., m3_scale=s)`` runs the LLM on s visual tokens per image;
 * ``forward(..., labels=..., m3_scales=[...])`` is the multi-scale training forward: the vision tower
   runs once, its projected features are pooled to every scale, and the loss is the mean of the
@@ -35,7 +36,7 @@ from transformers.utils.output_capturing import select_hidden_states, selected_h
 
 from .anyres import pack_anyres_features
 from .configuration import M3LlavaConfig, M3LlavaNextConfig
-from .pooling import check_scale, pool_tokens
+from .pooling import check_scale, select_tokens
 from .prompting import expand_image_tokens
 
 
@@ -130,8 +131,8 @@ class M3LlavaModel(M3ImageEncoderMixin, LlavaModel):
     def features_at_scale(
         self, grids: list[torch.Tensor], scale: int, image_sizes: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """The ``(scale, D)`` token sequence of every image."""
-        return [pool_tokens(grid[0], scale) for grid in grids]
+        """The ``(scale, D)`` token sequence of every image (selected by ``config.m3_token_selection``)."""
+        return [select_tokens(grid[0], scale, self.config.m3_token_selection) for grid in grids]
 
     @merge_with_config_defaults
     @can_return_tuple
@@ -156,6 +157,17 @@ class M3LlavaModel(M3ImageEncoderMixin, LlavaModel):
         )
 
 
+def crops_match(pixel_values: torch.Tensor, num_crops: list[int]) -> bool:
+    """Whether anyres ``pixel_values`` hold the crops the model's ``image_grid_pinpoints`` expect: ``sum(num_crops)``
+    of them (4-D), or per image its crops then only zero padding (5-D, as the image processors pad a batch).
+    A processor with other pinpoints cuts other crop counts, which would otherwise be stitched silently wrong."""
+    if pixel_values.dim() == 4:
+        return pixel_values.shape[0] == sum(num_crops)
+    if pixel_values.shape[1] < max(num_crops):
+        return False
+    return not any(bool(pixels[count:].any()) for pixels, count in zip(pixel_values, num_crops))
+
+
 class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
     config_class = M3LlavaNextConfig
 
@@ -174,10 +186,17 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
         num_crops = [
             image_size_to_num_patches(size, self.config.image_grid_pinpoints, crop_size) for size in image_sizes
         ]
+        if pixel_values.dim() not in (4, 5):
+            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
+        if not crops_match(pixel_values, num_crops):
+            given = pixel_values.shape[1] if pixel_values.dim() == 5 else pixel_values.shape[0]
+            raise ValueError(
+                f"pixel_values hold {given} crops but config.image_grid_pinpoints give {num_crops} crops for image "
+                f"sizes {[list(map(int, size)) for size in image_sizes]}: the image processor's image_grid_pinpoints "
+                "differ from the model's; pass the same image_grid_pinpoints to both"
+            )
         if pixel_values.dim() == 5:
             pixel_values = torch.cat([pixels[:count] for pixels, count in zip(pixel_values, num_crops)], dim=0)
-        elif pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
         outputs, grids = self.project_grids(
             pixel_values, vision_feature_layer, vision_feature_select_strategy, **tower_kwargs
         )
@@ -186,11 +205,17 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
     def features_at_scale(
         self, grids: list[torch.Tensor], scale: int, image_sizes: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """Every crop pooled to ``scale``, then unpadded and closed with newline tokens per row."""
+        """Every crop reduced to ``scale`` tokens (``config.m3_token_selection``) and laid out as a k x k grid, then
+        unpadded and closed with newline tokens per row."""
         crop_size = self.config.vision_config.image_size
+        method = self.config.m3_token_selection
         return [
             pack_anyres_features(
-                pool_tokens(crops, scale), size, self.config.image_grid_pinpoints, crop_size, self.image_newline
+                select_tokens(crops, scale, method),
+                size,
+                self.config.image_grid_pinpoints,
+                crop_size,
+                self.image_newline,
             )
             for crops, size in zip(grids, image_sizes)
         ]
