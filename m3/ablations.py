@@ -95,7 +95,7 @@ def trained_model(config: TrainConfig) -> Path:
         return output
     start = time.perf_counter()
     train(config)
-    print(f"trained {output.name} in {(time.perf_counter() - start) / 60:.1f} min")
+    print(f"trained {output.name} in {time.perf_counter() - start:.0f} s")
     return output
 
 
