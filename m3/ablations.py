@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .evaluation import comparison_markdown, run_evaluation
@@ -168,4 +168,4 @@ def run_table(table: int, settings: AblationSettings) -> Path:
 
 def run_tables(tables: Sequence[int], settings: AblationSettings) -> list[Path]:
     """:func:`run_table` for each table, sharing the trained runs."""
-    return [run_table(table, replace(settings)) for table in tables]
+    return [run_table(table, settings) for table in tables]

@@ -125,10 +125,11 @@ def test_other_grids_at_inference_keep_token_counts_exact(saved_next_model, grid
     with torch.no_grad():
         grids = model.model.encode_images(inputs["pixel_values"], inputs["image_sizes"])
         assert [g.shape[0] for g in grids] == [1 + rows * cols for rows, cols in crops_per_image]
-        for scale in model.config.m3_scales:
-            features = model.model.get_image_features(
-                inputs["pixel_values"], inputs["image_sizes"], m3_scale=scale
-            ).pooler_output
+        for scale in model.config.m3_scales:  # the vision tower once: get_image_features is encode + this
+            features = model.model.features_at_scale(grids, scale, inputs["image_sizes"])
+            if scale == 9:
+                whole_path = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"], m3_scale=9)
+                assert all(torch.equal(a, b) for a, b in zip(whole_path.pooler_output, features))
             counts = image_token_counts(model.config, scale, image_sizes=inputs["image_sizes"])
             assert [f.shape[0] for f in features] == counts, (grid, scale)
             for size, feature in zip(inputs["image_sizes"].tolist(), features):
