@@ -9,7 +9,7 @@ from .modeling import (
     M3LlavaNextForConditionalGeneration,
     M3LlavaNextModel,
 )
-from .pooling import check_scale, nested_scales, pool_tokens, valid_scales
+from .pooling import TOKEN_SELECTIONS, check_scale, nested_scales, pool_tokens, select_tokens, valid_scales
 from .processing import M3Processor, llava_prompt
 from .prompting import expand_image_tokens, image_token_counts
 
@@ -22,6 +22,7 @@ __all__ = [
     "M3LlavaNextForConditionalGeneration",
     "M3LlavaNextModel",
     "M3Processor",
+    "TOKEN_SELECTIONS",
     "check_scale",
     "expand_image_tokens",
     "image_token_counts",
@@ -30,5 +31,6 @@ __all__ = [
     "load_m3_model",
     "nested_scales",
     "pool_tokens",
+    "select_tokens",
     "valid_scales",
 ]

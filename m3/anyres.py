@@ -38,6 +38,17 @@ def unpad_grid(grid: torch.Tensor, original_size: Sequence[int]) -> torch.Tensor
     return grid[:, top : top + rows, left : left + cols]
 
 
+def grid_pinpoints(crop_size: int, max_rows: int, max_cols: int | None = None) -> list[list[int]]:
+    """Every ``[height, width]`` resolution of 1..max_rows x 1..max_cols crops of ``crop_size`` px.
+
+    E.g. ``grid_pinpoints(96, 3)`` lets the tiny models cut up to 3x3 crops (up to ``[288, 288]``) at inference, the
+    paper's Table 5 setting (trained on up to 2x2 grids, evaluated on 3x3). Pass the same list to the model config
+    and to the image processor.
+    """
+    max_cols = max_rows if max_cols is None else max_cols
+    return [[rows * crop_size, cols * crop_size] for rows in range(1, max_rows + 1) for cols in range(1, max_cols + 1)]
+
+
 def crop_grid_shape(image_size: Sequence[int], grid_pinpoints: list, crop_size: int) -> tuple[int, int]:
     """(rows, cols) of grid crops that the anyres processor cuts for an image of ``(height, width)``."""
     return get_anyres_image_grid_shape(list(image_size), grid_pinpoints, crop_size)

@@ -1,4 +1,4 @@
-"""Configs of the M3 models: the llava-hf configs plus three M3 settings stored in config.json.
+"""Configs of the M3 models: the llava-hf configs plus four M3 settings stored in config.json.
 
 ``model_type`` stays ``llava`` / ``llava_next`` so that plain transformers can still load an M3
 checkpoint (it then simply runs at full scale) and checkpoint conversions keyed on the model type apply.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transformers import LlavaConfig, LlavaNextConfig
 
-from .pooling import check_scale, nested_scales
+from .pooling import check_scale, check_token_selection, nested_scales
 
 
 class M3ConfigMixin:
@@ -18,6 +18,9 @@ class M3ConfigMixin:
         grid's nested chain, e.g. (1, 9, 36, 144, 576) for a 24x24 grid.
     m3_default_scale: the scale used when a call names none; default: the finest.
     m3_train_vision_tower: train the vision tower too (the official recipe keeps it frozen in effect).
+    m3_token_selection: how a 24x24 grid becomes s tokens: ``avg_pool`` (M3, the default; also what a config
+        without the field means), ``spatial`` or ``sequential`` (the paper's ablations; see
+        :func:`m3.pooling.select_tokens`). Used by forward, generate, the multi-scale loss and get_image_features.
     """
 
     @property
@@ -36,6 +39,7 @@ class M3ConfigMixin:
         if self.m3_default_scale is None:
             self.m3_default_scale = self.m3_scales[-1]
         check_scale(self.m3_default_scale, grid)
+        check_token_selection(self.m3_token_selection)
 
 
 class M3LlavaConfig(M3ConfigMixin, LlavaConfig):
@@ -44,6 +48,7 @@ class M3LlavaConfig(M3ConfigMixin, LlavaConfig):
     m3_scales: list[int] | None = None
     m3_default_scale: int | None = None
     m3_train_vision_tower: bool = False
+    m3_token_selection: str = "avg_pool"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -56,6 +61,7 @@ class M3LlavaNextConfig(M3ConfigMixin, LlavaNextConfig):
     m3_scales: list[int] | None = None
     m3_default_scale: int | None = None
     m3_train_vision_tower: bool = False
+    m3_token_selection: str = "avg_pool"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

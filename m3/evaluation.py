@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
 
 from .inference import answer_at_scales, compact_prompts, encode_images
 from .metrics import OVERALL, exact_match, majority_baseline
-from .pooling import check_scale
+from .pooling import check_scale, check_token_selection
 from .processing import IMAGE_PLACEHOLDER, M3Processor, llava_prompt
 
 
@@ -79,6 +80,21 @@ def generate_answers(
     return answers
 
 
+@contextmanager
+def using_token_selection(model, method: str | None) -> Iterator[None]:
+    """Run ``model`` with ``config.m3_token_selection = method`` inside the block (None: leave it), then restore it:
+    the inference-time token selection of the paper's Table 4 baselines, on any model."""
+    if method is None:
+        yield
+        return
+    saved = model.config.m3_token_selection
+    model.config.m3_token_selection = check_token_selection(method)
+    try:
+        yield
+    finally:
+        model.config.m3_token_selection = saved
+
+
 def evaluate_scales(
     model,
     processor: M3Processor,
@@ -87,14 +103,21 @@ def evaluate_scales(
     batch_size: int = 16,
     max_new_tokens: int = 4,
     show_progress: bool = True,
+    token_selection: str | None = None,
 ) -> list[dict]:
     """Greedy answers of every item at every scale, scored with :func:`exact_match`.
 
-    The vision tower runs once per batch: its projected grids are pooled to each scale and passed to
-    ``generate`` as precomputed features (same predictions as ``generate(..., m3_scale=s)``). Returns one
-    row per (item, scale): ``id, image_id, family, scale, prediction, answer, correct``.
+    The vision tower runs once per batch: its projected grids are reduced to each scale and passed to
+    ``generate`` as precomputed features (same predictions as ``generate(..., m3_scale=s)``). ``token_selection``
+    (``avg_pool``, ``spatial``, ``sequential``) overrides the model's ``config.m3_token_selection`` for this call.
+    Returns one row per (item, scale): ``id, image_id, family, scale, prediction, answer, correct``.
     """
     scales = [check_scale(scale, model.config.grid_tokens) for scale in scales]
+    with using_token_selection(model, token_selection):
+        return _evaluate_rows(model, processor, items, scales, batch_size, max_new_tokens, show_progress)
+
+
+def _evaluate_rows(model, processor, items, scales, batch_size, max_new_tokens, show_progress) -> list[dict]:
     rows = []
     for batch in tqdm(_batches(items, batch_size), desc="evaluate", disable=not show_progress):
         _, images = _prompts(batch)
@@ -218,11 +241,16 @@ def run_evaluation(
     limit: int | None = None,
     batch_size: int = 16,
     max_new_tokens: int = 4,
+    token_selection: str | None = None,
+    image_grid_pinpoints: list | None = None,
 ) -> dict[str, list[dict]]:
     """Evaluate each model at every scale on a LLaVA-format split; write tables, plots and predictions.
 
     ``scales`` defaults to the nested scales of the model's grid, so a single-scale (non-M3) model is
     evaluated with average pooling applied at inference time only (the paper's Table 4 baseline).
+    ``token_selection`` replaces each loaded config's ``m3_token_selection`` (the Table 4 spatial and sequential
+    baselines); unset, each model uses its own (``avg_pool`` unless it was trained otherwise).
+    ``image_grid_pinpoints`` (LLaVA-NeXT) replaces the model's and the image processor's anyres grids.
     """
     import json
     from pathlib import Path
@@ -239,8 +267,13 @@ def run_evaluation(
     tables: dict[str, list[dict]] = {}
     for model_dir in model_dirs:
         name = Path(model_dir).name
-        model = load_m3_model(model_dir).eval()
-        processor = M3Processor.from_pretrained(model_dir, config=model.config)
+        overrides = {} if token_selection is None else {"m3_token_selection": token_selection}
+        if image_grid_pinpoints is not None:
+            overrides["image_grid_pinpoints"] = image_grid_pinpoints
+        model = load_m3_model(model_dir, **overrides).eval()
+        processor = M3Processor.from_pretrained(
+            model_dir, config=model.config, image_grid_pinpoints=image_grid_pinpoints
+        )
         model_scales = list(scales) if scales else nested_scales(model.config.grid_tokens)
         rows = evaluate_scales(model, processor, items, model_scales, batch_size, max_new_tokens)
         table = accuracy_table(rows)
@@ -255,6 +288,8 @@ def run_evaluation(
     all_scales = sorted({row["scale"] for table in tables.values() for row in table})
     baseline = majority_baseline([item.get("family", "all") for item in items], [answer_of(item) for item in items])
     report = [f"# Per-scale accuracy on {data_path} ({len(items)} questions)\n"]
+    if token_selection is not None:
+        report.append(f"Token selection at inference: `{token_selection}` (set on every model's config).\n")
     report.append(
         "## Overall accuracy by scale (visual tokens per image)\n\n" + comparison_markdown(tables, all_scales)
     )

@@ -34,13 +34,25 @@ def model_type_of(path: str | os.PathLike) -> str:
 
 
 def load_m3_config(path: str | os.PathLike, **overrides):
-    """M3 config of a llava-hf / M3 checkpoint directory (M3 fields default when absent)."""
-    return CONFIG_CLASSES[model_type_of(path)].from_pretrained(path, **overrides)
+    """M3 config of a llava-hf / M3 checkpoint directory (M3 fields default when absent).
+
+    ``overrides`` replace config fields, e.g. ``m3_token_selection="spatial"`` or (LLaVA-NeXT) other
+    ``image_grid_pinpoints``; the M3 fields are validated again after them (transformers only sets them)."""
+    config = CONFIG_CLASSES[model_type_of(path)].from_pretrained(path, **overrides)
+    config._init_m3_fields()
+    return config
 
 
 def load_m3_model(path: str | os.PathLike, **kwargs):
-    """``from_pretrained`` with the M3 class that matches the checkpoint (LLaVA-1.5 or LLaVA-NeXT)."""
+    """``from_pretrained`` with the M3 class that matches the checkpoint (LLaVA-1.5 or LLaVA-NeXT).
+
+    Config fields among ``kwargs`` override the saved ones, e.g. ``m3_token_selection="spatial"`` (the paper's
+    Table 4 baselines) or ``image_grid_pinpoints=m3.anyres.grid_pinpoints(crop, 3)`` (more anyres crops than
+    trained with; load the processor with the same pinpoints: ``M3Processor.from_pretrained(path,
+    config=model.config, image_grid_pinpoints=...)``). The M3 fields are validated again after the overrides."""
     from .modeling import M3LlavaForConditionalGeneration, M3LlavaNextForConditionalGeneration
 
     classes = {"llava": M3LlavaForConditionalGeneration, "llava_next": M3LlavaNextForConditionalGeneration}
-    return classes[model_type_of(path)].from_pretrained(path, **kwargs)
+    loaded = classes[model_type_of(path)].from_pretrained(path, **kwargs)
+    (loaded[0] if isinstance(loaded, tuple) else loaded).config._init_m3_fields()  # a tuple: output_loading_info
+    return loaded

@@ -6,6 +6,7 @@ are and the classes drop in where the parents are used. Three additions:
 
 * ``get_image_features(..., m3_scale=s)`` pools every projected 24x24 grid to s tokens (per crop for
   NeXT) - ``generate(..., m3_scale=s)`` picks this up because transformers encodes images through it;
+  ``config.m3_token_selection`` swaps average pooling for the paper's spatial or sequential sampling;
 * ``forward(..., m3_scale=s)`` runs the LLM on s visual tokens per image; ``m3_scale=[s0, s1, ...]`` gives every
   image its own scale (images in batch and prompt order), e.g. the frames of a video under one token budget;
 * ``forward(..., labels=..., m3_scales=[...])`` is the multi-scale training forward: the vision tower
@@ -36,7 +37,7 @@ from transformers.utils.output_capturing import select_hidden_states, selected_h
 
 from .anyres import pack_anyres_features
 from .configuration import M3LlavaConfig, M3LlavaNextConfig
-from .pooling import check_scale, pool_tokens
+from .pooling import check_scale, select_tokens
 from .prompting import expand_image_tokens, image_token_mismatch, per_image_scales
 
 
@@ -135,9 +136,11 @@ class M3LlavaModel(M3ImageEncoderMixin, LlavaModel):
     def features_at_scale(
         self, grids: list[torch.Tensor], scale: int | Sequence[int], image_sizes: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """The ``(scale, D)`` token sequence of every image (``scale``: one for all, or one per image)."""
+        """The ``(scale, D)`` token sequence of every image (``scale``: one for all, or one per image), reduced by
+        ``config.m3_token_selection``."""
         scales = per_image_scales(scale, len(grids), self.config.grid_tokens)
-        return [pool_tokens(grid[0], value) for grid, value in zip(grids, scales)]
+        method = self.config.m3_token_selection
+        return [select_tokens(grid[0], value, method) for grid, value in zip(grids, scales)]
 
     @merge_with_config_defaults
     @can_return_tuple
@@ -163,6 +166,17 @@ class M3LlavaModel(M3ImageEncoderMixin, LlavaModel):
         )
 
 
+def crops_match(pixel_values: torch.Tensor, num_crops: list[int]) -> bool:
+    """Whether anyres ``pixel_values`` hold the crops the model's ``image_grid_pinpoints`` expect: ``sum(num_crops)``
+    of them (4-D), or per image its crops then only zero padding (5-D, as the image processors pad a batch).
+    A processor with other pinpoints cuts other crop counts, which would otherwise be stitched silently wrong."""
+    if pixel_values.dim() == 4:
+        return pixel_values.shape[0] == sum(num_crops)
+    if pixel_values.shape[1] < max(num_crops):
+        return False
+    return not any(bool(pixels[count:].any()) for pixels, count in zip(pixel_values, num_crops))
+
+
 class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
     config_class = M3LlavaNextConfig
 
@@ -181,10 +195,17 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
         num_crops = [
             image_size_to_num_patches(size, self.config.image_grid_pinpoints, crop_size) for size in image_sizes
         ]
+        if pixel_values.dim() not in (4, 5):
+            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
+        if not crops_match(pixel_values, num_crops):
+            given = pixel_values.shape[1] if pixel_values.dim() == 5 else pixel_values.shape[0]
+            raise ValueError(
+                f"pixel_values hold {given} crops but config.image_grid_pinpoints give {num_crops} crops for image "
+                f"sizes {[list(map(int, size)) for size in image_sizes]}: the image processor's image_grid_pinpoints "
+                "differ from the model's; pass the same image_grid_pinpoints to both"
+            )
         if pixel_values.dim() == 5:
             pixel_values = torch.cat([pixels[:count] for pixels, count in zip(pixel_values, num_crops)], dim=0)
-        elif pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
         outputs, grids = self.project_grids(
             pixel_values, vision_feature_layer, vision_feature_select_strategy, **tower_kwargs
         )
@@ -193,13 +214,18 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
     def features_at_scale(
         self, grids: list[torch.Tensor], scale: int | Sequence[int], image_sizes: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """Every crop pooled to its image's scale (one for all, or one per image), then unpadded and closed with
-        newline tokens per row."""
+        """Every crop reduced to its image's scale (one for all, or one per image) by ``config.m3_token_selection``
+        and laid out as a k x k grid, then unpadded and closed with newline tokens per row."""
         scales = per_image_scales(scale, len(grids), self.config.grid_tokens)
         crop_size = self.config.vision_config.image_size
+        method = self.config.m3_token_selection
         return [
             pack_anyres_features(
-                pool_tokens(crops, value), size, self.config.image_grid_pinpoints, crop_size, self.image_newline
+                select_tokens(crops, value, method),
+                size,
+                self.config.image_grid_pinpoints,
+                crop_size,
+                self.image_newline,
             )
             for crops, size, value in zip(grids, image_sizes, scales)
         ]

@@ -1,7 +1,9 @@
-"""Nested average pooling of projected visual tokens (the core idea of M3).
+"""Nested average pooling of projected visual tokens (the core idea of M3), and the paper's alternatives.
 
 The official code pools AFTER the multimodal projector with ``avg_pool2d(kernel=k, stride=k)`` and
-``k = int(sqrt(N / s))`` on the square token grid. Everything here is a pure function on tensors.
+``k = int(sqrt(N / s))`` on the square token grid. :func:`select_tokens` also offers the two training-free
+selections the paper compares with (Fig. 5, Tables 4 and 6): sequential and spatial sampling. Everything here
+is a pure function on tensors.
 """
 
 from __future__ import annotations
@@ -75,3 +77,45 @@ def pool_tokens(tokens: torch.Tensor, scale: int) -> torch.Tensor:
 def pool_to_scales(tokens: torch.Tensor, scales: Sequence[int]) -> dict[int, torch.Tensor]:
     """Pool the same tokens to several scales (the multi-scale training path runs the tower once)."""
     return {scale: pool_tokens(tokens, scale) for scale in scales}
+
+
+TOKEN_SELECTIONS = ("avg_pool", "spatial", "sequential")
+
+
+def check_token_selection(method: str) -> str:
+    """Return ``method`` if it names a token selection, else raise naming the valid ones."""
+    if method not in TOKEN_SELECTIONS:
+        raise ValueError(f"unknown token selection {method!r}; expected one of {list(TOKEN_SELECTIONS)}")
+    return method
+
+
+def spatial_indices(num_tokens: int, scale: int) -> torch.Tensor:
+    """Row-major indices of the regular k x k sub-grid (k = sqrt(scale)) that spatial sampling keeps.
+
+    The grid is cut into k x k blocks of b x b tokens (b = side / k); each block gives its centre token,
+    at row and column offset ``b // 2`` inside the block (for an even b, the lower-right of the four central
+    tokens), i.e. grid rows/columns ``i * b + b // 2``. This is ``F.interpolate(mode="nearest-exact")``
+    downsampling; offset 0 would favour the top-left corner (at 1 token: the image's corner patch).
+    """
+    check_scale(scale, num_tokens)
+    side, k = grid_side(num_tokens), math.isqrt(scale)
+    block = side // k
+    lines = torch.arange(k) * block + block // 2
+    return (lines[:, None] * side + lines[None, :]).reshape(-1)
+
+
+def select_tokens(tokens: torch.Tensor, scale: int, method: str = "avg_pool") -> torch.Tensor:
+    """Reduce ``(..., N, D)`` row-major grid tokens to ``(..., scale, D)`` by ``method``.
+
+    ``avg_pool`` (M3): :func:`pool_tokens`. ``sequential`` (Fig. 5a): the first ``scale`` tokens in raster
+    order (the top rows of the image). ``spatial`` (Fig. 5b): the centre token of every block of a regular
+    k x k sub-grid (:func:`spatial_indices`). All three take the same scale set (:func:`valid_scales`).
+    """
+    check_token_selection(method)
+    if method == "avg_pool":
+        return pool_tokens(tokens, scale)
+    num_tokens = tokens.shape[-2]
+    check_scale(scale, num_tokens)
+    if method == "sequential":
+        return tokens[..., :scale, :]
+    return tokens.index_select(-2, spatial_indices(num_tokens, scale).to(tokens.device))

@@ -26,6 +26,23 @@ def llava_prompt(question: str, answer: str | None = None, num_images: int = 1) 
     return prompt if answer is None else f"{prompt} {answer}"
 
 
+def check_same_pinpoints(config, image_processor) -> None:
+    """Raise unless a LLaVA-NeXT config and its image processor cut the same anyres crop grids.
+
+    The processor decides how many crops it cuts and the model how it stitches them; with other pinpoints the
+    two disagree (token counts, unpadding), so a mismatch is refused here rather than answered wrongly."""
+    model_pinpoints = getattr(config, "image_grid_pinpoints", None)
+    processor_pinpoints = getattr(image_processor, "image_grid_pinpoints", None)
+    if model_pinpoints is None or processor_pinpoints is None:
+        return
+    if [list(pair) for pair in model_pinpoints] != [list(pair) for pair in processor_pinpoints]:
+        raise ValueError(
+            f"the model's image_grid_pinpoints {model_pinpoints} differ from the image processor's "
+            f"{processor_pinpoints}; pass the same list to both, e.g. load_m3_model(path, image_grid_pinpoints=P) "
+            "and M3Processor.from_pretrained(path, config=model.config, image_grid_pinpoints=P)"
+        )
+
+
 class M3Processor:
     """Builds ``input_ids``/``attention_mask``/``pixel_values`` (and ``image_sizes`` for NeXT) at a scale."""
 
@@ -39,12 +56,21 @@ class M3Processor:
                 f"the tokenizer maps {IMAGE_PLACEHOLDER} to id {token_id} but the model's image_token_id is "
                 f"{config.image_token_id}; use the tokenizer saved with the model"
             )
+        check_same_pinpoints(config, image_processor)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, config=None) -> M3Processor:
-        """Load tokenizer, image processor and (unless given) the M3 config from a model directory."""
-        config = config or load_m3_config(path)
-        return cls(AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path), config)
+    def from_pretrained(
+        cls, path: str | os.PathLike, config=None, image_grid_pinpoints: list | None = None
+    ) -> M3Processor:
+        """Load tokenizer, image processor and (unless given) the M3 config from a model directory.
+
+        ``image_grid_pinpoints`` (LLaVA-NeXT) replaces the saved ones of the image processor (and of the config
+        when it is loaded here): cut other crop grids than the model was trained with. A given ``config`` must
+        hold the same pinpoints (``load_m3_model(path, image_grid_pinpoints=...)``)."""
+        overrides = {} if image_grid_pinpoints is None else {"image_grid_pinpoints": image_grid_pinpoints}
+        config = config or load_m3_config(path, **overrides)
+        image_processor = AutoImageProcessor.from_pretrained(path, **overrides)
+        return cls(image_processor, AutoTokenizer.from_pretrained(path), config)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         self.tokenizer.save_pretrained(path)

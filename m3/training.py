@@ -1,9 +1,10 @@
 """M3 training on accelerate: one loop for CPU, DDP, DeepSpeed ZeRO-3 and FSDP.
 
 The per-scale loop lives inside ``model.forward(..., m3_scales=...)``, so every backend sees one forward
-and one backward per micro-batch. Checkpoints are ``accelerator.save_state`` directories written
-atomically; ``resume=True`` continues from the newest one and skips the batches it already trained on,
-so a killed and resumed run ends with the same weights as an uninterrupted one.
+and one backward per micro-batch; ``scale_sampling="random"`` (the paper's Table 8 ablation) trains one scale
+per optimizer step instead, drawn by :func:`sampled_scale`. Checkpoints are ``accelerator.save_state``
+directories written atomically; ``resume=True`` continues from the newest one and skips the batches it
+already trained on, so a killed and resumed run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import json
 import math
 import os
 import shutil
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedType, set_seed
@@ -25,10 +29,13 @@ from transformers import get_scheduler
 from .data.granularity import DEFAULT_NUM_IMAGES
 from .data.llava import LLAVA_SYSTEM_PROMPT, LlavaDataset, M3Collator
 from .loading import load_m3_model
+from .pooling import TOKEN_SELECTIONS, check_token_selection
 from .processing import M3Processor
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+SCALE_SAMPLINGS = ("averaged", "random")
+LOSS_WINDOW = 10  # random scale sampling: the progress bar shows each scale's mean over its last 10 draws
 
 
 @dataclass
@@ -52,6 +59,21 @@ class TrainConfig:
         default=DEFAULT_NUM_IMAGES["validation"], metadata={"help": "images in a generated validation split"}
     )
     scales: str = field(default="1,9,36,144,576", metadata={"help": "trained scales; '576' = SS baseline"})
+    scale_sampling: str = field(
+        default="averaged",
+        metadata={
+            "help": "averaged: every step's loss is the mean over the scales (M3); random: one scale per optimizer "
+            "step, drawn uniformly from a generator seeded by (seed, step) (paper Table 8)",
+            "choices": SCALE_SAMPLINGS,
+        },
+    )
+    token_selection: str = field(
+        default="avg_pool",
+        metadata={
+            "help": "how a grid becomes s tokens: avg_pool (M3), spatial or sequential (paper Table 6)",
+            "choices": TOKEN_SELECTIONS,
+        },
+    )
     train_vision_tower: bool = field(default=True, metadata={"help": "train the vision tower too"})
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
@@ -129,10 +151,42 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def sampled_scale(scales: Sequence[int], seed: int, step: int) -> int:
+    """The scale that optimizer step ``step`` (0-based) trains under random scale sampling.
+
+    Uniform over ``scales``, from a generator seeded by ``(seed, step)`` alone: independent of the data order and
+    of how many draws came before, so a resumed run (and every process of a distributed one) draws the same scale.
+    """
+    return int(scales[np.random.default_rng([seed, step]).integers(len(scales))])
+
+
+class ScaleLossMeter:
+    """Each scale's mean loss over its last ``window`` updates: what the progress bar and the log show.
+
+    With every scale in every step (averaged sampling) and ``window=1`` these are the step's own losses; with one
+    random scale per step they are running means over the recent steps that drew each scale."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.recent: dict[int, deque] = {}
+
+    def update(self, per_scale_loss: dict[int, float]) -> None:
+        for scale, loss in per_scale_loss.items():
+            self.recent.setdefault(scale, deque(maxlen=self.window)).append(float(loss))
+
+    def means(self) -> dict[int, float]:
+        return {scale: sum(values) / len(values) for scale, values in sorted(self.recent.items())}
+
+
 def build_model_and_processor(config: TrainConfig):
     """The checkpoint in ``config.model``, or a tiny from-scratch model with a tokenizer for the benchmark."""
     scales = config.scale_list()
-    m3_settings = dict(m3_scales=scales, m3_default_scale=max(scales), m3_train_vision_tower=config.train_vision_tower)
+    m3_settings = dict(
+        m3_scales=scales,
+        m3_default_scale=max(scales),
+        m3_train_vision_tower=config.train_vision_tower,
+        m3_token_selection=config.token_selection,
+    )
     if config.model is not None:
         model = load_m3_model(config.model, **m3_settings)
         return model, M3Processor.from_pretrained(config.model, config=model.config)
@@ -231,6 +285,9 @@ def _evaluate(model, processor, items, scales: list[int]) -> dict[int, float]:
 
 def train(config: TrainConfig) -> Path:
     """Train an M3 (or single-scale) model; returns the directory of the final ``save_pretrained`` model."""
+    if config.scale_sampling not in SCALE_SAMPLINGS:
+        raise ValueError(f"unknown scale_sampling {config.scale_sampling!r}; expected one of {list(SCALE_SAMPLINGS)}")
+    check_token_selection(config.token_selection)
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     output_dir = Path(config.output_dir)
@@ -285,13 +342,16 @@ def train(config: TrainConfig) -> Path:
     clip = config.max_grad_norm > 0 and accelerator.distributed_type != DistributedType.DEEPSPEED
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
     history: list[dict] = []
+    random_scale = config.scale_sampling == "random"
+    meter = ScaleLossMeter(LOSS_WINDOW if random_scale else 1)
     stopped_early = False
     while step < total_steps and not stopped_early:
         loader.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
         for batch in epoch_loader:
+            step_scales = [sampled_scale(scales, config.seed, step)] if random_scale else scales
             with accelerator.accumulate(model):
-                outputs = model(**batch, m3_scales=scales)
+                outputs = model(**batch, m3_scales=step_scales)
                 accelerator.backward(outputs.loss)
                 if clip and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -303,8 +363,10 @@ def train(config: TrainConfig) -> Path:
                 continue
             step += 1
             progress.update(1)
-            losses = {"loss": outputs.loss.item(), **{f"L{s}": v.item() for s, v in outputs.per_scale_loss.items()}}
-            progress.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})  # a dict keeps the scale order
+            meter.update({scale: value.item() for scale, value in outputs.per_scale_loss.items()})
+            drawn = {"scale": step_scales[0]} if random_scale else {}
+            losses = {**drawn, "loss": outputs.loss.item(), **{f"L{s}": v for s, v in meter.means().items()}}
+            progress.set_postfix({k: f"{v:.3f}" if k != "scale" else v for k, v in losses.items()})  # keeps the order
             if step % config.logging_steps == 0:
                 history.append({"step": step, **losses})
             if eval_items and step % config.eval_steps == 0 and accelerator.is_main_process:

@@ -4,14 +4,20 @@ Examples:
     python scripts/evaluate.py --model runs/tiny-m3 --data runs/granularity/test.json --out runs/eval
     python scripts/evaluate.py --model runs/tiny-m3 runs/tiny-ss576 --data runs/granularity/test.json
 
+    python scripts/evaluate.py --model runs/tiny-ss576 --data runs/granularity/test.json --token-selection spatial
+
 A model trained at one scale only (or any llava-hf checkpoint) is evaluated at every scale with average
-pooling applied at inference time, the paper's Table 4 baseline. Writes OUT/report.md and, per model,
-accuracy.{md,csv,png} and predictions.jsonl.
+pooling applied at inference time, the paper's Table 4 baseline; --token-selection spatial|sequential gives
+the other two baselines (it replaces m3_token_selection in every loaded config). LLaVA-NeXT models can cut
+other crop grids than they were trained with: --image-grid-pinpoints '[[96,96],...,[288,288]]' (JSON; the
+model and the image processor both get it). Writes OUT/report.md and, per model, accuracy.{md,csv,png} and
+predictions.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,6 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--token-selection",
+        choices=["avg_pool", "spatial", "sequential"],
+        help="token selection at inference for every model (default: each model's own config)",
+    )
+    parser.add_argument("--image-grid-pinpoints", type=json.loads, help="LLaVA-NeXT anyres grids as JSON")
     args = parser.parse_args(argv)
 
     import torch
@@ -43,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         limit=args.limit,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
+        token_selection=args.token_selection,
+        image_grid_pinpoints=args.image_grid_pinpoints,
     )
     print(open(f"{args.out}/report.md").read())
 

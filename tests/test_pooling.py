@@ -4,7 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from m3.pooling import check_scale, grid_side, nested_scales, pool_to_scales, pool_tokens, valid_scales
+from m3.pooling import (
+    TOKEN_SELECTIONS,
+    check_scale,
+    grid_side,
+    nested_scales,
+    pool_to_scales,
+    pool_tokens,
+    select_tokens,
+    spatial_indices,
+    valid_scales,
+)
 
 
 def official_pool(tokens: torch.Tensor, scale: int) -> torch.Tensor:
@@ -73,3 +83,62 @@ def test_non_square_grid_is_rejected(num_tokens):
     if num_tokens:
         with pytest.raises(ValueError, match="square grid"):
             pool_tokens(torch.randn(num_tokens, 3), 1)
+
+
+# --- token selections (paper Fig. 5, Tables 4 and 6) ---
+
+
+def test_avg_pool_selection_is_bit_identical_to_pool_tokens():
+    tokens = torch.randn(2, 3, 576, 8, generator=torch.Generator().manual_seed(0))
+    for scale in valid_scales(576):
+        assert torch.equal(select_tokens(tokens, scale, "avg_pool"), pool_tokens(tokens, scale)), scale
+        assert torch.equal(select_tokens(tokens, scale), pool_tokens(tokens, scale)), scale
+
+
+@pytest.mark.parametrize("side", [24, 12, 27])
+def test_sequential_selection_keeps_the_first_tokens_in_raster_order(side):
+    tokens = torch.randn(3, side * side, 5, generator=torch.Generator().manual_seed(side))
+    for scale in valid_scales(side * side):
+        raster = [row * side + col for row in range(side) for col in range(side)]  # reading order, row by row
+        expected = torch.stack([tokens[:, index] for index in raster[:scale]], dim=1)
+        assert torch.equal(select_tokens(tokens, scale, "sequential"), expected), scale
+
+
+@pytest.mark.parametrize("side", [24, 12, 27])
+def test_spatial_selection_keeps_the_centre_token_of_every_block(side):
+    tokens = torch.randn(3, side * side, 5, generator=torch.Generator().manual_seed(side))
+    grid = tokens.reshape(3, side, side, 5)
+    for scale in valid_scales(side * side):
+        k = math.isqrt(scale)
+        block = side // k
+        centre = block // 2  # the stated offset: lower-right of the central 2x2 for an even block
+        expected = torch.stack(
+            [grid[:, i * block + centre, j * block + centre] for i in range(k) for j in range(k)], dim=1
+        )
+        ours = select_tokens(tokens, scale, "spatial")
+        assert torch.equal(ours, expected), scale
+        # the same as nearest-exact downsampling of the grid, an independent implementation
+        resized = F.interpolate(grid.permute(0, 3, 1, 2), size=(k, k), mode="nearest-exact")
+        assert torch.equal(ours, resized.flatten(2).transpose(1, 2)), scale
+
+
+def test_spatial_and_sequential_positions_by_hand():
+    assert spatial_indices(576, 1).tolist() == [12 * 24 + 12]  # the image centre
+    assert spatial_indices(576, 9).tolist() == [r * 24 + c for r in (4, 12, 20) for c in (4, 12, 20)]
+    assert spatial_indices(576, 144)[:3].tolist() == [25, 27, 29]  # rows/cols 1, 3, 5, ...
+    assert spatial_indices(576, 576).tolist() == list(range(576))
+    tokens = torch.arange(576.0).reshape(576, 1)
+    assert select_tokens(tokens, 36, "sequential")[:, 0].tolist() == list(range(36))  # row 0 and half of row 1
+
+
+@pytest.mark.parametrize("method", TOKEN_SELECTIONS)
+def test_every_selection_keeps_the_full_grid_and_rejects_unknown_scales(method):
+    tokens = torch.randn(576, 4)
+    assert torch.equal(select_tokens(tokens, 576, method), tokens)
+    with pytest.raises(ValueError, match="unknown scale 10 .* valid scales are"):
+        select_tokens(tokens, 10, method)
+
+
+def test_unknown_selection_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown token selection 'max_pool'; expected one of"):
+        select_tokens(torch.randn(576, 4), 9, "max_pool")

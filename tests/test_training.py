@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from m3.loading import load_m3_model
-from m3.training import PRESETS, TrainConfig, ensure_granularity_data, train
+from m3.training import PRESETS, ScaleLossMeter, TrainConfig, ensure_granularity_data, sampled_scale, train
 
 
 def tiny_run(tmp_path, name, **overrides) -> TrainConfig:
@@ -166,3 +166,69 @@ def test_a_trained_tower_trains_exactly_the_parameters_that_get_gradients(featur
     }
     deepest = max(i % 4 for i in ([feature_layer] if isinstance(feature_layer, int) else feature_layer))
     assert layers == {str(i) for i in range(deepest)}
+
+
+# --- scale sampling (paper Table 8) ---
+
+
+def test_sampled_scales_are_seeded_per_step_and_uniform():
+    scales = [1, 9, 36, 144, 576]
+    draws = [sampled_scale(scales, 0, step) for step in range(5000)]
+    assert draws[:50] == [sampled_scale(scales, 0, step) for step in range(50)]  # a pure function of (seed, step)
+    assert draws[:50] != [sampled_scale(scales, 1, step) for step in range(50)]
+    counts = {scale: draws.count(scale) for scale in scales}
+    assert all(abs(count / 5000 - 0.2) < 0.03 for count in counts.values()), counts
+    assert {sampled_scale([576], 3, step) for step in range(20)} == {576}
+
+
+def test_scale_loss_meter_keeps_each_scales_recent_mean():
+    meter = ScaleLossMeter(window=2)
+    meter.update({9: 4.0})
+    meter.update({1: 1.0})
+    meter.update({9: 2.0})
+    meter.update({9: 0.0})  # 4.0 leaves the window
+    assert meter.means() == {1: 1.0, 9: 1.0}
+    step_losses = ScaleLossMeter(window=1)
+    step_losses.update({1: 3.0, 9: 2.0})
+    step_losses.update({1: 1.0, 9: 0.5})
+    assert step_losses.means() == {1: 1.0, 9: 0.5}  # averaged sampling: the step's own losses, as before
+
+
+def test_random_scale_run_killed_and_resumed_draws_the_same_scales_and_weights(tmp_path):
+    settings = dict(scale_sampling="random", max_steps=8)
+    uninterrupted = train(tiny_run(tmp_path, "full", **settings))
+    train(tiny_run(tmp_path, "resumed", stop_after_steps=4, **settings))
+    train(tiny_run(tmp_path, "resumed", resume=True, **settings))
+
+    full = load_file(uninterrupted / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    history = json.loads((uninterrupted / "train_summary.json").read_text())["history"]
+    drawn = [row["scale"] for row in history]
+    assert drawn == [sampled_scale([1, 9, 36, 144, 576], 0, step) for step in range(8)]
+    assert len(set(drawn)) > 1
+    after_resume = json.loads((tmp_path / "resumed" / "train_summary.json").read_text())["history"]
+    assert [row["scale"] for row in after_resume] == drawn[4:]
+    for row in history:  # one scale per step: the step's loss is that scale's, the others are running means
+        assert {"step", "scale", "loss", f"L{row['scale']}"} <= set(row)
+        assert set(row) - {"step", "scale", "loss"} <= {f"L{s}" for s in drawn}
+    assert load_m3_model(uninterrupted).config.m3_scales == [1, 9, 36, 144, 576]
+
+
+def test_unknown_scale_sampling_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown scale_sampling 'mixed'"):
+        train(tiny_run(tmp_path, "bad", scale_sampling="mixed"))
+
+
+def test_train_script_takes_the_ablation_options():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_m3", "scripts/train_m3.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = script.parse_args(["--scale_sampling", "random", "--token_selection", "spatial"])
+    assert config.scale_sampling == "random" and config.token_selection == "spatial"
+    assert script.parse_args([]).scale_sampling == "averaged" and script.parse_args([]).token_selection == "avg_pool"
+    with pytest.raises(SystemExit):
+        script.parse_args(["--token_selection", "max_pool"])
