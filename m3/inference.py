@@ -31,6 +31,7 @@ class ScaleOutput:
     confidences: list[float]  # mean log-probability of the generated tokens, up to and including EOS
     tokens: list[int]  # visual tokens the LLM saw per sample (summed over the sample's images)
     eos: list[bool]  # the answer ended with EOS (False: cut at max_new_tokens)
+    hidden: np.ndarray | None = None  # (batch, D) float32 with ``return_hidden``: see :func:`generate_at_scale`
 
 
 def encode_images(model, processor: M3Processor, images: Sequence) -> tuple[list[torch.Tensor], torch.Tensor | None]:
@@ -77,6 +78,7 @@ def generate_at_scale(
     image_sizes,
     scale: int | Sequence[int],
     max_new_tokens: int,
+    return_hidden: bool = False,
     **generate_kwargs,
 ) -> ScaleOutput:
     """Answers of the batch at ``scale`` from precomputed grids, with their mean token log-probability.
@@ -84,7 +86,8 @@ def generate_at_scale(
     ``scale`` is one scale for every image or one per image (in prompt order: row 0's images first), so rows, and the
     images within a row, may sit at different scales. ``compact`` holds the prompts with one image token per image
     (:func:`compact_prompts`); ``generate_kwargs`` go to ``model.generate`` (e.g. ``num_beams``); greedy decoding is
-    the default."""
+    the default. ``return_hidden`` also returns the LLM's last hidden state (the input of its output layer) at the
+    prompt's last position, the state the first answer token is predicted from: a probe of what the model saw."""
     scales = per_image_scales(scale, len(grids), model.config.grid_tokens)
     prompts = processor.expand_to_scale(compact, scales, len(grids))
     input_ids = prompts["input_ids"].to(model.device)
@@ -99,16 +102,27 @@ def generate_at_scale(
         0, row_of_image, torch.tensor([feature.shape[0] for feature in features], dtype=torch.long)
     )
     settings = dict(do_sample=False, pad_token_id=processor.tokenizer.pad_token_id, **generate_kwargs)
-    with torch.inference_mode():
-        output = model.generate(
-            input_ids=input_ids,
-            attention_mask=prompts["attention_mask"].to(model.device),
-            mm_encoder_outputs={"image": image_output},
-            max_new_tokens=max_new_tokens,
-            output_logits=True,
-            return_dict_in_generate=True,
-            **settings,
-        )
+    captured: list[torch.Tensor] = []
+
+    def keep_prefill_state(module, inputs) -> None:
+        if not captured:  # the first call is the prefill; prompts are left padded, so -1 is the last prompt token
+            captured.append(inputs[0][:, -1, :].float().cpu())
+
+    hook = model.get_output_embeddings().register_forward_pre_hook(keep_prefill_state) if return_hidden else None
+    try:
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=prompts["attention_mask"].to(model.device),
+                mm_encoder_outputs={"image": image_output},
+                max_new_tokens=max_new_tokens,
+                output_logits=True,
+                return_dict_in_generate=True,
+                **settings,
+            )
+    finally:
+        if hook is not None:
+            hook.remove()
     new_tokens = output.sequences[:, input_ids.shape[1] :]
     logits = torch.stack(output.logits, dim=1).float()  # raw logits: (batch, generated, vocab)
     log_probs = logits.log_softmax(-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
@@ -121,6 +135,7 @@ def generate_at_scale(
         confidences=confidences.tolist(),
         tokens=tokens.tolist(),
         eos=is_eos.any(1).tolist(),
+        hidden=captured[0].numpy() if return_hidden else None,
     )
 
 
@@ -132,15 +147,18 @@ def answer_at_scales(
     image_sizes,
     scales: Sequence[int],
     max_new_tokens: int,
+    hidden_scales: Sequence[int] = (),
     **generate_kwargs,
 ) -> dict[int, ScaleOutput]:
-    """:func:`generate_at_scale` at every scale from the same grids (the vision tower has already run)."""
-    return {
-        scale: generate_at_scale(
-            model, processor, compact, grids, image_sizes, scale, max_new_tokens, **generate_kwargs
-        )
-        for scale in scales
-    }
+    """:func:`generate_at_scale` at every scale from the same grids (the vision tower has already run); the
+    scales in ``hidden_scales`` also return the last hidden state (``return_hidden``)."""
+    outputs = {}
+    for scale in scales:
+        outputs[scale] = generate_at_scale(
+            model, processor, compact, grids, image_sizes, scale, max_new_tokens,
+            return_hidden=scale in hidden_scales, **generate_kwargs,
+        )  # fmt: skip
+    return outputs
 
 
 def answer_images(

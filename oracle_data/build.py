@@ -86,10 +86,12 @@ def build_oracle(
     progress: bool = True,
     model=None,
     processor=None,
+    hidden_scales: Sequence[int] | None = None,
 ) -> Path:
     """Build (or finish) the oracle of ``model_dir`` on ``data_path`` in ``out_dir``; returns the manifest path.
 
-    ``metric`` scores samples that name none; ``scales`` default to the model's ``m3_scales``. ``model`` and
+    ``metric`` scores samples that name none; ``scales`` default to the model's ``m3_scales``; ``hidden_scales``
+    (default: the two smallest scales) are those whose last hidden state is recorded for probe predictors. ``model`` and
     ``processor`` may be passed already loaded (they must be the ones saved in ``model_dir``). Raises
     :class:`oracle_data.store.OracleMismatchError` if ``out_dir`` holds an oracle of another model, data file
     or settings.
@@ -109,6 +111,8 @@ def build_oracle(
         raise ValueError(f"{data_path} holds no sample with an image")
     config = model.config if model is not None else load_m3_config(model_dir)
     scales = sorted(check_scale(int(s), config.grid_tokens) for s in (scales or config.m3_scales))
+    hidden_scales = store.default_hidden_scales(scales) if hidden_scales is None else sorted(map(int, hidden_scales))
+    schema = store.oracle_schema(scales, hidden_scales)  # checks that the hidden scales are built
     shards = image_runs(data.samples, shard_size)
     manifest = {
         "schema_version": store.SCHEMA_VERSION,
@@ -122,12 +126,13 @@ def build_oracle(
             "correct_threshold": CORRECT_THRESHOLD,
             "decoding": "greedy, stops at EOS",
             "prompt": PROMPT_FORMAT,
+            "hidden_scales": hidden_scales,
         },
         "build": {"batch_size": batch_size, "num_processes": state.num_processes, "started": _now()},
         "num_shards": len(shards),
         "shards": [],
         "num_rows": 0,
-        "columns": store.oracle_schema(scales).names,
+        "columns": schema.names,
     }
     if state.is_main_process:
         store.remove_stale_temporaries(out_dir)
@@ -150,7 +155,6 @@ def build_oracle(
         if model is None:
             model = load_m3_model(model_dir).to(state.device).eval()
         processor = processor or M3Processor.from_pretrained(model_dir, config=model.config)
-        schema = store.oracle_schema(scales)
         total = sum(len(shards[i]) for i in mine)
         done_before = total - sum(len(shards[index]) for index in todo)
         entries = store.shard_entries(out_dir, len(shards)) if state.is_main_process else []
@@ -165,7 +169,7 @@ def build_oracle(
             for index in todo:
                 rows = []
                 for batch in image_runs(shards[index], batch_size):
-                    rows.extend(oracle_rows(model, processor, batch, scales, max_new_tokens))
+                    rows.extend(oracle_rows(model, processor, batch, scales, max_new_tokens, hidden_scales))
                     bar.update(len(batch))
                 store.write_shard(out_dir, index, rows, schema)
                 if state.is_main_process:  # its own shards as they come; the others' at the end

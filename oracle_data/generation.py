@@ -41,11 +41,17 @@ def encode_batch(model, processor: M3Processor, samples: Sequence[Sample]):
 
 
 def answer_batch(
-    model, processor: M3Processor, samples: Sequence[Sample], scales: Sequence[int], max_new_tokens: int
+    model,
+    processor: M3Processor,
+    samples: Sequence[Sample],
+    scales: Sequence[int],
+    max_new_tokens: int,
+    hidden_scales: Sequence[int] = (),
 ) -> tuple[dict[int, ScaleOutput], np.ndarray]:
-    """Answers at every scale and the scale-1 embeddings of one batch (the vision tower runs once per image)."""
+    """Answers at every scale (with the last hidden state at ``hidden_scales``) and the scale-1 embeddings of one
+    batch (the vision tower runs once per image)."""
     compact, grids, image_sizes = encode_batch(model, processor, samples)
-    outputs = answer_at_scales(model, processor, compact, grids, image_sizes, scales, max_new_tokens)
+    outputs = answer_at_scales(model, processor, compact, grids, image_sizes, scales, max_new_tokens, hidden_scales)
     return outputs, scale_one_embedding(grids)
 
 
@@ -55,10 +61,12 @@ def oracle_rows(
     samples: Sequence[Sample],
     scales: Sequence[int],
     max_new_tokens: int = 8,
+    hidden_scales: Sequence[int] = (),
 ) -> list[dict]:
-    """Oracle table rows (see :func:`oracle_data.store.load_oracle`) of one batch of samples."""
+    """Oracle table rows (see :func:`oracle_data.store.load_oracle`) of one batch of samples; ``hidden_scales``:
+    the scales whose last hidden state is recorded (``hidden_{s}`` columns)."""
     scales = sorted(scales)
-    outputs, embeddings = answer_batch(model, processor, samples, scales, max_new_tokens)
+    outputs, embeddings = answer_batch(model, processor, samples, scales, max_new_tokens, hidden_scales)
     scores = np.array(
         [
             [score(s.metric, outputs[scale].answers[i], s.answers, s.choices) for scale in scales]
@@ -89,6 +97,8 @@ def oracle_rows(
             row[f"confidence_{scale}"] = float(out.confidences[i])
             row[f"tokens_{scale}"] = int(out.tokens[i])
             row[f"eos_{scale}"] = bool(out.eos[i])
+            if out.hidden is not None:
+                row[f"hidden_{scale}"] = out.hidden[i].tolist()
         row.update(
             oracle_scale=int(oracle[i]),
             oracle_none_correct=bool(none_correct[i]),

@@ -22,7 +22,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the probe columns hidden_{s} (the LLM's last hidden state at the smallest scales)
+OLD_SCHEMA_HINTS = {
+    1: "built before the probe columns hidden_{s}: rebuild it with scripts/build_oracle.py into a fresh --out"
+}
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
 # manifest entries that must be equal for a rerun to add to an existing build
@@ -56,8 +59,19 @@ def per_scale_columns(scale: int) -> dict[str, pa.DataType]:
     }
 
 
-def oracle_schema(scales: Sequence[int]) -> pa.Schema:
-    """The Arrow schema of an oracle table for ``scales`` (see :func:`load_oracle` for the meaning of columns)."""
+def default_hidden_scales(scales: Sequence[int]) -> list[int]:
+    """The scales whose last hidden state a build records by default: the two smallest (the cheap probes)."""
+    return sorted(int(s) for s in scales)[:2]
+
+
+def hidden_scales_of(manifest: dict) -> list[int]:
+    """The scales with a ``hidden_{s}`` column in the build a manifest describes."""
+    return [int(s) for s in (manifest.get("settings") or {}).get("hidden_scales") or ()]
+
+
+def oracle_schema(scales: Sequence[int], hidden_scales: Sequence[int] = ()) -> pa.Schema:
+    """The Arrow schema of an oracle table for ``scales``, with a ``hidden_{s}`` column for every scale in
+    ``hidden_scales`` (see :func:`load_oracle` for the meaning of columns)."""
     fields = [
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("image_id", pa.string(), nullable=False),
@@ -71,6 +85,10 @@ def oracle_schema(scales: Sequence[int]) -> pa.Schema:
     ]
     for scale in scales:
         fields += [pa.field(name, kind, nullable=False) for name, kind in per_scale_columns(scale).items()]
+    unknown = sorted(set(hidden_scales) - set(scales))
+    if unknown:
+        raise ValueError(f"hidden_scales {unknown} are not among the scales {list(scales)}")
+    fields += [pa.field(f"hidden_{scale}", pa.list_(pa.float32()), nullable=False) for scale in sorted(hidden_scales)]
     fields += [
         pa.field("oracle_scale", pa.int32(), nullable=False),
         pa.field("oracle_none_correct", pa.bool_(), nullable=False),
@@ -146,7 +164,8 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
     manifest = json.loads(path.read_text(encoding="utf-8"))
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {version!r}, this code reads version {SCHEMA_VERSION}")
+        hint = f" ({OLD_SCHEMA_HINTS[version]})" if version in OLD_SCHEMA_HINTS else ""
+        raise ValueError(f"{path}: schema version {version!r}, this code reads version {SCHEMA_VERSION}{hint}")
     return manifest
 
 
@@ -181,8 +200,10 @@ def open_build(out_dir: str | os.PathLike, manifest: dict, create: bool) -> dict
     if path.is_file():
         existing = json.loads(path.read_text(encoding="utf-8"))
         if existing.get("schema_version") != SCHEMA_VERSION:
+            version = existing.get("schema_version")
+            hint = f" ({OLD_SCHEMA_HINTS[version]})" if version in OLD_SCHEMA_HINTS else ""
             raise OracleMismatchError(
-                f"{path} has schema version {existing.get('schema_version')!r}, not {SCHEMA_VERSION}; use a fresh --out"
+                f"{path} has schema version {version!r}, not {SCHEMA_VERSION}{hint}; use a fresh --out"
             )
         check_same_build(existing, manifest, out_dir)
         return existing
@@ -282,6 +303,9 @@ def load_oracle(out_dir: str | os.PathLike, allow_incomplete: bool = False) -> p
       (bool, ``score_{s} >= 0.5``), ``confidence_{s}`` (float, mean log-probability of the generated tokens up to
       and including EOS), ``tokens_{s}`` (int, visual tokens the LLM saw), ``eos_{s}`` (bool, False when the
       answer was cut at ``max_new_tokens``);
+    - ``hidden_{s}`` (list<float32>, length = the text hidden size), for the scales in the manifest's
+      ``settings.hidden_scales`` (by default the two smallest): the LLM's last hidden state (the input of its output
+      layer) at the prompt's last position when answering at scale s, what probe predictors read;
     - ``oracle_scale`` (int): the paper's oracle, the smallest scale that is correct (the smallest scale when
       none is, flagged by ``oracle_none_correct``); ``oracle_monotone_scale`` (int): the smallest s with every
       scale >= s correct (the smallest scale when the largest is wrong, flagged by
@@ -296,7 +320,7 @@ def load_oracle(out_dir: str | os.PathLike, allow_incomplete: bool = False) -> p
             "manifest); rerun the same build command to finish it, or pass allow_incomplete=True"
         )
     entries = manifest["shards"] if manifest.get("complete") else shard_entries(out_dir, manifest["num_shards"])
-    schema = oracle_schema(manifest["model"]["scales"])
+    schema = oracle_schema(manifest["model"]["scales"], hidden_scales_of(manifest))
     tables = []
     for entry in entries:
         path = out_dir / entry["file"]

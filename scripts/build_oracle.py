@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--metric", default="exact_match", help=f"metric of samples that name none: {', '.join(METRIC_NAMES)}"
     )
     parser.add_argument("--scales", help="comma-separated scales (default: the model's m3_scales)")
+    parser.add_argument(
+        "--hidden-scales", help="comma-separated scales whose last hidden state is recorded (default: the two smallest)"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="samples per generate call")
     parser.add_argument("--shard-size", type=int, default=256, help="samples per Parquet shard (the resume unit)")
     parser.add_argument(
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             data_format=args.format,
             metric=args.metric,
             scales=[int(s) for s in args.scales.split(",")] if args.scales else None,
+            hidden_scales=[int(s) for s in args.hidden_scales.split(",")] if args.hidden_scales else None,
             batch_size=args.batch_size,
             shard_size=args.shard_size,
             max_new_tokens=args.max_new_tokens,

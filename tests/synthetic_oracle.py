@@ -5,6 +5,10 @@ questions belongs to a family that needs a minimum scale (``background`` 1, ``po
 ``small_color`` 144); detail level 2 needs one scale more. The answer at a scale is correct when the scale is at
 least the need, with ``noise`` of the entries flipped. Confidences are higher for correct answers (so a
 confidence cascade works, imperfectly); the embedding's first coordinates encode the detail level.
+
+The probe columns ``hidden_{s}`` (the two smallest scales) hold noise around the detail level. With
+``probe_signal`` a hidden share of the questions (``hard_share``) needs one scale more than its family and detail
+say, and only the probe columns show it (their first coordinate), as a model's own state would.
 """
 
 from __future__ import annotations
@@ -17,7 +21,14 @@ import numpy as np
 from PIL import Image
 
 from oracle_data import monotone_oracle, oracle_schema, paper_oracle
-from oracle_data.store import SCHEMA_VERSION, shard_entry, update_manifest, write_manifest, write_shard
+from oracle_data.store import (
+    SCHEMA_VERSION,
+    default_hidden_scales,
+    shard_entry,
+    update_manifest,
+    write_manifest,
+    write_shard,
+)
 
 FAMILY_NEEDS = {"background": 0, "position": 1, "shape": 2, "small_color": 3}  # index into the scales
 QUESTIONS = {
@@ -48,6 +59,8 @@ def write_synthetic_oracle(
     seed: int = 0,
     families: tuple[str, ...] = tuple(FAMILY_NEEDS),
     shard_size: int = 256,
+    probe_signal: bool = False,
+    hard_share: float = 0.4,
 ) -> Path:
     """Write ``out_dir/manifest.json``, ``out_dir/shards/*.parquet`` and ``out_dir/images/*.png``; returns out_dir.
 
@@ -58,6 +71,8 @@ def write_synthetic_oracle(
     (out_dir / "shards").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     scales = sorted(scales)
+    hidden_scales = default_hidden_scales(scales)
+    probe_rng = np.random.default_rng([seed, 1])  # its own stream: the other columns stay as they were without it
     rows = []
     for index in range(num_images):
         image_id = f"img{index:05d}"
@@ -66,7 +81,11 @@ def write_synthetic_oracle(
         embedding = rng.normal(size=embedding_dim).astype(np.float32)
         embedding[: min(3, embedding_dim)] += 2.0 * np.eye(3, dtype=np.float32)[detail][: min(3, embedding_dim)]
         for family in families:
-            need = min(FAMILY_NEEDS[family] + (detail == 2), len(scales) - 1)
+            hard = bool(probe_rng.random() < hard_share) and probe_signal
+            need = min(FAMILY_NEEDS[family] + (detail == 2) + hard, len(scales) - 1)
+            hidden = probe_rng.normal(size=(len(hidden_scales), embedding_dim)).astype(np.float32)
+            hidden[:, 0] += 3.0 * hard
+            hidden[:, 1] += detail
             correct = (np.arange(len(scales)) >= need) ^ (rng.random(len(scales)) < noise)
             confidence = np.minimum(
                 np.where(correct, rng.normal(-0.3, 0.3, len(scales)), rng.normal(-1.2, 0.5, len(scales))), 0
@@ -78,6 +97,7 @@ def write_synthetic_oracle(
                     embedding=embedding,
                     correct=correct,
                     confidence=confidence,
+                    hidden=hidden,
                 )
             )
     correct = np.array([row["correct"] for row in rows]).reshape(len(rows), len(scales))
@@ -108,6 +128,8 @@ def write_synthetic_oracle(
                     f"eos_{scale}": True,
                 }
             )
+        for j, scale in enumerate(hidden_scales):
+            record[f"hidden_{scale}"] = row["hidden"][j].tolist()
         record.update(
             oracle_scale=int(oracle[i]),
             oracle_none_correct=bool(none_correct[i]),
@@ -115,7 +137,7 @@ def write_synthetic_oracle(
             oracle_monotone_unreachable=bool(unreachable[i]),
         )
         records.append(record)
-    schema = oracle_schema(scales)
+    schema = oracle_schema(scales, hidden_scales)
     starts = range(0, len(records), shard_size)
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -141,7 +163,12 @@ def write_synthetic_oracle(
             "metrics": {"exact_match": len(records)},
         },
         "metric": "exact_match",
-        "settings": {"synthetic": {"seed": seed, "noise": noise}, "correct_threshold": 0.5, "max_new_tokens": 1},
+        "settings": {
+            "synthetic": {"seed": seed, "noise": noise, "probe_signal": probe_signal},
+            "correct_threshold": 0.5,
+            "max_new_tokens": 1,
+            "hidden_scales": hidden_scales,
+        },
         "build": {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "num_shards": len(starts),
         "shards": [],
