@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from .base import route_by_threshold
 from .data import as_oracle_set
 from .routing_metrics import Curve, cheapest_point_reaching, routing_point, tokens_for_accuracy
+from .thresholds import route_by_threshold
 
 GROUPINGS = ("family", "question", "attribute")
 
