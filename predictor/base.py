@@ -31,6 +31,7 @@ FORMAT_VERSION = 2  # 2: ``oracle`` -> ``oracle_kind``, FeatureBuilder ``scale``
 CONFIG_NAME = "predictor.json"
 FEATURES_NAME = "features.json"
 TARGETS = ("correct", "oracle")
+PROBES = ("none", "confidence", "hidden")  # what a probe predictor reads of the model's answer at ``probe_scale``
 NOT_FITTED = "This %(name)s instance is not fitted yet; call fit(oracle_data) first."
 
 
@@ -95,7 +96,26 @@ class ScalePredictor(BaseEstimator):
     oracle label (``oracle_kind="monotone"`` or ``"paper"``) directly; its ``predict_proba`` is then the cumulative
     class probability P(label <= s), the probability that scale s is enough, so the same threshold rule applies,
     and ``predict(X)`` without a threshold returns the most probable label.
+
+    ``probe="confidence"`` or ``"hidden"`` makes a *probe predictor*: it also reads the model's own answer at
+    ``probe_scale`` (its confidence; and its last hidden state), so the model answers there first, and that answer
+    is reused when the router picks ``probe_scale``. Its cost per query is then the probe's tokens plus the routed
+    scale's when they differ (:func:`predictor.costs.routing_costs`); ``probe_scale_`` is None for other predictors.
     """
+
+    @property
+    def probe_scale_(self) -> int | None:
+        """The scale the model answers at before routing (probe predictors), else None."""
+        return None if getattr(self, "probe", "none") == "none" else int(self.probe_scale)
+
+    def _probe_inputs(self) -> dict:
+        """The probe part of :meth:`predictor.data.OracleSet.queries`' arguments."""
+        return {"probe_scale": self.probe_scale_, "probe_hidden": getattr(self, "probe", "none") == "hidden"}
+
+    def _probe_flags(self) -> dict:
+        """The probe part of the :class:`FeatureBuilder` flags."""
+        probe = getattr(self, "probe", "none")
+        return {"use_probe_confidence": probe != "none", "use_probe_hidden": probe == "hidden"}
 
     # which FeatureBuilder blocks a subclass uses; set from its hyper-parameters
     def _feature_flags(self) -> dict:
@@ -120,6 +140,8 @@ class ScalePredictor(BaseEstimator):
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.oracle_kind not in ORACLE_COLUMNS:
             raise ValueError(f"oracle_kind must be one of {sorted(ORACLE_COLUMNS)}, got {self.oracle_kind!r}")
+        if getattr(self, "probe", "none") not in PROBES:
+            raise ValueError(f"probe must be one of {PROBES}, got {self.probe!r}")
 
     def _targets(self, data: OracleSet, y=None) -> np.ndarray:
         """``(n, scales)`` 0/1 correctness for ``target="correct"``, ``(n,)`` label indices for ``"oracle"``."""
@@ -150,7 +172,9 @@ class ScalePredictor(BaseEstimator):
         if len(data) == 0:
             raise ValueError(f"cannot fit on 0 samples (from {data.source})")
         flags = self._feature_flags()
-        queries = data.queries(flags["use_embedding"], flags["use_image"])
+        if self.probe_scale_ is not None and self.probe_scale_ not in data.scales:
+            raise ValueError(f"probe_scale {self.probe_scale_} is not among the oracle's scales {data.scales}")
+        queries = data.queries(flags["use_embedding"], flags["use_image"], **self._probe_inputs())
         self.feature_builder_ = FeatureBuilder(**flags).fit(queries)
         self.scales_ = list(data.scales)
         self.fingerprint_ = data.fingerprint()
@@ -181,7 +205,7 @@ class ScalePredictor(BaseEstimator):
 
     def _features(self, data) -> np.ndarray:
         flags = self._feature_flags()
-        queries = to_queries(data, flags["use_embedding"], flags["use_image"])
+        queries = to_queries(data, flags["use_embedding"], flags["use_image"], **self._probe_inputs())
         return self.feature_builder_.transform(queries)
 
     # ---- predicting
@@ -233,8 +257,11 @@ class ScalePredictor(BaseEstimator):
         """Write the predictor to ``directory`` (JSON + safetensors / LightGBM text; no pickle).
 
         ``threshold`` is the operating threshold to save (default ``threshold_``); ``calibration`` records how it
-        was chosen (a :class:`predictor.calibration.CalibratedRouter` passes both)."""
+        was chosen (a :class:`predictor.calibration.CalibratedRouter` passes both). Saving a loaded predictor again
+        at its own threshold keeps the record it came with (its certificate, if any)."""
         self._check_fitted()
+        if threshold is None and calibration is None:
+            calibration = getattr(self, "calibration_", None)
         threshold = check_threshold(self.threshold_ if threshold is None else threshold)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

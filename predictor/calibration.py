@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from .base import ScalePredictor
+from .costs import probe_scale_of, routing_costs
 from .data import OracleSet, accuracy_values, as_oracle_set
 from .risk_control import DEFAULT_P_VALUE, P_VALUES, Certificate, certify
 from .routing_metrics import operating_point, routing_point
@@ -36,7 +37,11 @@ class CalibratedRouter(BaseEstimator):
     threshold (in [0, 1]) whose accuracy on ``X`` matches ``X``'s full-scale accuracy (the most accurate one if
     none does), and records ``target_accuracy_``, ``tokens_``, ``accuracy_`` (mean tokens and accuracy at
     ``threshold_`` on ``X``) and ``n_calibration_``. ``accuracy`` says what a routing's accuracy averages:
-    ``"correct"`` or ``"score"``.
+    ``"correct"`` or ``"score"``. Tokens are those processed: a probe predictor's include its probe
+    (:func:`predictor.costs.routing_costs`).
+
+    Any fitted estimator with ``scales_`` and ``predict_proba(X)`` (``(n, scales)`` estimates that a scale is
+    enough) can be wrapped, e.g. :class:`predictor.reference.ReferenceRouter`; saving needs ``save_pretrained``.
     """
 
     def __init__(self, predictor: ScalePredictor, accuracy: str = "correct") -> None:
@@ -45,11 +50,12 @@ class CalibratedRouter(BaseEstimator):
 
     def fit(self, X, y=None, image_root=None) -> CalibratedRouter:
         """Learn the threshold on calibration oracle data ``X`` (folder, table or OracleSet); ``y`` is unused."""
-        check_is_fitted(self.predictor, "feature_builder_")
+        check_is_fitted(self.predictor, "scales_", msg="the wrapped %(name)s is not fitted yet; fit it first.")
         data = as_oracle_set(X, image_root)
         if len(data) == 0:
             raise ValueError(f"cannot calibrate on 0 samples (from {data.source})")
-        values, tokens = accuracy_values(data, self.accuracy), data.tokens()
+        values = accuracy_values(data, self.accuracy)
+        tokens = routing_costs(data.tokens(), data.scales, probe_scale_of(self.predictor))
         proba = self.predictor.predict_proba(data)
         self.threshold_ = check_threshold(self.choose_threshold(proba, values, tokens, data.scales))
         routing = route_by_threshold(proba, data.scales, self.threshold_)
@@ -77,15 +83,21 @@ class CalibratedRouter(BaseEstimator):
         return self.predictor.scales_
 
     @property
-    def fingerprint_(self) -> dict:
-        return self.predictor.fingerprint_
+    def fingerprint_(self) -> dict | None:
+        return getattr(self.predictor, "fingerprint_", None)
 
     @property
     def target(self) -> str:
-        return self.predictor.target
+        return getattr(self.predictor, "target", "correct")
+
+    @property
+    def probe_scale_(self) -> int | None:
+        return probe_scale_of(self.predictor)
 
     def predict_proba(self, X, image_root=None) -> np.ndarray:
         """The wrapped predictor's ``(n, scales)`` probabilities."""
+        if image_root is None:
+            return self.predictor.predict_proba(X)
         return self.predictor.predict_proba(X, image_root)
 
     def predict_label_proba(self, X, image_root=None) -> np.ndarray:
@@ -94,7 +106,13 @@ class CalibratedRouter(BaseEstimator):
     def predict(self, X, threshold: float | None = None, image_root=None) -> np.ndarray:
         """``(n,)`` scales by the threshold rule at ``threshold`` (default: the learned ``threshold_``)."""
         self._check_fitted()
-        return self.predictor.predict(X, self.threshold_ if threshold is None else threshold, image_root)
+        threshold = check_threshold(self.threshold_ if threshold is None else threshold)
+        return route_by_threshold(self.predict_proba(X, image_root), self.scales_, threshold)
+
+    def _save(self, directory: str | os.PathLike, record: dict) -> Path:
+        if not hasattr(self.predictor, "save_pretrained"):
+            raise TypeError(f"a {type(self.predictor).__name__} cannot be saved (it has no save_pretrained)")
+        return self.predictor.save_pretrained(directory, threshold=self.threshold_, calibration=record)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """The wrapped predictor's folder with ``threshold_`` as its threshold and a record of the calibration;
@@ -109,7 +127,7 @@ class CalibratedRouter(BaseEstimator):
             "tokens": self.tokens_,
             "accuracy_at_threshold": self.accuracy_,
         }
-        return self.predictor.save_pretrained(directory, threshold=self.threshold_, calibration=record)
+        return self._save(directory, record)
 
 
 CERTIFIED_GRID = np.linspace(0.0, 1.0, 1001)[::-1]  # candidate thresholds, strictest first, fixed before any data
@@ -171,7 +189,7 @@ class CertifiedRouter(CalibratedRouter):
             "accuracy_at_threshold": self.accuracy_,
             "certificate": self.certificate_.to_dict(),
         }
-        return self.predictor.save_pretrained(directory, threshold=self.threshold_, calibration=record)
+        return self._save(directory, record)
 
 
 def saved_certificate(predictor) -> Certificate | None:
@@ -189,3 +207,27 @@ def calibration_sha256(data: OracleSet) -> str:
     digest.update(np.ascontiguousarray(data.correct()).tobytes())
     digest.update(np.ascontiguousarray(data.tokens()).tobytes())
     return digest.hexdigest()
+
+
+def certificate_lines(certificate: Certificate, largest_accuracy: float | None = None) -> list[str]:
+    """A certificate in words, one fact per line (what ``scripts/calibrate_router.py`` prints)."""
+    lines = [
+        f"certificate: with probability >= {1 - certificate.delta:g} over the calibration draw, routing loses at most "
+        f"{certificate.epsilon:g} accuracy against always the largest scale (on data like the calibration set)",
+        f"  eps {certificate.epsilon:g}, delta {certificate.delta:g}, n {certificate.n} calibration queries",
+    ]
+    if certificate.threshold is None:
+        lines.append(
+            f"  nothing cheaper was certified ({certificate.p_value_method} test, {certificate.tested} candidate(s) "
+            "tested): the router answers every query at the largest scale"
+        )
+    else:
+        lines += [
+            f"  threshold {certificate.threshold:.4f}; p-value {certificate.p_value:.4g} "
+            f"({certificate.p_value_method}; {certificate.tested} candidate thresholds tested, strictest first)",
+            f"  on the calibration data: drop {certificate.calibration_drop:.4f}, mean visual tokens processed "
+            f"{certificate.calibration_tokens:.1f}"
+            + ("" if largest_accuracy is None else f" (largest-scale accuracy there {largest_accuracy:.4f})"),
+        ]
+    lines.append(f"  calibration data sha256 {certificate.data_sha256}")
+    return lines

@@ -38,13 +38,17 @@ class Queries:
 
     ``embeddings`` is the model's scale-1 visual token per query (``(n, D)``; needed by predictors that use
     it); image features come from ``image_features`` (``(n, k)``, precomputed) or are computed from
-    ``images`` (PIL images or file paths).
+    ``images`` (PIL images or file paths). Probe predictors also read the model's answer at their probe scale:
+    ``probe_confidence`` (``(n,)``, its mean token log-probability) and ``probe_hidden`` (``(n, D)``, the LLM's last
+    hidden state at the prompt's last position; see :func:`m3.inference.generate_at_scale`).
     """
 
     questions: list[str]
     embeddings: np.ndarray | None = None
     images: Sequence | None = None
     image_features: np.ndarray | None = None
+    probe_confidence: np.ndarray | None = None
+    probe_hidden: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.questions = [str(q) for q in self.questions]
@@ -55,6 +59,14 @@ class Queries:
                 raise ValueError(f"embeddings must have shape ({n}, D), got {self.embeddings.shape}")
         if self.images is not None and len(self.images) != n:
             raise ValueError(f"{len(self.images)} images for {n} questions")
+        if self.probe_confidence is not None:
+            self.probe_confidence = np.asarray(self.probe_confidence, dtype=np.float64).reshape(-1)
+            if len(self.probe_confidence) != n:
+                raise ValueError(f"probe_confidence must have shape ({n},), got {self.probe_confidence.shape}")
+        if self.probe_hidden is not None:
+            self.probe_hidden = np.asarray(self.probe_hidden, dtype=np.float32)
+            if self.probe_hidden.ndim != 2 or len(self.probe_hidden) != n:
+                raise ValueError(f"probe_hidden must have shape ({n}, D), got {self.probe_hidden.shape}")
         if self.image_features is not None:
             self.image_features = np.asarray(self.image_features, dtype=np.float64)
             if self.image_features.shape != (n, len(IMAGE_FEATURE_NAMES)):
@@ -161,11 +173,26 @@ class OracleSet:
 
     def embeddings(self) -> np.ndarray:
         """``(n, D)`` float32: the scale-1 visual token per sample."""
-        values = self.table.column("embedding").combine_chunks()
-        dim = self.embedding_dim or 0
+        return self._vectors("embedding", self.embedding_dim or 0)
+
+    def hidden(self, scale: int) -> np.ndarray:
+        """``(n, D)`` float32: the LLM's last hidden state when answering at ``scale`` (the ``hidden_{scale}``
+        column, recorded for the probe scales of the build)."""
+        name = f"hidden_{int(scale)}"
+        if name not in self.table.column_names:
+            recorded = [c.removeprefix("hidden_") for c in self.table.column_names if c.startswith("hidden_")]
+            raise ValueError(
+                f"the oracle from {self.source} records no hidden state at scale {scale} (it has it at "
+                f"{', '.join(recorded) or 'no scale'}); rebuild it with --hidden-scales including {scale}"
+            )
+        dim = len(self.table.column(name)[0].as_py()) if len(self) else 0
+        return self._vectors(name, dim)
+
+    def _vectors(self, name: str, dim: int) -> np.ndarray:
+        values = self.table.column(name).combine_chunks()
         flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
         if flat.size != len(self) * dim:
-            raise ValueError(f"the oracle table from {self.source} has embeddings of different lengths")
+            raise ValueError(f"the oracle table from {self.source} has {name} vectors of different lengths")
         return flat.reshape(len(self), dim)
 
     def image_paths(self) -> list[Path]:
@@ -191,12 +218,25 @@ class OracleSet:
             self._image_cache[path] = image_features(_open_rgb(path))
         return np.stack([self._image_cache[p] for p in paths]) if paths else _no_images()
 
-    def queries(self, embeddings: bool = True, images: bool = True, progress: bool = True) -> Queries:
-        """The predictor inputs of every sample (only the blocks asked for are read or computed)."""
+    def queries(
+        self,
+        embeddings: bool = True,
+        images: bool = True,
+        progress: bool = True,
+        probe_scale: int | None = None,
+        probe_hidden: bool = False,
+    ) -> Queries:
+        """The predictor inputs of every sample (only the blocks asked for are read or computed); with
+        ``probe_scale``, the answer's confidence there (and with ``probe_hidden`` its hidden state), as a probe
+        predictor sees them."""
+        if probe_scale is not None and int(probe_scale) not in self.scales:
+            raise ValueError(f"probe scale {probe_scale} is not among the oracle's scales {self.scales}")
         return Queries(
             questions=self.column("question").tolist(),
             embeddings=self.embeddings() if embeddings else None,
             image_features=self.image_features(progress) if images else None,
+            probe_confidence=None if probe_scale is None else self.column(f"confidence_{int(probe_scale)}"),
+            probe_hidden=self.hidden(probe_scale) if probe_scale is not None and probe_hidden else None,
         )
 
     def take(self, indices) -> OracleSet:
@@ -275,11 +315,19 @@ def accuracy_values(data: OracleSet, accuracy: str = "correct") -> np.ndarray:
     return data.correct().astype(np.float64) if accuracy == "correct" else data.scores()
 
 
-def to_queries(data, embeddings: bool, images: bool, image_root=None, progress: bool = True) -> Queries:
+def to_queries(
+    data,
+    embeddings: bool,
+    images: bool,
+    image_root=None,
+    progress: bool = True,
+    probe_scale: int | None = None,
+    probe_hidden: bool = False,
+) -> Queries:
     """:class:`Queries` from anything :func:`as_oracle_set` reads, or a Queries object passed through."""
     if isinstance(data, Queries):
         return data
-    return as_oracle_set(data, image_root).queries(embeddings=embeddings, images=images, progress=progress)
+    return as_oracle_set(data, image_root).queries(embeddings, images, progress, probe_scale, probe_hidden)
 
 
 def grouped_split(groups, test_size: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -304,3 +352,20 @@ def split_oracle(data: OracleSet, test_size: float = 0.2, seed: int = 0) -> tupl
     """Two :class:`OracleSet` s with no image in both (see :func:`grouped_split`)."""
     train, test = grouped_split(data, test_size, seed)
     return data.take(train), data.take(test)
+
+
+def grouped_sample(groups, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(sample_indices, rest_indices)``: whole groups (images) drawn at random until at least ``n`` samples are
+    in the sample, the rest on the other side; a labelled calibration set of about ``n`` queries with no image on
+    both sides. ``groups`` is an :class:`OracleSet` or one group label per sample."""
+    labels = groups.groups if isinstance(groups, OracleSet) else np.asarray(groups, dtype=object)
+    if not 0 < n < len(labels):
+        raise ValueError(f"the sample size must be in (0, {len(labels)}) (the number of samples), got {n}")
+    unique, inverse = np.unique(labels.astype(str), return_inverse=True)
+    order = np.random.default_rng(seed).permutation(len(unique))
+    sizes = np.bincount(inverse, minlength=len(unique))[order]
+    chosen = order[: int(np.searchsorted(np.cumsum(sizes), n)) + 1]
+    inside = np.isin(inverse, chosen)
+    if inside.all():
+        raise ValueError(f"drawing {n} samples by image leaves none for the rest (only {len(unique)} images)")
+    return np.flatnonzero(inside), np.flatnonzero(~inside)

@@ -58,7 +58,8 @@ QUESTION_FEATURE_NAMES = (
 )
 TOKEN_PATTERN = r"(?u)\b\w+\b"  # single letters count (a, b, c options; "x")
 _WORDS = re.compile(TOKEN_PATTERN)
-BLOCKS = ("embedding", "question", "tfidf", "image")
+BLOCKS = ("embedding", "question", "tfidf", "image", "probe_confidence", "probe_hidden")
+PROBE_CONFIDENCE_NAMES = ("probe_log_prob", "probe_prob")  # the probe answer's mean token log-probability, and exp
 FEATURES_FORMAT = 2  # 2: the standard deviations are saved as "std" (format 1 called them "scale")
 
 
@@ -210,8 +211,10 @@ class FeatureBuilder(BaseEstimator):
     ``get_params``, ``clone`` and ``NotFittedError`` work as usual).
 
     ``use_embedding`` / ``use_question`` / ``use_image`` select the blocks; ``tfidf_max_features`` caps the
-    question vocabulary (0 turns TF-IDF off). Dense blocks are standardised with the training mean and standard
-    deviation (the MLP needs it; LightGBM does not mind).
+    question vocabulary (0 turns TF-IDF off). ``use_probe_confidence`` / ``use_probe_hidden`` add what a probe
+    answer at a cheap scale says (its mean token log-probability and probability; the LLM's last hidden state).
+    Dense blocks are standardised with the training mean and standard deviation (the MLP needs it; LightGBM does
+    not mind).
     """
 
     def __init__(
@@ -221,18 +224,26 @@ class FeatureBuilder(BaseEstimator):
         use_image: bool = True,
         tfidf_max_features: int = 256,
         ngram_range: tuple[int, int] = (1, 2),
+        use_probe_confidence: bool = False,
+        use_probe_hidden: bool = False,
     ) -> None:
         self.use_embedding = use_embedding
         self.use_question = use_question
         self.use_image = use_image
         self.tfidf_max_features = tfidf_max_features
         self.ngram_range = tuple(ngram_range)
+        self.use_probe_confidence = use_probe_confidence
+        self.use_probe_hidden = use_probe_hidden
 
     # ---- fitting
     def fit(self, queries) -> FeatureBuilder:
         """Learn the TF-IDF vocabulary and idf weights and the standardisation statistics from ``queries``."""
-        if not (self.use_embedding or self.use_question or self.use_image):
-            raise ValueError("a FeatureBuilder needs at least one of use_embedding, use_question, use_image")
+        blocks = (self.use_embedding, self.use_question, self.use_image, self.use_probe_confidence)
+        if not (any(blocks) or self.use_probe_hidden):
+            raise ValueError(
+                "a FeatureBuilder needs at least one of use_embedding, use_question, use_image, use_probe_confidence, "
+                "use_probe_hidden"
+            )
         if len(queries) == 0:
             raise ValueError("cannot fit a FeatureBuilder on 0 queries")
         self.embedding_dim_ = None
@@ -240,6 +251,11 @@ class FeatureBuilder(BaseEstimator):
             if queries.embeddings is None:
                 raise ValueError("use_embedding=True but the queries carry no embeddings")
             self.embedding_dim_ = int(queries.embeddings.shape[1])
+        self.probe_hidden_dim_ = None
+        if self.use_probe_hidden:
+            if queries.probe_hidden is None:
+                raise ValueError("use_probe_hidden=True but the queries carry no probe hidden states")
+            self.probe_hidden_dim_ = int(queries.probe_hidden.shape[1])
         self.vocabulary_: list[str] = []
         self.idf_ = np.zeros(0)
         self._index = None
@@ -269,6 +285,10 @@ class FeatureBuilder(BaseEstimator):
             names += [*QUESTION_FEATURE_NAMES, *(f"tfidf[{term}]" for term in self.vocabulary_)]
         if self.use_image:
             names += list(IMAGE_FEATURE_NAMES)
+        if self.use_probe_confidence:
+            names += list(PROBE_CONFIDENCE_NAMES)
+        if self.use_probe_hidden:
+            names += [f"probe_hidden_{i}" for i in range(self.probe_hidden_dim_)]
         return names
 
     def _dense(self, queries) -> np.ndarray:
@@ -293,6 +313,20 @@ class FeatureBuilder(BaseEstimator):
             )
         if self.use_image:
             parts.append(queries.image_feature_matrix())
+        if self.use_probe_confidence:
+            if queries.probe_confidence is None:
+                raise ValueError("this predictor reads a probe answer's confidence, but the queries carry none")
+            parts.append(np.stack([queries.probe_confidence, np.exp(queries.probe_confidence)], axis=1))
+        if self.use_probe_hidden:
+            if queries.probe_hidden is None:
+                raise ValueError("this predictor reads a probe answer's hidden state, but the queries carry none")
+            dim = getattr(self, "probe_hidden_dim_", None)
+            if dim is not None and queries.probe_hidden.shape[1] != dim:
+                raise ValueError(
+                    f"the features were fitted on {dim}-dimensional hidden states, these queries have "
+                    f"{queries.probe_hidden.shape[1]}: the predictor was built for another model"
+                )
+            parts.append(queries.probe_hidden.astype(np.float64))
         return np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
 
     # ---- transforming
@@ -332,8 +366,11 @@ class FeatureBuilder(BaseEstimator):
                 "use_image": self.use_image,
                 "tfidf_max_features": self.tfidf_max_features,
                 "ngram_range": list(self.ngram_range),
+                "use_probe_confidence": self.use_probe_confidence,
+                "use_probe_hidden": self.use_probe_hidden,
             },
             "embedding_dim": self.embedding_dim_,
+            "probe_hidden_dim": self.probe_hidden_dim_,
             "vocabulary": self.vocabulary_,
             "idf": self.idf_.tolist(),
             "mean": self.mean_.tolist(),
@@ -350,6 +387,7 @@ class FeatureBuilder(BaseEstimator):
             )
         builder = cls(**state["params"])
         builder.embedding_dim_ = state["embedding_dim"]
+        builder.probe_hidden_dim_ = state.get("probe_hidden_dim")  # absent in files saved before probes existed
         builder.vocabulary_ = list(state["vocabulary"])
         builder.idf_ = np.asarray(state["idf"], dtype=np.float64)
         builder.mean_ = np.asarray(state["mean"], dtype=np.float64)

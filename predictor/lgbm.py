@@ -42,6 +42,8 @@ class LGBMScalePredictor(ScalePredictor):
         early_stopping_rounds: int = 30,
         validation_fraction: float = 0.15,
         tfidf_max_features: int = 256,
+        probe: str = "none",
+        probe_scale: int = 1,
         seed: int = 0,
         n_jobs: int = 1,
     ) -> None:
@@ -60,6 +62,8 @@ class LGBMScalePredictor(ScalePredictor):
         self.early_stopping_rounds = early_stopping_rounds
         self.validation_fraction = validation_fraction
         self.tfidf_max_features = tfidf_max_features
+        self.probe = probe
+        self.probe_scale = probe_scale
         self.seed = seed
         self.n_jobs = n_jobs
 
@@ -69,6 +73,7 @@ class LGBMScalePredictor(ScalePredictor):
             use_question=self.use_question,
             use_image=self.use_image,
             tfidf_max_features=self.tfidf_max_features,
+            **self._probe_flags(),
         )
 
     def _params(self, objective: str) -> dict:

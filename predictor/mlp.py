@@ -55,6 +55,8 @@ class MLPScalePredictor(ScalePredictor):
         use_question: bool = True,
         use_image: bool = False,
         tfidf_max_features: int = 256,
+        probe: str = "none",
+        probe_scale: int = 1,
         seed: int = 0,
     ) -> None:
         self.target = target
@@ -70,6 +72,8 @@ class MLPScalePredictor(ScalePredictor):
         self.use_question = use_question
         self.use_image = use_image
         self.tfidf_max_features = tfidf_max_features
+        self.probe = probe
+        self.probe_scale = probe_scale
         self.seed = seed
 
     def _feature_flags(self) -> dict:
@@ -78,6 +82,7 @@ class MLPScalePredictor(ScalePredictor):
             use_question=self.use_question,
             use_image=self.use_image,
             tfidf_max_features=self.tfidf_max_features,
+            **self._probe_flags(),
         )
 
     def _loss(self) -> nn.Module:

@@ -226,7 +226,10 @@ def certify(
     losses, gains = paired_outcomes(correct, routed_index)
     p_values = []
     for index in range(len(thresholds)):
-        p_values.append(p_value(method, losses[index], gains[index], epsilon, delta, seed))
+        if index and np.array_equal(routed_index[index], routed_index[index - 1]):
+            p_values.append(p_values[-1])  # the same routing as the previous candidate: the same evidence
+        else:
+            p_values.append(p_value(method, losses[index], gains[index], epsilon, delta, seed))
         if p_values[-1] > delta:
             break
     certified = fixed_sequence(p_values, delta)
