@@ -3,6 +3,12 @@
 Per batch the vision tower runs once per image. The scale-1 token of the projected grid (the predictor's
 input, the oracle's ``embedding`` column) and the tokens of the chosen scale are both pooled from that one
 pass, so routing adds only the predictor's own cost (features + a small model) to the answer.
+
+A probe predictor (``predictor.probe_scale_`` set) reads the model's own answer at a cheap scale: the batch is
+first answered there (keeping the answer's confidence and the LLM's last hidden state), the predictor routes, and
+queries routed to the probe scale keep that answer; the others are answered again at their scale. Every answer
+reports the visual tokens it processed, probe included. With ``budget=``, the scales of a batch maximise the
+expected number of correct answers under a mean visual-token budget (a knapsack on the predictor's probabilities).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 from PIL import Image
 
 from m3.data.llava import open_rgb
-from m3.inference import compact_prompts, encode_images, generate_at_scale, scale_one_embedding
+from m3.inference import ScaleOutput, compact_prompts, encode_images, generate_at_scale, scale_one_embedding
 from m3.loading import load_m3_model
 from m3.pooling import check_scale
 from m3.processing import M3Processor
@@ -31,7 +37,11 @@ from predictor import (
     check_threshold,
     load_predictor,
     route_by_threshold,
+    saved_certificate,
 )
+from predictor.budget import budget_routing
+from predictor.costs import probe_scale_of, routing_costs
+from predictor.risk_control import Certificate
 
 from .budget import allocate_scales
 
@@ -49,6 +59,12 @@ class AdaptiveAnswer:
     probabilities: dict[int, float]  # the predictor's P(correct) per scale
     confidence: float  # mean log-probability of the answer's tokens
     forced: bool = False  # the scale came from ``scale=``, not from the predictor
+    processed_tokens: int = 0  # visual tokens processed for this answer: ``visual_tokens`` plus a probe's, if any
+    probe_scale: int | None = None  # the scale a probe predictor answered at first (None: no probe)
+    reused_probe: bool = False  # the answer is the probe's own (the routed scale is the probe scale)
+
+    def __post_init__(self) -> None:
+        self.processed_tokens = self.processed_tokens or self.visual_tokens
 
 
 @dataclass
@@ -93,7 +109,9 @@ class AdaptiveM3:
     """Answer each (image, question) at the fewest visual tokens the predictor expects to be enough.
 
     ``predictor``: a fitted scale predictor or a :class:`predictor.CalibratedRouter`. ``threshold``: the default
-    probability a scale must reach, in [0, 1] (the predictor's own ``threshold_`` when None).
+    probability a scale must reach, in [0, 1] (the predictor's own ``threshold_`` when None: the calibrated or
+    certified one it was saved with). ``certificate`` is the predictor's certificate, if it has one; it holds at
+    the certified threshold only.
     """
 
     def __init__(
@@ -109,6 +127,14 @@ class AdaptiveM3:
         self.predictor = predictor
         self.threshold = None if threshold is None else check_threshold(threshold)
         self.scales = list(predictor.scales_)
+        self.probe_scale = probe_scale_of(predictor)
+        if self.probe_scale is not None:
+            check_scale(self.probe_scale, model.config.grid_tokens)
+
+    @property
+    def certificate(self) -> Certificate | None:
+        """The predictor's certificate (eps, delta, n, threshold, p-value, calibration data hash), or None."""
+        return saved_certificate(self.predictor)
 
     # ---- loading and saving
     @classmethod
@@ -160,10 +186,39 @@ class AdaptiveM3:
         ]
         return np.asarray(per_scale, dtype=np.int64).T
 
-    def probabilities(self, pil: list[Image.Image], grids: list[torch.Tensor], questions: list[str]) -> np.ndarray:
-        """``(n, scales)`` P(correct) per scale from the scale-1 embeddings of ``grids``."""
+    def probabilities(
+        self,
+        pil: list[Image.Image],
+        grids: list[torch.Tensor],
+        questions: list[str],
+        probe: ScaleOutput | None = None,
+    ) -> np.ndarray:
+        """``(n, scales)`` P(correct) per scale from the scale-1 embeddings of ``grids`` (and, for a probe
+        predictor, the ``probe`` answers at its probe scale: :meth:`probe`)."""
         embeddings = scale_one_embedding(grids)
-        return self.predictor.predict_proba(Queries(questions=questions, embeddings=embeddings, images=pil))
+        queries = Queries(questions=questions, embeddings=embeddings, images=pil)
+        if self.probe_scale is not None:
+            if probe is None or probe.hidden is None:
+                raise ValueError(f"this predictor reads a probe answer at scale {self.probe_scale}: pass probe=")
+            queries.probe_confidence = np.asarray(probe.confidences, dtype=np.float64)
+            queries.probe_hidden = np.asarray(probe.hidden, dtype=np.float32)
+        return self.predictor.predict_proba(queries)
+
+    def probe(
+        self, compact: dict, grids: list[torch.Tensor], sizes, max_new_tokens: int, **generation_kwargs
+    ) -> ScaleOutput | None:
+        """The batch answered at the probe scale with the LLM's last hidden state (None without a probe)."""
+        if self.probe_scale is None:
+            return None
+        batch = dict(compact) if sizes is None else dict(compact, image_sizes=sizes)
+        return generate_at_scale(
+            self.model, self.processor, batch, grids, sizes, self.probe_scale, max_new_tokens, return_hidden=True,
+            **generation_kwargs,
+        )  # fmt: skip
+
+    def costs(self, token_counts: np.ndarray) -> np.ndarray:
+        """``(n, scales)`` visual tokens each query processes if routed to each scale (a probe's included)."""
+        return routing_costs(token_counts, self.scales, self.probe_scale)
 
     def choose_scales(
         self,
@@ -197,11 +252,14 @@ class AdaptiveM3:
         threshold: float | None = None,
         max_tokens: int | None = None,
         scale: int | None = None,
+        budget: float | None = None,
         max_new_tokens: int = 32,
         **generation_kwargs,
     ) -> AdaptiveAnswer | list[AdaptiveAnswer]:
         """Answer one (image, question), or lists of them (one vision pass per image, then one ``generate`` per
-        chosen scale). ``scale=`` forces a scale; ``max_tokens=`` caps the visual tokens the router may pick."""
+        chosen scale). ``scale=`` forces a scale; ``max_tokens=`` caps the visual tokens the router may pick;
+        ``budget=`` (mean visual tokens per query, probes included) routes the batch by a knapsack on the
+        predictor's probabilities instead of the threshold rule (it never spends more)."""
         single = not isinstance(question, (list, tuple))
         images, questions = ([image], [question]) if single else (list(image), list(question))
         if len(images) != len(questions):
@@ -209,17 +267,53 @@ class AdaptiveM3:
         questions = [_check_question(q) for q in questions]
         if scale is not None:
             scale = check_scale(int(scale), self.model.config.grid_tokens)
+        if budget is not None and (scale is not None or threshold is not None or max_tokens is not None):
+            raise ValueError(
+                "budget= routes the batch by itself: do not combine it with scale, threshold or max_tokens"
+            )
         pil, grids, sizes = self.encode(images)
-        probabilities = self.probabilities(pil, grids, questions)
-        counts = self._token_counts(sizes, len(pil))
-        if scale is None:
-            chosen = self.choose_scales(probabilities, counts, threshold, max_tokens)
-        else:
-            chosen = [scale] * len(pil)
         compact = compact_prompts(self.processor, questions)
-        answers: list[AdaptiveAnswer | None] = [None] * len(pil)
+        probe = self.probe(compact, grids, sizes, max_new_tokens, **generation_kwargs)
+        probabilities = self.probabilities(pil, grids, questions, probe)
+        counts = self._token_counts(sizes, len(pil))
+        if scale is not None:
+            chosen = [scale] * len(pil)
+        elif budget is not None:
+            chosen = self.budget_scales(probabilities, counts, budget)
+        else:
+            chosen = self.choose_scales(probabilities, counts, threshold, max_tokens)
+        outputs = self._answer(compact, grids, sizes, chosen, probe, max_new_tokens, **generation_kwargs)
+        answers = []
+        for row, (value, (output, position)) in enumerate(zip(chosen, outputs)):
+            reused = probe is not None and output is probe
+            probe_tokens = 0 if probe is None or reused else probe.tokens[row]
+            answers.append(
+                AdaptiveAnswer(
+                    answer=output.answers[position],
+                    scale=value,
+                    visual_tokens=output.tokens[position],
+                    probabilities=dict(zip(self.scales, probabilities[row].tolist())),
+                    confidence=output.confidences[position],
+                    forced=scale is not None,
+                    processed_tokens=output.tokens[position] + probe_tokens,
+                    probe_scale=self.probe_scale,
+                    reused_probe=reused,
+                )
+            )
+        return answers[0] if single else answers
+
+    def _answer(
+        self, compact, grids, sizes, chosen: list[int], probe: ScaleOutput | None, max_new_tokens, **generation_kwargs
+    ) -> list[tuple[ScaleOutput, int]]:
+        """Per query, the output holding its answer and its position there: one ``generate`` per chosen scale, and
+        the probe's own answers for queries routed to the probe scale."""
+        found: list[tuple[ScaleOutput, int] | None] = [None] * len(chosen)
         for value in sorted(set(chosen)):
             rows = [i for i, s in enumerate(chosen) if s == value]
+            if probe is not None and value == self.probe_scale:
+                for row in rows:
+                    found[row] = (probe, row)
+                continue
             subset = {key: tensor[rows] for key, tensor in compact.items()}
             subset_sizes = None if sizes is None else sizes[rows]
             if subset_sizes is not None:
@@ -229,15 +323,21 @@ class AdaptiveM3:
                 max_new_tokens, **generation_kwargs,
             )  # fmt: skip
             for position, row in enumerate(rows):
-                answers[row] = AdaptiveAnswer(
-                    answer=output.answers[position],
-                    scale=value,
-                    visual_tokens=output.tokens[position],
-                    probabilities=dict(zip(self.scales, probabilities[row].tolist())),
-                    confidence=output.confidences[position],
-                    forced=scale is not None,
-                )
-        return answers[0] if single else answers
+                found[row] = (output, position)
+        return found
+
+    def budget_scales(self, probabilities: np.ndarray, token_counts: np.ndarray, budget: float) -> list[int]:
+        """Scales for a batch maximising the summed P(correct) with at most ``budget`` visual tokens per query on
+        average (probes included): :func:`predictor.budget.budget_routing` on the whole batch."""
+        costs = self.costs(token_counts)
+        chosen = budget_routing(probabilities, costs, self.scales, float(budget))
+        if chosen is None:
+            cheapest = float(costs.min(axis=1).mean())
+            raise ValueError(
+                f"budget={budget} mean visual tokens is below the cheapest routing of this batch ({cheapest:g} per "
+                "query)"
+            )
+        return chosen.tolist()
 
     # ---- many frames, one budget
     def allocate_frames(self, frames: Sequence, question: str, budget: int) -> FrameAllocation:
@@ -246,6 +346,8 @@ class AdaptiveM3:
         question = _check_question(question)
         if len(frames) == 0:
             raise ValueError("no frames to allocate a budget to")
+        if self.probe_scale is not None:
+            raise ValueError("allocate_frames needs a predictor without a probe (this one answers each query first)")
         pil, grids, sizes = self.encode(frames)
         probabilities = self.probabilities(pil, grids, [question] * len(pil))
         counts = self._token_counts(sizes, len(pil))

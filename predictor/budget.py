@@ -1,10 +1,11 @@
-"""Share a visual-token budget across many images or video frames, using per-scale success probabilities.
+"""Share a visual-token budget across many queries, images or video frames, using per-scale success probabilities.
 
 The paper's motivating example: a budget of 2,880 tokens buys 2,880 frames at 1 token or 5 frames at 576.
-Given, for every frame, the predictor's probability that each scale is enough, :func:`allocate_scales`
-picks one scale per frame to maximise the summed probability without exceeding the budget. This is a
-multiple-choice knapsack; the greedy solution on each frame's upper concave hull is within one frame's
-value of the optimum, and it never exceeds the budget.
+Given, for every frame (or query), the predictor's probability that each scale is enough, :func:`allocate_scales`
+picks one scale per frame to maximise the summed probability, i.e. the expected number of correct answers,
+without exceeding the budget. This is a multiple-choice knapsack; the greedy solution on each frame's upper
+concave hull is within one frame's value of the optimum, and it never exceeds the budget.
+:func:`budget_routing` applies it to a stream of queries in batches under a MEAN visual-token budget.
 """
 
 from __future__ import annotations
@@ -92,3 +93,33 @@ def _step(probabilities: np.ndarray, cost: np.ndarray, frame: int, hull: list[in
     gain = probabilities[frame, hull[position]] - probabilities[frame, hull[position - 1]]
     extra = cost[frame, hull[position]] - cost[frame, hull[position - 1]]
     return (-gain / extra, frame, position)
+
+
+def budget_routing(
+    probabilities: np.ndarray,
+    costs: np.ndarray,
+    scales: Sequence[int],
+    mean_tokens: float,
+    batch_size: int | None = None,
+) -> np.ndarray | None:
+    """``(n,)`` scales maximising the expected number of correct answers with at most ``mean_tokens`` visual tokens
+    per query on average in every batch of ``batch_size`` consecutive queries (None: all at once).
+
+    ``probabilities`` and ``costs`` are ``(n, scales)`` (the tokens each query processes at each scale, probes
+    included: :func:`predictor.costs.routing_costs`). Returns None when the budget cannot give every query of some
+    batch its cheapest scale.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    costs = np.rint(np.asarray(costs, dtype=np.float64)).astype(np.int64)
+    n = len(probabilities)
+    size = n if batch_size is None else int(batch_size)
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chosen = np.empty(n, dtype=np.int64)
+    for start in range(0, n, size):
+        rows = slice(start, min(start + size, n))
+        budget = int(np.floor(mean_tokens * (rows.stop - rows.start) + 1e-9))
+        if costs[rows].min(axis=1).sum() > budget:
+            return None
+        chosen[rows] = allocate_scales(probabilities[rows], budget, scales=scales, tokens=costs[rows])
+    return chosen

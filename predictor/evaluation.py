@@ -3,13 +3,17 @@
 :func:`evaluate_routing` sweeps each router (a predictor's threshold, the cascade's confidence cut-off, the random
 router's token budget) and keeps every operating point; :func:`summarize_routing` turns the points into APGR,
 CPT(50/80/95 %), the cheapest point that matches full-scale accuracy, under-/over-selection against the oracle
-labels, the accuracy of the cascade and of random routing at the same mean tokens; :func:`family_rows` and
-:func:`budget_rows` break them down per question family and per token budget. Everything here is pure (no files);
-:mod:`predictor.report` writes it as markdown, CSV, JSON and a plot, and :mod:`predictor.calibration` chooses a
-predictor's threshold on calibration data.
+labels, the accuracy of the cascade and of random routing at the same mean tokens, and each predictor at its
+calibrated and certified thresholds; :func:`family_rows` and :func:`budget_rows` break them down per question
+family and per token budget (with the knapsack routing of each predictor at every budget). Everything here is
+pure (no files); :mod:`predictor.report` writes it as markdown, CSV, JSON and a plot, and
+:mod:`predictor.calibration` chooses a predictor's threshold on calibration data.
 
 Accuracy of a routing is the mean over samples of ``correct_{chosen scale}`` (``accuracy="correct"``, the
-default) or of ``score_{chosen scale}`` (``"score"``); its cost is the mean of ``tokens_{chosen scale}``.
+default) or of ``score_{chosen scale}`` (``"score"``); its cost is the mean visual tokens processed: those of the
+chosen scale, plus, for a probe predictor, its probe's when the chosen scale is another
+(:func:`predictor.costs.routing_costs`). The confidence cascade appears twice: costed at its final scale (as it is
+usually reported) and at the tokens it processed (every scale it tried), the fair comparison for probes.
 """
 
 from __future__ import annotations
@@ -27,14 +31,19 @@ from .baselines import (
     fixed_routing,
     random_routing_weights,
 )
-from .calibration import CalibratedRouter
+from .budget import budget_routing
+from .calibration import CalibratedRouter, CertifiedRouter, saved_certificate
+from .costs import probe_scale_of, routing_costs
 from .data import OracleSet, accuracy_values, as_oracle_set
+from .risk_control import Certificate
 from .routing_metrics import Curve, apgr, auc, cpt, operating_point, routing_point, selection_rates
 from .thresholds import candidate_thresholds, route_by_threshold
 
 Router = ScalePredictor | CalibratedRouter  # what evaluate_routing (and AdaptiveM3) route with
 CPT_FRACTIONS = (0.5, 0.8, 0.95)
 BUDGET_SHARES = (0.02, 0.05, 0.1, 0.15, 0.25, 0.5)  # token budgets, as shares of the largest scale's tokens
+KNAPSACK_BATCH = None  # budget routing in the equal-budget table: the test set as one batch (a mean over all, as the
+# sweep's); with batches of b queries each leaves at most one query's worth of its budget unused
 SINGLE_POINT_KINDS = ("fixed", "oracle", "classifier")
 
 
@@ -44,11 +53,15 @@ class RouterResult:
     ``tokens``, ``accuracy`` and ``processed_tokens``; ``routings[i]`` is its routing (scales or weights)."""
 
     name: str
-    kind: str  # predictor | classifier | cascade | random | fixed | oracle
+    kind: str  # predictor | classifier | cascade | cascade-processed | random | fixed | oracle
     points: list[dict]
     routings: list[np.ndarray]
     description: str = ""
     calibrated_index: int | None = None  # predictors: the point at their own (validation-chosen) threshold
+    costs: np.ndarray | None = field(default=None, repr=False)  # (n, scales) tokens processed, if not the oracle's
+    proba: np.ndarray | None = field(default=None, repr=False)  # predictors: (n, scales) estimates (budget routing)
+    certified_index: int | None = None  # predictors: the point at a certified threshold
+    certificate: Certificate | None = None
 
     @property
     def single_point(self) -> bool:
@@ -107,25 +120,42 @@ def _sweep(name, kind, routings_and_params, values, tokens, scales, description=
     return RouterResult(name, kind, points, routings, description)
 
 
-def predictor_routers(name: str, predictor: Router, data: OracleSet, values, tokens) -> list[RouterResult]:
+def predictor_routers(
+    name: str, predictor: Router, data: OracleSet, values, tokens, certified: CertifiedRouter | None = None
+) -> list[RouterResult]:
     """The threshold sweep of a predictor (and, for an oracle classifier, its argmax point); the point at its own
-    threshold (``threshold_``) is marked as calibrated."""
+    threshold (``threshold_``) is marked as calibrated, and the point at a certified threshold as certified: that of
+    ``certified`` (a :class:`CertifiedRouter` around the same predictor), else its own when it carries a certificate.
+    A probe predictor's tokens include its probe's."""
     scales = data.scales
+    probe = probe_scale_of(predictor)
+    costs = routing_costs(tokens, scales, probe)
     proba = predictor.predict_proba(data)
-    thresholds = np.unique(np.concatenate([candidate_thresholds(proba), [predictor.threshold_]]))
+    threshold = getattr(predictor, "threshold_", 0.5)
+    certificate = certified.certificate_ if certified is not None else saved_certificate(predictor)
+    certified_threshold = certified.threshold_ if certified is not None else threshold
+    marked = [threshold] + ([certified_threshold] if certificate is not None else [])
+    thresholds = np.unique(np.concatenate([candidate_thresholds(proba), marked]))
     sweep = [(route_by_threshold(proba, scales, t), t) for t in thresholds]
     estimator = predictor.predictor if isinstance(predictor, CalibratedRouter) else predictor
-    described = f"{type(estimator).__name__}(target={predictor.target!r}), threshold swept"
-    router = _sweep(name, "predictor", sweep, values, tokens, scales, described)
-    router.calibrated_index = int(np.flatnonzero(thresholds == predictor.threshold_)[0])
+    target = getattr(predictor, "target", "correct")
+    described = f"{type(estimator).__name__}(target={target!r}), threshold swept"
+    if probe is not None:
+        described += f"; probes the model at scale {probe} first (cost counts it)"
+    router = _sweep(name, "predictor", sweep, values, costs, scales, described)
+    router.calibrated_index = int(np.flatnonzero(thresholds == threshold)[0])
+    router.costs, router.proba = (None if probe is None else costs), proba
+    if certificate is not None:
+        router.certified_index = int(np.flatnonzero(thresholds == certified_threshold)[0])
+        router.certificate = certificate
     routers = [router]
-    if predictor.target == "oracle":
+    if target == "oracle":
         labels = np.asarray(scales)[predictor.predict_label_proba(data).argmax(axis=1)]
-        routers.append(
-            _sweep(
-                f"{name} argmax", "classifier", [(labels, None)], values, tokens, scales, "most probable oracle label"
-            )
+        argmax = _sweep(
+            f"{name} argmax", "classifier", [(labels, None)], values, costs, scales, "most probable oracle label"
         )
+        argmax.costs = router.costs
+        routers.append(argmax)
     return routers
 
 
@@ -159,22 +189,35 @@ def baseline_routers(data: OracleSet, values, tokens, random_points_per_segment:
     confidences = data.confidences()
     cutoffs = cascade_cutoffs(confidences)
     processed = [cascade_processed_tokens(confidences, tokens, scales, c).mean() for c in cutoffs]
+    cascade = [(cascade_routing(confidences, scales, c), c) for c in cutoffs]
     routers.append(
         _sweep(
-            "confidence cascade", "cascade", [(cascade_routing(confidences, scales, c), c) for c in cutoffs],
-            values, tokens, scales,
+            "confidence cascade", "cascade", cascade, values, tokens, scales,
             "escalate while the answer's mean log-probability is below c (c swept); cost = tokens of the final scale",
             processed,
         )
     )  # fmt: skip
+    # the same cascade costed at what it processed: every scale it tried (cumulative tokens up to each scale)
+    tried = _sweep(
+        "confidence cascade (tokens processed)", "cascade-processed", cascade, values, np.cumsum(tokens, axis=1),
+        scales, "the confidence cascade, cost = every scale it tried (the equal-cost comparison for probes)",
+    )  # fmt: skip
+    tried.costs = np.cumsum(tokens, axis=1)
+    routers.append(tried)
     return routers
 
 
-def evaluate_routing(test, predictors: dict[str, Router], accuracy: str = "correct") -> RoutingEvaluation:
+def evaluate_routing(
+    test, predictors: dict[str, Router], accuracy: str = "correct", certified: dict[str, CertifiedRouter] | None = None
+) -> RoutingEvaluation:
     """Every baseline and every predictor (or calibrated router) on the test oracle ``test`` (folder, table or
-    OracleSet)."""
+    OracleSet); ``certified`` maps predictor names to a :class:`CertifiedRouter` whose threshold is marked too."""
     data = as_oracle_set(test)
     values = accuracy_values(data, accuracy)
+    certified = dict(certified or {})
+    unknown = sorted(set(certified) - set(predictors))
+    if unknown:
+        raise ValueError(f"certified routers {unknown} name no predictor; have {sorted(predictors)}")
     for name, predictor in predictors.items():
         if list(predictor.scales_) != list(data.scales):
             raise ValueError(
@@ -183,7 +226,7 @@ def evaluate_routing(test, predictors: dict[str, Router], accuracy: str = "corre
     tokens = data.tokens()
     routers = baseline_routers(data, values, tokens)
     for name, predictor in predictors.items():
-        routers += predictor_routers(name, predictor, data, values, tokens)
+        routers += predictor_routers(name, predictor, data, values, tokens, certified.get(name))
     return RoutingEvaluation(data, accuracy, routers, values, tokens)
 
 
@@ -222,7 +265,7 @@ def _router_metrics(router: RouterResult, weak, strong) -> dict:
 def _at_point(evaluation: RoutingEvaluation, router: RouterResult, index: int, mask=None) -> dict:
     data, scales = evaluation.data, evaluation.scales
     routing = router.routings[index]
-    values, tokens = evaluation.values, evaluation.tokens
+    values, tokens = evaluation.values, evaluation.tokens if router.costs is None else router.costs
     paper, monotone = data.oracle_labels("paper"), data.oracle_labels("monotone")
     if mask is not None:
         routing = routing[mask]
@@ -282,13 +325,30 @@ def summarize_routing(evaluation: RoutingEvaluation) -> list[dict]:
                 calibrated_cascade_accuracy=float(cascade.at(calibrated["tokens"])),
                 calibrated_random_accuracy=float(random.at(calibrated["tokens"])),
             )
+        if router.certified_index is not None:
+            point, certificate = router.points[router.certified_index], router.certificate
+            drop = strong[1] - point["accuracy"]
+            row.update(
+                certified_threshold=point["param"],
+                certified_tokens=point["tokens"],
+                certified_accuracy=point["accuracy"],
+                certified_drop=drop,
+                certified_holds=bool(drop <= certificate.epsilon + 1e-12),
+                certified_random_accuracy=float(random.at(point["tokens"])),
+                **{f"certificate_{key}": value for key, value in certificate.to_dict().items()},
+            )
         rows.append(row)
     return rows
 
 
-def budget_rows(evaluation: RoutingEvaluation, shares=BUDGET_SHARES) -> list[dict]:
+def budget_rows(
+    evaluation: RoutingEvaluation, shares=BUDGET_SHARES, knapsack_batch: int | None = KNAPSACK_BATCH
+) -> list[dict]:
     """Accuracy of every swept router (not the single-point ones) at equal mean-token budgets: the interpolated
-    curve at each share of the largest scale's tokens (reachable by mixing two operating points)."""
+    curve at each share of the largest scale's tokens (reachable by mixing two operating points). Each predictor
+    also gets a ``"<name> (knapsack)"`` row: per batch of ``knapsack_batch`` queries (None: the test set at once), the
+    scales that maximise its expected correct answers within the budget (:func:`predictor.budget.budget_routing`; never
+    over it; NaN where the budget cannot pay every query's cheapest scale)."""
     strong_tokens = evaluation.strong[0]
     rows = []
     for router in evaluation.routers:
@@ -302,7 +362,24 @@ def budget_rows(evaluation: RoutingEvaluation, shares=BUDGET_SHARES) -> list[dic
                 **{f"accuracy_at_{share:g}": float(curve.at(share * strong_tokens)) for share in shares},
             }
         )
+        if router.kind == "predictor" and router.proba is not None:
+            rows.append(knapsack_row(evaluation, router, shares, knapsack_batch))
     return rows
+
+
+def knapsack_row(evaluation: RoutingEvaluation, router: RouterResult, shares, batch_size: int | None) -> dict:
+    """The budget-routing row of one predictor: accuracy (and mean tokens used) at each budget share."""
+    costs = evaluation.tokens if router.costs is None else router.costs
+    row = {"router": f"{router.name} (knapsack)", "kind": "knapsack"}
+    for share in shares:
+        budget = share * evaluation.strong[0]
+        routing = budget_routing(router.proba, costs, evaluation.scales, budget, batch_size)
+        if routing is None:
+            row[f"accuracy_at_{share:g}"], row[f"tokens_at_{share:g}"] = float("nan"), float("nan")
+            continue
+        mean_tokens, accuracy = routing_point(routing, evaluation.values, costs, evaluation.scales)
+        row[f"accuracy_at_{share:g}"], row[f"tokens_at_{share:g}"] = accuracy, mean_tokens
+    return row
 
 
 def family_rows(evaluation: RoutingEvaluation) -> list[dict]:
@@ -318,11 +395,12 @@ def family_rows(evaluation: RoutingEvaluation) -> list[dict]:
         strong = (float(tokens[:, -1].mean()), float(values[:, -1].mean()))
         for router in evaluation.routers:
             index = operating_index(router, strong_acc)
+            costs = tokens if router.costs is None else router.costs[mask]
             if router.single_point:
-                family_apgr = _router_metrics(_subset(router, mask, values, tokens, evaluation.scales), weak, strong)
+                family_apgr = _router_metrics(_subset(router, mask, values, costs, evaluation.scales), weak, strong)
             else:
                 family_apgr = {
-                    "apgr": apgr(_subset(router, mask, values, tokens, evaluation.scales).curve(), weak, strong)
+                    "apgr": apgr(_subset(router, mask, values, costs, evaluation.scales).curve(), weak, strong)
                 }
             rows.append(
                 {

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from .evaluation import BUDGET_SHARES, RoutingEvaluation, budget_rows, family_rows, summarize_routing
+from .evaluation import BUDGET_SHARES, KNAPSACK_BATCH, RoutingEvaluation, budget_rows, family_rows, summarize_routing
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -86,6 +86,7 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
                 f"{_fmt(100 * row['calibrated_tokens'] / strong[0], 1)} | {_fmt(row['calibrated_accuracy'])} | "
                 f"{_fmt(row['calibrated_cascade_accuracy'])} | {_fmt(row['calibrated_random_accuracy'])} |"
             )
+    lines += certified_markdown(rows, strong)
     cascade = next(row for row in rows if row["kind"] == "cascade")
     lines += [
         "",
@@ -95,17 +96,23 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
         "",
         "## Accuracy at equal token budgets",
         "",
-        "Each swept router's curve read at the same mean tokens (a share of the largest scale's tokens); the best "
-        "value per column is in bold.",
+        "Each swept router's curve read at the same mean tokens processed (a share of the largest scale's tokens; "
+        "points between two operating points are reached by mixing them at random). `(knapsack)` rows route "
+        + ("the test set as one batch" if KNAPSACK_BATCH is None else f"each batch of {KNAPSACK_BATCH} test queries")
+        + " by a knapsack on the predictor's probabilities, maximising its expected correct answers within the "
+        "budget (never over it). The best value per column is in bold.",
         "",
     ]
     budgets = budget_rows(evaluation)
     shares = [f"accuracy_at_{share:g}" for share in BUDGET_SHARES]
-    best = {key: max(row[key] for row in budgets) for key in shares}
+    best = {key: max((row[key] for row in budgets if not math.isnan(row[key])), default=math.nan) for key in shares}
     header = " | ".join(f"{100 * share:g} % ({share * strong[0]:.0f})" for share in BUDGET_SHARES)
     lines += [f"| router | {header} |", "|---|" + "---:|" * len(shares)]
     for row in budgets:
-        cells = [f"**{row[k]:.3f}**" if row[k] >= best[k] - 1e-12 else f"{row[k]:.3f}" for k in shares]
+        cells = [
+            "-" if math.isnan(row[k]) else f"**{row[k]:.3f}**" if row[k] >= best[k] - 1e-12 else f"{row[k]:.3f}"
+            for k in shares
+        ]
         lines.append(f"| {row['router']} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -128,6 +135,38 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
     return "\n".join(lines) + "\n"
 
 
+def certified_markdown(rows: list[dict], strong: tuple[float, float]) -> list[str]:
+    """The certified-threshold table (empty when no predictor carries a certificate): what each certificate
+    promises and what its threshold does on the test data."""
+    certified = [row for row in rows if "certified_threshold" in row]
+    if not certified:
+        return []
+    lines = [
+        "",
+        "Predictors at their CERTIFIED threshold (Learn-then-Test on labelled calibration data: with probability at "
+        "least 1 - delta over the calibration draw, the drop below always-largest is at most eps on data like it). "
+        "'test drop' = the largest scale's test accuracy minus the router's:",
+        "",
+        "| router | eps | delta | n | p-value (method) | threshold | calibration drop / tokens | test tokens "
+        "| % of largest | test accuracy | test drop | within eps | random acc. same tokens |",
+        "|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for row in certified:
+        p_value = _fmt(row["certificate_p_value"], 4)
+        calibration = f"{_fmt(row['certificate_calibration_drop'])} / {_fmt(row['certificate_calibration_tokens'], 1)}"
+        if row["certificate_threshold"] is None:
+            calibration = "nothing certified: largest scale"
+        lines.append(
+            f"| {row['router']} | {row['certificate_epsilon']:g} | {row['certificate_delta']:g} | "
+            f"{row['certificate_n']} | {p_value} ({row['certificate_p_value_method']}) | "
+            f"{_fmt(row['certified_threshold'], 3)} | {calibration} | {_fmt(row['certified_tokens'], 1)} | "
+            f"{_fmt(100 * row['certified_tokens'] / strong[0], 1)} | {_fmt(row['certified_accuracy'])} | "
+            f"{_fmt(row['certified_drop'])} | {'yes' if row['certified_holds'] else '**no**'} | "
+            f"{_fmt(row['certified_random_accuracy'])} |"
+        )
+    return lines
+
+
 def plot_curves(evaluation: RoutingEvaluation, path: str | os.PathLike) -> None:
     """Accuracy against mean visual tokens for every router, on a linear and a log token axis."""
     import matplotlib
@@ -141,7 +180,7 @@ def plot_curves(evaluation: RoutingEvaluation, path: str | os.PathLike) -> None:
         for router in evaluation.routers:
             tokens = [p["tokens"] for p in router.points]
             accuracy = [p["accuracy"] for p in router.points]
-            if router.kind == "fixed":
+            if router.kind in ("fixed", "cascade-processed"):  # the cascade's processed tokens: dashed, below
                 continue
             if router.kind == "oracle":
                 axis.plot(tokens, accuracy, "*", markersize=12, label=router.name)
@@ -159,6 +198,9 @@ def plot_curves(evaluation: RoutingEvaluation, path: str | os.PathLike) -> None:
                 if router.calibrated_index is not None:
                     point = router.points[router.calibrated_index]
                     axis.plot([point["tokens"]], [point["accuracy"]], "o", color=line.get_color(), markersize=5)
+                if router.certified_index is not None:
+                    point = router.points[router.certified_index]
+                    axis.plot([point["tokens"]], [point["accuracy"]], "s", color=line.get_color(), markersize=7)
         fixed = [r.points[0] for r in evaluation.routers if r.kind == "fixed"]
         axis.plot([p["tokens"] for p in fixed], [p["accuracy"] for p in fixed], "ks", label="fixed scales")
         axis.axhline(strong[1], color="black", linewidth=0.6, linestyle="-.")
@@ -167,7 +209,7 @@ def plot_curves(evaluation: RoutingEvaluation, path: str | os.PathLike) -> None:
         axis.set_ylabel("accuracy")
         axis.grid(alpha=0.3)
     axes[0].set_title("accuracy vs mean tokens (APGR integrates this axis)")
-    axes[1].set_title("same, log tokens (dots: threshold chosen on train)")
+    axes[1].set_title("same, log tokens (dots: threshold chosen on train; squares: certified)")
     axes[1].legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -225,6 +267,56 @@ def write_evaluation(evaluation: RoutingEvaluation, out_dir: str | os.PathLike, 
     return paths
 
 
+def plot_shift(shift, path: str | os.PathLike) -> None:
+    """Each predictor's operating points on the shifted evaluation data (train threshold, certified on train,
+    certified on shift) in accuracy against tokens, with the largest scale and its accuracy minus eps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evaluation = shift.evaluation
+    figure, axis = plt.subplots(figsize=(8, 5))
+    markers = {"train threshold": "o", "certified on train": "^", "certified on shift": "s"}
+    colours: dict[str, str] = {}
+    for row in shift.rows:
+        colour = colours.setdefault(row["router"], f"C{len(colours) % 10}")
+        label = f"{row['router']}: {row['threshold_from']}"
+        axis.plot(row["tokens"], row["accuracy"], markers[row["threshold_from"]], color=colour, label=label)
+    for router in evaluation.routers:
+        if router.kind == "fixed":
+            point = router.points[0]
+            axis.plot(point["tokens"], point["accuracy"], "ks", markersize=4)
+    strong_tokens, strong = evaluation.strong
+    axis.axhline(strong, color="black", linewidth=0.8, label="largest scale")
+    axis.axhline(strong - shift.max_drop, color="black", linewidth=0.8, linestyle="--", label="largest - eps")
+    axis.set_xscale("log")
+    axis.set_xlabel("mean visual tokens processed (log axis)")
+    axis.set_ylabel("accuracy on the shifted evaluation part")
+    axis.set_title("under shift: train thresholds (o, ^) vs thresholds certified on shifted labels (s)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=6, loc="lower right", ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_shift(shift, out_dir: str | os.PathLike, title: str = "") -> dict[str, Path]:
+    """The routing report of the shifted evaluation part (:func:`write_evaluation`) plus ``shift.md``,
+    ``shift.json`` and ``shift.png`` (:func:`predictor.shift.shift_markdown`, :func:`plot_shift`)."""
+    from .shift import shift_markdown, shift_summary
+
+    out_dir = Path(out_dir)
+    paths = write_evaluation(shift.evaluation, out_dir, title)
+    paths["shift.md"], paths["shift.json"], paths["shift.png"] = (
+        out_dir / n for n in ("shift.md", "shift.json", "shift.png")
+    )
+    paths["shift.md"].write_text(shift_markdown(shift, title), encoding="utf-8")
+    paths["shift.json"].write_text(json.dumps(_json_safe(shift_summary(shift)), indent=2) + "\n", encoding="utf-8")
+    plot_shift(shift, paths["shift.png"])
+    return paths
+
+
 def nest_markdown(markdown: str, levels: int = 1) -> str:
     """``markdown`` with every heading ``levels`` deeper, so a whole report reads as one section of another."""
     return re.sub(r"^(#+) ", lambda match: "#" * (len(match.group(1)) + levels) + " ", markdown, flags=re.MULTILINE)
@@ -255,7 +347,8 @@ def pipeline_report(
         "# Quickstart report",
         "",
         f"Model: `{model_dir}`. Best predictor: `{best}`, the one needing the fewest tokens to match full-scale "
-        f"accuracy on the test curve (saved with the model in `{adaptive_dir}`).",
+        f"accuracy on the test curve; `{adaptive_dir}` holds the model with it at its certified threshold (see "
+        "'Predictors at their CERTIFIED threshold' below).",
         "",
         "Stage times (s): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items()),
         "",
@@ -277,3 +370,112 @@ def pipeline_report(
 
 def _relative(path: Path, start: str | os.PathLike) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
+
+
+def validity_markdown(studies: dict[str, tuple[list[dict], list[dict]]], title: str = "") -> str:
+    """The resplit study's tables: validity (share of splits over eps against delta + slack) and efficiency (mean
+    tokens at the certified threshold against eps), one section per data set (``studies``: name -> rows)."""
+    lines = [f"# Certified routing: validity and efficiency{': ' + title if title else ''}", ""]
+    for where, (validity, efficiency) in studies.items():
+        if not validity:
+            continue
+        first = validity[0]
+        lines += [
+            f"## {where}",
+            "",
+            f"{first['splits']} random splits by image: about {first['n']} calibration queries certify each router "
+            f"(Learn-then-Test, delta {first['delta']:g}), the rest test it. 'over eps' = share of splits whose test "
+            "drop below always-largest exceeds eps; the bound is delta plus binomial slack (99 % quantile of "
+            "Binomial(splits, delta) / splits). The test part is finite, so 'over eps' slightly overstates the miss "
+            "rate. Tokens = mean visual tokens processed on the test part (probes included).",
+            "",
+            "| router | p-value | eps | over eps | bound | valid | mean test drop | mean tokens | certified anything |",
+            "|---|---|---:|---:|---:|---|---:|---:|---:|",
+        ]
+        for row in sorted(validity, key=lambda r: (r["epsilon"], r["method"], r["router"])):
+            lines.append(
+                f"| {row['router']} | {row['method']} | {row['epsilon']:g} | {row['exceed_share']:.3f} | "
+                f"{row['bound']:.3f} | {'yes' if row['valid'] else '**no**'} | {row['mean_test_drop']:.4f} | "
+                f"{row['mean_tokens']:.1f} | {row['certified_share']:.2f} |"
+            )
+        lines += ["", *_method_choice(validity), ""]
+        epsilons = sorted({row["epsilon"] for row in efficiency})
+        routers = list(dict.fromkeys(row["router"] for row in efficiency))
+        by_key = {(row["router"], row["epsilon"]): row for row in efficiency}
+        method = efficiency[0]["method"] if efficiency else "-"
+        lines += [
+            f"Mean tokens processed at the certified threshold against eps ({method} p-value); fewest per column "
+            "in bold:",
+            "",
+            "| router | " + " | ".join(f"eps {e:g}" for e in epsilons) + " |",
+            "|---|" + "---:|" * len(epsilons),
+        ]
+        best = {e: min(by_key[(r, e)]["mean_tokens"] for r in routers if (r, e) in by_key) for e in epsilons}
+        for router in routers:
+            cells = []
+            for e in epsilons:
+                value = by_key[(router, e)]["mean_tokens"]
+                cells.append(f"**{value:.1f}**" if value <= best[e] + 1e-9 else f"{value:.1f}")
+            lines.append(f"| {router} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _method_choice(validity: list[dict]) -> list[str]:
+    """Per eps, the valid p-value method with the fewest mean tokens, averaged over the routers."""
+    lines = []
+    for epsilon in sorted({row["epsilon"] for row in validity}):
+        rows = [row for row in validity if row["epsilon"] == epsilon]
+        methods = sorted({row["method"] for row in rows})
+        summary = []
+        for method in methods:
+            chosen = [row for row in rows if row["method"] == method]
+            tokens = sum(row["mean_tokens"] for row in chosen) / len(chosen)
+            summary.append((tokens, method, all(row["valid"] for row in chosen)))
+        valid = [item for item in summary if item[2]]
+        text = ", ".join(f"{m} {t:.1f}{'' if ok else ' (NOT valid everywhere)'}" for t, m, ok in summary)
+        pick = min(valid)[1] if valid else "none"
+        lines.append(f"- eps {epsilon:g}: mean tokens over the routers by p-value: {text}; fewest among valid: {pick}")
+    return lines
+
+
+def plot_efficiency(studies: dict[str, tuple[list[dict], list[dict]]], path: str | os.PathLike) -> None:
+    """Mean tokens at the certified threshold against eps, one panel per data set, one line per router."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(where, rows) for where, (_, rows) in studies.items() if rows]
+    figure, axes = plt.subplots(1, max(len(panels), 1), figsize=(6.5 * max(len(panels), 1), 4.5), squeeze=False)
+    for axis, (where, rows) in zip(axes[0], panels):
+        for router in dict.fromkeys(row["router"] for row in rows):
+            mine = sorted((row for row in rows if row["router"] == router), key=lambda r: r["epsilon"])
+            style = "k--" if mine[0]["kind"] == "fixed" else ":" if mine[0]["kind"] == "question-only" else "-"
+            axis.plot(
+                [r["epsilon"] for r in mine], [r["mean_tokens"] for r in mine], style, marker="o", markersize=3,
+                label=router,
+            )  # fmt: skip
+        axis.set_yscale("log")
+        axis.set_xlabel("eps (tolerated drop below the largest scale)")
+        axis.set_ylabel("mean visual tokens processed at the certified threshold")
+        axis.set_title(f"{where} ({rows[0]['method']}, {rows[0]['splits']} splits)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_validity(studies: dict[str, tuple[list[dict], list[dict]]], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """``validity.md``, ``validity.csv``, ``efficiency.csv`` and ``efficiency.png`` of a resplit study."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / name for name in ("validity.md", "validity.csv", "efficiency.csv", "efficiency.png")}
+    paths["validity.md"].write_text(validity_markdown(studies), encoding="utf-8")
+    _write_csv(paths["validity.csv"], [dict(data=where, **row) for where, (rows, _) in studies.items() for row in rows])
+    _write_csv(
+        paths["efficiency.csv"], [dict(data=where, **row) for where, (_, rows) in studies.items() for row in rows]
+    )
+    plot_efficiency(studies, paths["efficiency.png"])
+    return paths

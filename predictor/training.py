@@ -2,8 +2,13 @@
 
 The training oracle is split by image: ``1 - calibration_fraction`` to fit (and tune, on its own grouped
 holdout) and ``calibration_fraction`` to choose each predictor's operating threshold
-(:class:`predictor.calibration.CalibratedRouter`: the cheapest one that matches full-scale accuracy there). The test
-oracle is never seen.
+(:class:`predictor.calibration.CalibratedRouter`: the cheapest one that matches full-scale accuracy there;
+:func:`certify_routers` certifies thresholds on the same split). The test oracle is never seen.
+
+Besides the learned predictors, ``question-only`` is the reference router of :mod:`predictor.reference` (per
+question family, the train accuracy of each scale): what the question alone tells, the bar a learned router must
+clear. ``mlp-probe`` and ``lgbm-probe`` read the model's own answer at scale 1 (its hidden state and confidence;
+its confidence): probe predictors, whose cost includes that answer.
 """
 
 from __future__ import annotations
@@ -14,21 +19,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .base import ScalePredictor
-from .calibration import CalibratedRouter
-from .data import as_oracle_set, split_oracle
+from .calibration import CalibratedRouter, CertifiedRouter
+from .data import OracleSet, as_oracle_set, split_oracle
 from .lgbm import LGBMScalePredictor
 from .mlp import MLPScalePredictor
+from .reference import ReferenceRouter
+from .risk_control import DEFAULT_P_VALUE
 from .tuning import tune
 
-PREDICTORS: dict[str, Callable[[int], ScalePredictor]] = {
+PREDICTORS: dict[str, Callable[[int], ScalePredictor | ReferenceRouter]] = {
     "mlp": lambda seed: MLPScalePredictor(seed=seed),
     "mlp-oracle": lambda seed: MLPScalePredictor(target="oracle", seed=seed),
     "mlp-image": lambda seed: MLPScalePredictor(use_image=True, seed=seed),
+    "mlp-probe": lambda seed: MLPScalePredictor(probe="hidden", probe_scale=1, seed=seed),
     "lgbm": lambda seed: LGBMScalePredictor(seed=seed),
     "lgbm-emb": lambda seed: LGBMScalePredictor(use_embedding=True, seed=seed),
     "lgbm-oracle": lambda seed: LGBMScalePredictor(target="oracle", seed=seed),
+    "lgbm-probe": lambda seed: LGBMScalePredictor(use_embedding=True, probe="confidence", probe_scale=1, seed=seed),
+    "question-only": lambda seed: ReferenceRouter(grouping="family"),
 }
-DEFAULT_PREDICTORS = ("mlp", "mlp-image", "mlp-oracle", "lgbm", "lgbm-emb")
+DEFAULT_PREDICTORS = ("mlp", "mlp-image", "mlp-oracle", "lgbm", "lgbm-emb", "question-only")
 
 
 def fit_predictors(
@@ -48,7 +58,7 @@ def fit_predictors(
     if unknown:
         raise ValueError(f"unknown predictor(s) {unknown}; choose from {sorted(PREDICTORS)}")
     data = as_oracle_set(train)
-    fit_data, calibration = split_oracle(data, calibration_fraction, seed)
+    fit_data, calibration = calibration_split(data, calibration_fraction, seed)
     data.image_features(progress)  # once for every trial and predictor (cached on the set)
     log(
         f"train oracle {data.source}: {len(data)} samples; fitting on {len(fit_data)}, calibrating the threshold on "
@@ -58,6 +68,11 @@ def fit_predictors(
     for name in names:
         start = time.perf_counter()
         estimator = PREDICTORS[name](seed)
+        if not isinstance(estimator, ScalePredictor):  # the reference router: nothing to tune or save
+            router = CalibratedRouter(estimator.fit(fit_data), accuracy).fit(calibration)
+            log(f"{name}: per-family train accuracy; threshold {router.threshold_:.4f} (not saved: no weights)")
+            fitted[name] = router
+            continue
         if n_trials > 0:
             result = tune(estimator, fit_data, n_trials=n_trials, seed=seed, progress=progress)
             predictor = result.estimator
@@ -71,3 +86,28 @@ def fit_predictors(
             router.save_pretrained(Path(save_dir) / name)
         fitted[name] = router
     return fitted
+
+
+def calibration_split(train, calibration_fraction: float = 0.2, seed: int = 0) -> tuple[OracleSet, OracleSet]:
+    """``(fit part, calibration part)`` of a training oracle, by image: the split :func:`fit_predictors` uses."""
+    return split_oracle(as_oracle_set(train), calibration_fraction, seed)
+
+
+def certify_routers(
+    routers: dict,
+    calibration,
+    max_drop: float = 0.02,
+    delta: float = 0.1,
+    p_value: str = DEFAULT_P_VALUE,
+    save_dir: str | os.PathLike | None = None,
+    suffix: str = "-certified",
+) -> dict[str, CertifiedRouter]:
+    """A :class:`CertifiedRouter` around each router's predictor, certified on ``calibration`` (images none of them
+    was fitted on); saved to ``save_dir/NAME{suffix}`` where the predictor can be saved."""
+    certified = {}
+    for name, router in routers.items():
+        predictor = router.predictor if isinstance(router, CalibratedRouter) else router
+        certified[name] = CertifiedRouter(predictor, max_drop, delta, p_value).fit(calibration)
+        if save_dir is not None and hasattr(predictor, "save_pretrained"):
+            certified[name].save_pretrained(Path(save_dir) / f"{name}{suffix}")
+    return certified
