@@ -54,6 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     how = "forced" if result.forced else "chosen by the predictor"
     print(f"answer: {result.answer}")
     print(f"scale: {result.scale} ({how}; {result.visual_tokens} visual tokens)")
+    if result.probe_scale is not None:
+        reuse = "its answer reused" if result.reused_probe else "then answered again"
+        print(f"probe: answered first at scale {result.probe_scale}, {reuse}; {result.processed_tokens} tokens in all")
+    if adaptive.certificate is not None and adaptive.certificate.threshold is not None:
+        c = adaptive.certificate
+        print(
+            f"certified threshold {c.threshold:.4f}: drop <= {c.epsilon:g} below the largest scale with probability "
+            f">= {1 - c.delta:g} (n = {c.n}; holds at this threshold only)"
+        )
     print("P(correct) per scale: " + ", ".join(f"{s}: {p:.2f}" for s, p in result.probabilities.items()))
 
 

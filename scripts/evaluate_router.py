@@ -1,26 +1,38 @@
-"""Evaluate scale predictors against routing baselines on a test oracle (RouteLLM-style protocol).
+"""Evaluate scale predictors against routing baselines on a test oracle (RouteLLM-style protocol), in distribution
+and under a shift.
 
 Examples:
     # fit + tune the standard predictors on a training oracle, then evaluate them on the test oracle
     python scripts/evaluate_router.py --oracle-train runs/oracle-train --oracle-test runs/oracle-test --out runs/router
-    # evaluate saved predictors (refused if built for other scales or embedding size)
-    python scripts/evaluate_router.py --oracle-test runs/oracle-test --predictor runs/router/predictors/mlp \
+    # evaluate saved predictors (refused if built for other scales or embedding size), e.g. certified ones
+    python scripts/evaluate_router.py --oracle-test runs/oracle-test --predictor runs/router/predictors/mlp \\
         --out runs/eval
+    # also under a shift: thresholds from train vs thresholds certified on 200 labelled shifted queries
+    python scripts/evaluate_router.py --oracle-train runs/oracle-train --oracle-test runs/oracle-test \\
+        --oracle-shift runs/oracle-shift --out runs/router
 
 Writes OUT/results.md (tables), results.csv, results.json, families.csv, budgets.csv, curves.csv and curves.png;
-with --oracle-train also OUT/predictors/NAME (save_pretrained folders, at the calibrated threshold). Tuning and the
-operating threshold use grouped splits of the training oracle only. See docs/predictor.md.
+with --oracle-train also OUT/predictors/NAME (save_pretrained folders, at the calibrated threshold) and
+OUT/predictors/NAME-certified (at the threshold certified on the same held-out train images); with --oracle-shift
+the same report of the shifted oracle's evaluation part in OUT/shift/, plus shift.md, shift.json and shift.png.
+Tuning, calibration and certification use grouped splits of the training oracle only. See docs/predictor.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-PREDICTOR_NAMES = ("mlp", "mlp-oracle", "mlp-image", "lgbm", "lgbm-emb", "lgbm-oracle")
+PREDICTOR_NAMES = (
+    "mlp", "mlp-oracle", "mlp-image", "mlp-probe", "lgbm", "lgbm-emb", "lgbm-oracle", "lgbm-probe", "question-only",
+)  # fmt: skip
+DEFAULT_NAMES = "mlp,mlp-image,mlp-oracle,lgbm,lgbm-emb,question-only"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from predictor.risk_control import DEFAULT_P_VALUE, P_VALUES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--oracle-test", required=True, help="oracle folder to evaluate on")
     parser.add_argument("--out", required=True, help="output folder")
@@ -28,12 +40,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--predictor", action="append", default=[], help="a saved predictor folder (repeatable)")
     parser.add_argument(
         "--predictors",
-        default="mlp,mlp-image,mlp-oracle,lgbm,lgbm-emb",
-        help=f"with --oracle-train: comma-separated predictors to fit, from {', '.join(PREDICTOR_NAMES)}",
+        default=DEFAULT_NAMES,
+        help=f"with --oracle-train: comma-separated predictors to fit, from {', '.join(PREDICTOR_NAMES)} "
+        f"(default: {DEFAULT_NAMES}; the probes need oracles with hidden_1 columns)",
     )
     parser.add_argument("--trials", type=int, default=20, help="optuna trials per predictor (0: default parameters)")
     parser.add_argument(
         "--calibration-fraction", type=float, default=0.2, help="share of train images kept to choose the threshold"
+    )
+    parser.add_argument("--max-drop", type=float, default=0.02, help="certificates: tolerated accuracy drop (eps)")
+    parser.add_argument("--delta", type=float, default=0.1, help="certificates: allowed failure probability")
+    parser.add_argument("--p-value", choices=P_VALUES, default=DEFAULT_P_VALUE, help="certificates: the test")
+    parser.add_argument("--oracle-shift", help="a shifted oracle: evaluate there too (OUT/shift)")
+    parser.add_argument(
+        "--shift-calibration", type=int, default=200, help="labelled shifted queries that certify thresholds there"
     )
     parser.add_argument("--accuracy", choices=("correct", "score"), default="correct", help="correct_{s} or score_{s}")
     parser.add_argument("--seed", type=int, default=0)
@@ -46,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [name for name in args.predictors if name not in PREDICTOR_NAMES]
     if unknown:
         parser.error(f"unknown --predictors {unknown}; choose from {', '.join(PREDICTOR_NAMES)}")
+    if not 0 < args.max_drop < 1 or not 0 < args.delta < 1:
+        parser.error("--max-drop and --delta must be in (0, 1)")
+    if args.oracle_shift and args.accuracy != "correct":
+        parser.error(
+            "--oracle-shift certifies thresholds, which bound the share of correct answers: --accuracy correct"
+        )
     return args
 
 
@@ -54,14 +80,16 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from predictor import evaluate_routing, load_predictor, write_evaluation
-    from predictor.training import fit_predictors
+    from predictor.report import write_shift
+    from predictor.shift import evaluate_shift
+    from predictor.training import calibration_split, certify_routers, fit_predictors
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    predictors = {}
-    if args.oracle_train:
-        predictors.update(
-            fit_predictors(
+    predictors, certified = {}, {}
+    try:
+        if args.oracle_train:
+            fitted = fit_predictors(
                 args.oracle_train,
                 args.predictors,
                 n_trials=args.trials,
@@ -71,15 +99,31 @@ def main(argv: list[str] | None = None) -> None:
                 save_dir=out / "predictors",
                 progress=not args.no_progress,
             )
-        )
-    for directory in args.predictor:
-        name = Path(directory).name
-        loaded = load_predictor(directory, oracle_data=args.oracle_test)
-        predictors[name if name not in predictors else directory] = loaded
-    evaluation = evaluate_routing(args.oracle_test, predictors, accuracy=args.accuracy)
-    paths = write_evaluation(evaluation, out)
-    print(paths["results.md"].read_text())
-    print("wrote " + ", ".join(str(path) for path in paths.values()))
+            predictors.update(fitted)
+            if args.accuracy == "correct":
+                calibration = calibration_split(args.oracle_train, args.calibration_fraction, args.seed)[1]
+                certified = certify_routers(
+                    fitted, calibration, args.max_drop, args.delta, args.p_value, save_dir=out / "predictors"
+                )
+        for directory in args.predictor:
+            name = Path(directory).name
+            loaded = load_predictor(directory, oracle_data=args.oracle_test)
+            predictors[name if name not in predictors else directory] = loaded
+        evaluation = evaluate_routing(args.oracle_test, predictors, accuracy=args.accuracy, certified=certified)
+        paths = write_evaluation(evaluation, out)
+        print(paths["results.md"].read_text())
+        print("wrote " + ", ".join(str(path) for path in paths.values()))
+        if args.oracle_shift:
+            shift = evaluate_shift(
+                args.oracle_shift, predictors, args.shift_calibration, args.max_drop, args.delta, args.p_value,
+                train_certified=certified, seed=args.seed,
+            )  # fmt: skip
+            shift_paths = write_shift(shift, out / "shift", title=f"shifted oracle {args.oracle_shift}")
+            print(shift_paths["shift.md"].read_text())
+            print("wrote " + ", ".join(str(path) for path in shift_paths.values()))
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
