@@ -12,6 +12,10 @@ Per query (batch size 1, as a server routes them), over ``repeats`` rounds of th
 * ``generate``: the oracle's own answer path at the largest scale: ``oracle_data.generation.encode_batch`` (image
   decode, vision tower, compact prompt) and ``m3.inference.generate_at_scale`` with the oracle's
   ``max_new_tokens`` (stops at EOS).
+* probe predictors (``probe_scale_`` set) also pay their probe, timed in two steps: ``probe vision`` (the
+  vision pass, shared with the answer in ``AdaptiveM3``, so reported but not counted in routing) and ``probe at
+  scale p`` (the LLM answering at the probe scale with its hidden state, counted); their features use that probe's
+  real confidence and hidden state. When the router then picks the probe scale, the probe's answer is the answer.
 
 The scale-1 embedding is taken from the oracle row: in an adaptive model it is the mean of the projected grid that
 the vision pass computes anyway (and that the chosen scale's ``generate`` reuses), so it adds no model cost.
@@ -38,6 +42,7 @@ from m3.processing import M3Processor
 from oracle_data.datasets import load_samples
 from oracle_data.generation import encode_batch, load_image
 from predictor import Queries, ScalePredictor, as_oracle_set, image_features, load_predictor, route_by_threshold
+from predictor.costs import probe_scale_of
 
 
 @dataclass
@@ -49,10 +54,13 @@ class RouterBenchResult:
     setup: dict = field(default_factory=dict)
 
     def routing_seconds(self, name: str, own_loop: bool = False) -> float:
-        """Median per-query routing cost of predictor ``name``: its image features (if used), features, forward."""
+        """Median per-query routing cost of predictor ``name``: its image features (if used), its probe's LLM pass
+        (probe predictors), features, forward."""
         if own_loop:
             return self.own_loop.median(f"{name} routing")
         steps = [f"{name} features", f"{name} forward"]
+        if self.setup["probes"].get(name) is not None:
+            steps.insert(0, f"probe at scale {self.setup['probes'][name]}")
         if self.setup["uses_image"][name]:
             steps.insert(0, "image features")
         return quartiles(self.timings.per_round_sum(steps))[1]
@@ -99,9 +107,20 @@ def bench_router(
         compact, grids, sizes = encode_batch(model, processor, [queries[index]])
         return generate_at_scale(model, processor, compact, grids, sizes, scale, max_new_tokens)
 
-    def queries_of(index: int, features: np.ndarray | None) -> Queries:
+    probes = {name: probe_scale_of(p) for name, p in loaded.items()}
+
+    def probe_answer(encoded, probe_scale: int):
+        compact, grids, sizes = encoded
+        return generate_at_scale(
+            model, processor, compact, grids, sizes, probe_scale, max_new_tokens, return_hidden=True
+        )
+
+    def queries_of(index: int, features: np.ndarray | None, probe=None) -> Queries:
         batch_features = None if features is None else features[None]
-        return Queries([queries[index].question], embeddings[index : index + 1], image_features=batch_features)
+        queries_ = Queries([queries[index].question], embeddings[index : index + 1], image_features=batch_features)
+        if probe is not None:
+            queries_.probe_confidence, queries_.probe_hidden = np.asarray(probe.confidences), probe.hidden
+        return queries_
 
     # interleaved: the steps of one query in order, each handing its result to the next through ``state``
     state: dict = {}
@@ -114,7 +133,17 @@ def bench_router(
 
     def features_step(name: str, p: ScalePredictor):
         def step(r: int) -> None:
-            state[name] = p.feature_builder_.transform(queries_of(r % n, state["image features"]))
+            probe = None if probes[name] is None else state[f"probe at scale {probes[name]}"]
+            state[name] = p.feature_builder_.transform(queries_of(r % n, state["image features"], probe))
+
+        return step
+
+    def probe_vision(r: int) -> None:
+        state["probe vision"] = encode_batch(model, processor, [queries[r % n]])
+
+    def probe_step(probe_scale: int):
+        def step(r: int) -> None:
+            state[f"probe at scale {probe_scale}"] = probe_answer(state["probe vision"], probe_scale)
 
         return step
 
@@ -122,23 +151,31 @@ def bench_router(
         return lambda r: route_by_threshold(p.predict_proba_from_features(state[name]), p.scales_, p.threshold_)
 
     designs = {"image decode": decode, "image features": describe}
+    if any(value is not None for value in probes.values()):
+        designs["probe vision"] = probe_vision
+    for probe_scale in sorted({value for value in probes.values() if value is not None}):
+        designs[f"probe at scale {probe_scale}"] = probe_step(probe_scale)
     for name, p in loaded.items():
         designs[f"{name} features"] = features_step(name, p)
         designs[f"{name} forward"] = forward_step(name, p)
     designs["generate"] = lambda r: answer(r % n)
 
-    def route(p: ScalePredictor, index: int, image) -> np.ndarray:
-        """The whole routing of one query from its decoded image, as a server runs it."""
+    def route(p: ScalePredictor, index: int, image, encoded) -> np.ndarray:
+        """The whole routing of one query from its decoded image (and vision pass), as a server runs it."""
         features = image_features(image) if p.feature_builder_.use_image else None
-        proba = p.predict_proba_from_features(p.feature_builder_.transform(queries_of(index, features)))
+        probe = None if probe_scale_of(p) is None else probe_answer(encoded, probe_scale_of(p))
+        proba = p.predict_proba_from_features(p.feature_builder_.transform(queries_of(index, features, probe)))
         return route_by_threshold(proba, p.scales_, p.threshold_)
 
     with torch.inference_mode():
         timings = interleave(designs, repeats * n, warmup=1)
         images = [load_image(sample) for sample in queries]
+        encoded = [encode_batch(model, processor, [sample]) for sample in queries]
         own_loop = Timings()
         for name, p in loaded.items():
-            alone = interleave({f"{name} routing": lambda r, p=p: route(p, r % n, images[r % n])}, repeats * n)
+            alone = interleave(
+                {f"{name} routing": lambda r, p=p: route(p, r % n, images[r % n], encoded[r % n])}, repeats * n
+            )
             own_loop.seconds.update(alone.seconds)
         own_loop.seconds.update(interleave({"generate": lambda r: answer(r % n)}, repeats * n).seconds)
     parameters = sum(p.numel() for p in model.parameters()) / 1e6
@@ -151,6 +188,7 @@ def bench_router(
         "max_new_tokens": max_new_tokens,
         "machine": machine(),
         "uses_image": {name: p.feature_builder_.use_image for name, p in loaded.items()},
+        "probes": probes,
         "kinds": {name: f"{type(p).__name__}(target={p.target!r})" for name, p in loaded.items()},
     }
     return RouterBenchResult(timings, own_loop, setup)
@@ -171,6 +209,11 @@ def format_bench(result: RouterBenchResult, goal: float = 0.02) -> str:
         "image decode": "image decode (answering decodes it too; not counted in routing)",
         "image features": "image features",
     }
+    if "probe vision" in t.seconds:
+        steps["probe vision"] = "probe: vision pass (shared with the answer; not counted in routing)"
+    for key in t.seconds:
+        if key.startswith("probe at scale"):
+            steps[key] = f"{key}: the LLM's answer there, with its hidden state (counted in probe routing)"
     for name in s["kinds"]:
         steps[f"{name} features"] = f"{name}: features (question, TF-IDF, standardise)"
         steps[f"{name} forward"] = f"{name}: forward + threshold rule"
@@ -186,6 +229,8 @@ def format_bench(result: RouterBenchResult, goal: float = 0.02) -> str:
     ]
     for name, kind in s["kinds"].items():
         image = "incl. image features" if s["uses_image"][name] else "no image features"
+        if s["probes"].get(name) is not None:
+            image += f", incl. its probe at scale {s['probes'][name]}"
         ratios = (result.ratio(name), result.ratio(name, own_loop=True))
         verdict = "met" if max(ratios) < goal else "met in own loop only" if min(ratios) < goal else "NOT met"
         lines.append(

@@ -234,6 +234,33 @@ def test_router_cost_times_routing_against_generate(tmp_path, capsys):
     assert "| mlp (MLPScalePredictor(target='correct'), no image features)" in capsys.readouterr().out
 
 
+def test_router_cost_counts_a_probe_predictors_probe(tmp_path):
+    from m3.data.granularity import VOCABULARY, write_split
+    from m3.processing import M3Processor
+    from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
+    from oracle_data import build_oracle
+    from predictor import LGBMScalePredictor
+
+    router_cost = importlib.import_module("router_cost")
+    tokenizer = build_tiny_tokenizer(extra_words=VOCABULARY)
+    model = tiny_model("llava", tokenizer=tokenizer, hidden_size=32)
+    model.save_pretrained(tmp_path / "model")
+    M3Processor(tiny_image_processor("llava"), tokenizer, model.config).save_pretrained(tmp_path / "model")
+    oracle = tmp_path / "oracle"
+    build_oracle(
+        tmp_path / "model", write_split(tmp_path / "data", "test", 2, 0), oracle, max_new_tokens=2, progress=False
+    )
+    probe = LGBMScalePredictor(n_estimators=3, min_child_samples=2, validation_fraction=0, probe="hidden").fit(oracle)
+    result = router_cost.bench_router(tmp_path / "model", oracle, {"probe": probe}, 2, 1)
+    t = result.timings
+    assert list(t.seconds) == ["image decode", "image features", "probe vision", "probe at scale 1", "probe features",
+                               "probe forward", "generate"]  # fmt: skip
+    steps = ["image features", "probe at scale 1", "probe features", "probe forward"]
+    assert result.routing_seconds("probe") == pytest.approx(timing.quartiles(t.per_round_sum(steps))[1])
+    assert result.routing_seconds("probe") > t.median("probe at scale 1")  # the probe's LLM pass is counted
+    assert "incl. its probe at scale 1" in router_cost.format_bench(result)
+
+
 # ----------------------------------------------------------------------------------------------------
 # adaptive_latency
 
