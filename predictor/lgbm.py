@@ -23,6 +23,7 @@ class LGBMScalePredictor(ScalePredictor):
     """LightGBM on cheap image + question features; ``use_embedding=True`` adds the scale-1 embedding.
 
     Without the embedding the predictor needs no model forward at all: it can route before the vision tower runs.
+    ``probe="confidence"`` / ``"hidden"`` reads the model's answer at ``probe_scale`` first (a probe predictor).
     """
 
     def __init__(

@@ -35,7 +35,8 @@ def build_network(n_features: int, n_outputs: int, hidden_sizes, dropout: float)
 class MLPScalePredictor(ScalePredictor):
     """Torch MLP on the 1-token embedding plus question features (see :class:`predictor.base.ScalePredictor`).
 
-    ``use_image`` adds the cheap image statistics; ``tfidf_max_features`` caps the question vocabulary.
+    ``use_image`` adds the cheap image statistics; ``tfidf_max_features`` caps the question vocabulary;
+    ``probe="confidence"`` / ``"hidden"`` reads the model's answer at ``probe_scale`` first (a probe predictor).
     Training stops after ``patience`` epochs without a better held-out loss (``validation_fraction`` of the
     images, or ``eval_set``) and keeps the best epoch's weights.
     """
