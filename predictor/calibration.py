@@ -25,9 +25,9 @@ from sklearn.utils.validation import check_is_fitted
 from .base import ScalePredictor
 from .costs import probe_scale_of, routing_costs
 from .data import OracleSet, accuracy_values, as_oracle_set
-from .risk_control import DEFAULT_P_VALUE, P_VALUES, Certificate, certify
+from .risk_control import DEFAULT_P_VALUE, P_VALUE_CHOICES, Certificate, certify
 from .routing_metrics import operating_point, routing_point
-from .thresholds import candidate_thresholds, check_threshold, route_by_threshold
+from .thresholds import candidate_thresholds, check_threshold, clip_probabilities, route_by_threshold
 
 
 class CalibratedRouter(BaseEstimator):
@@ -95,10 +95,11 @@ class CalibratedRouter(BaseEstimator):
         return probe_scale_of(self.predictor)
 
     def predict_proba(self, X, image_root=None) -> np.ndarray:
-        """The wrapped predictor's ``(n, scales)`` probabilities."""
-        if image_root is None:
-            return self.predictor.predict_proba(X)
-        return self.predictor.predict_proba(X, image_root)
+        """The wrapped predictor's ``(n, scales)`` probabilities, every scale but the largest under 1
+        (:func:`predictor.thresholds.clip_probabilities`; a scale predictor's already are), so that threshold 1
+        means "always the largest scale" whatever is wrapped (a per-group rate can be exactly 1)."""
+        proba = self.predictor.predict_proba(X) if image_root is None else self.predictor.predict_proba(X, image_root)
+        return clip_probabilities(proba)
 
     def predict_label_proba(self, X, image_root=None) -> np.ndarray:
         return self.predictor.predict_label_proba(X, image_root)
@@ -159,8 +160,8 @@ class CertifiedRouter(CalibratedRouter):
         """Certify a threshold on labelled calibration oracle data ``X`` (folder, table or OracleSet)."""
         if not 0 < self.max_drop < 1 or not 0 < self.delta < 1:
             raise ValueError(f"max_drop and delta must be in (0, 1), got {self.max_drop} and {self.delta}")
-        if self.p_value not in P_VALUES:
-            raise ValueError(f"unknown p_value {self.p_value!r}; choose one of {P_VALUES}")
+        if self.p_value not in P_VALUE_CHOICES:
+            raise ValueError(f"unknown p_value {self.p_value!r}; choose one of {P_VALUE_CHOICES}")
         if self.accuracy != "correct":
             raise ValueError("a certificate bounds the drop in the share of correct answers: accuracy='correct'")
         data = as_oracle_set(X, image_root)

@@ -21,6 +21,10 @@ Three valid p-values are offered (:data:`P_VALUES`):
 * ``betting``: a test martingale on the paired loss (Waudby-Smith & Ramdas, 2023; aGRAPA bets) with Ville's
   inequality; variance-adaptive, valid at any sample size.
 
+``auto`` picks ``berger_boos`` or ``binomial`` from ``(n, epsilon, delta)`` only (:func:`resolve_p_value`), so the
+choice stays valid: Berger-Boos pays for its nuisance interval, which at small ``n`` is so wide that it cannot
+certify even a candidate with no loss at all, where the binomial test can.
+
 Everything here is a pure function of arrays; the estimator wrapper lives with the predictors.
 """
 
@@ -34,6 +38,7 @@ import numpy as np
 from scipy import stats
 
 P_VALUES = ("binomial", "berger_boos", "betting")
+P_VALUE_CHOICES = (*P_VALUES, "auto")  # "auto": binomial or berger_boos, chosen from (n, epsilon, delta) alone
 DEFAULT_P_VALUE = "berger_boos"
 BERGER_BOOS_GAMMA_SHARE = 0.1  # gamma = this share of delta: the nuisance interval's miss probability
 NUISANCE_GRID = 64
@@ -148,6 +153,16 @@ def p_value(method: str, losses: np.ndarray, gains: np.ndarray, epsilon: float, 
     raise ValueError(f"unknown p-value {method!r}; choose one of {P_VALUES}")
 
 
+def resolve_p_value(method: str, n: int, epsilon: float, delta: float) -> str:
+    """``method``, or for ``"auto"`` the one to use with ``n`` calibration queries: ``berger_boos`` when its p-value
+    for the best possible evidence (no loss, no gain) is at most ``delta / 2`` (room left to credit gains), else
+    ``binomial``. It looks at no label, so the test chosen is as valid as either."""
+    if method != "auto":
+        return method
+    gamma = BERGER_BOOS_GAMMA_SHARE * delta
+    return "berger_boos" if berger_boos_p_value(0, 0, int(n), float(epsilon), float(gamma)) <= delta / 2 else "binomial"
+
+
 def _check_epsilon(epsilon: float) -> None:
     if not 0 < epsilon < 1:
         raise ValueError(f"epsilon (the tolerated accuracy drop) must be in (0, 1), got {epsilon}")
@@ -215,9 +230,10 @@ def certify(
     decreasing thresholds). ``tokens``: ``(n, scales)`` visual tokens, for the reported cost. Testing runs the
     sequence in that order, stops at the first non-rejection and returns the last certified candidate.
     """
-    if method not in P_VALUES:
-        raise ValueError(f"unknown p-value {method!r}; choose one of {P_VALUES}")
+    if method not in P_VALUE_CHOICES:
+        raise ValueError(f"unknown p-value {method!r}; choose one of {P_VALUE_CHOICES}")
     correct = np.asarray(correct, dtype=bool)
+    method = resolve_p_value(method, correct.shape[0], epsilon, delta)
     routed_index = np.asarray(routed_index, dtype=np.int64)
     if routed_index.ndim != 2 or routed_index.shape != (len(thresholds), correct.shape[0]):
         raise ValueError(

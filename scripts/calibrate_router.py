@@ -22,7 +22,7 @@ import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from predictor.risk_control import DEFAULT_P_VALUE, P_VALUES
+    from predictor.risk_control import DEFAULT_P_VALUE, P_VALUE_CHOICES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--predictor", required=True, help="a saved predictor folder")
@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-drop", type=float, default=0.01, help="tolerated accuracy drop eps (default 0.01)")
     parser.add_argument("--delta", type=float, default=0.1, help="allowed failure probability (default 0.1)")
     parser.add_argument(
-        "--p-value", choices=P_VALUES, default=DEFAULT_P_VALUE, help=f"the valid test (default {DEFAULT_P_VALUE})"
+        "--p-value", choices=P_VALUE_CHOICES, default=DEFAULT_P_VALUE, help=f"the test (default {DEFAULT_P_VALUE})"
     )
     args = parser.parse_args(argv)
     if not 0 < args.max_drop < 1 or not 0 < args.delta < 1:

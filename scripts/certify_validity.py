@@ -26,7 +26,7 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from predictor.risk_control import DEFAULT_P_VALUE, P_VALUES
+    from predictor.risk_control import DEFAULT_P_VALUE, P_VALUE_CHOICES, P_VALUES
     from predictor.training import PREDICTORS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,13 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eps", default="0.02,0.05", help="tolerated drops for the validity table")
     parser.add_argument("--delta", type=float, default=0.1)
     parser.add_argument("--methods", default=",".join(P_VALUES), help="p-values for the validity table")
-    parser.add_argument("--efficiency-method", choices=P_VALUES, default=DEFAULT_P_VALUE, help="p-value for the curve")
+    parser.add_argument(
+        "--efficiency-method", choices=P_VALUE_CHOICES, default=DEFAULT_P_VALUE, help="p-value for the curve"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     args.predictors = [name.strip() for name in args.predictors.split(",") if name.strip()]
     args.methods = [name.strip() for name in args.methods.split(",") if name.strip()]
-    unknown = [m for m in args.methods if m not in P_VALUES] + [p for p in args.predictors if p not in PREDICTORS]
+    unknown = [m for m in args.methods if m not in P_VALUE_CHOICES]
+    unknown += [name for name in args.predictors if name not in PREDICTORS]
     if unknown:
         parser.error(f"unknown p-value(s) or predictor(s): {unknown}")
     if args.predictors and not args.oracle_train:

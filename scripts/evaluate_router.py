@@ -31,7 +31,7 @@ DEFAULT_NAMES = "mlp,mlp-image,mlp-oracle,lgbm,lgbm-emb,question-only"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from predictor.risk_control import DEFAULT_P_VALUE, P_VALUES
+    from predictor.risk_control import DEFAULT_P_VALUE, P_VALUE_CHOICES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--oracle-test", required=True, help="oracle folder to evaluate on")
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-drop", type=float, default=0.02, help="certificates: tolerated accuracy drop (eps)")
     parser.add_argument("--delta", type=float, default=0.1, help="certificates: allowed failure probability")
-    parser.add_argument("--p-value", choices=P_VALUES, default=DEFAULT_P_VALUE, help="certificates: the test")
+    parser.add_argument("--p-value", choices=P_VALUE_CHOICES, default=DEFAULT_P_VALUE, help="certificates: the test")
     parser.add_argument("--oracle-shift", help="a shifted oracle: evaluate there too (OUT/shift)")
     parser.add_argument(
         "--shift-calibration", type=int, default=200, help="labelled shifted queries that certify thresholds there"

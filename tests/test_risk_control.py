@@ -153,3 +153,33 @@ def test_certified_router_fits_saves_and_loads_its_certificate(tmp_path):
     assert saved_certificate(predictor) is None
     with pytest.raises(ValueError, match="max_drop and delta"):
         CertifiedRouter(predictor, max_drop=0).fit(calibration)
+
+
+def test_auto_chooses_the_p_value_from_n_eps_and_delta_alone():
+    from predictor.risk_control import resolve_p_value
+
+    # at n = 200 Berger-Boos cannot certify even a loss-free candidate at eps 0.02 (its nuisance interval is too
+    # wide), the binomial test can; with more queries Berger-Boos has room to credit gains
+    assert berger_boos_p_value(0, 0, 200, 0.02, 0.01) > 0.1 > binomial_p_value(0, 200, 0.02)
+    assert resolve_p_value("auto", 200, 0.02, 0.1) == "binomial"
+    assert resolve_p_value("auto", 800, 0.02, 0.1) == "berger_boos"
+    assert resolve_p_value("betting", 200, 0.02, 0.1) == "betting"
+    correct, proba = population(seed=4, n=200)
+    tokens = np.tile(SCALES.astype(float), (len(correct), 1))
+    certificate = certify(correct, routed_indices(proba), THRESHOLDS, tokens, 0.05, 0.1, "auto")
+    assert certificate.p_value_method == resolve_p_value("auto", 200, 0.05, 0.1)
+
+
+def test_a_certified_reference_router_that_certifies_nothing_answers_at_the_largest_scale(tmp_path):
+    from predictor import CertifiedRouter
+    from predictor.data import as_oracle_set
+    from predictor.reference import ReferenceRouter
+
+    from .synthetic_oracle import write_synthetic_oracle
+
+    data = as_oracle_set(write_synthetic_oracle(tmp_path / "oracle", num_images=20, noise=0.0, seed=2))
+    reference = ReferenceRouter(grouping="family").fit(data)
+    assert reference.predict_proba(data).max() == 1.0  # "background" is right at every scale: a rate of exactly 1
+    router = CertifiedRouter(reference, max_drop=0.001, delta=0.1).fit(data)
+    assert router.certificate_.threshold is None and router.threshold_ == 1.0
+    assert (router.predict(data) == 576).all()  # threshold 1 means the largest scale, whatever is wrapped
