@@ -141,8 +141,9 @@ class CertifiedRouter(CalibratedRouter):
     labelled samples of the new data).
 
     ``fit(X)`` runs Learn-then-Test (:func:`predictor.risk_control.certify`) over a fixed grid of thresholds, from
-    1 (everything at the largest scale) down, with the ``p_value`` test (default ``berger_boos``: exact, credits
-    queries that a smaller scale answers and the largest does not). It sets ``certificate_`` (a
+    1 (everything at the largest scale) down, with the ``p_value`` test (default ``auto``: ``berger_boos``, exact
+    and crediting queries that a smaller scale answers and the largest does not, unless ``n`` is too small for it;
+    then the exact ``binomial`` test on loss events). It sets ``certificate_`` (a
     :class:`~predictor.risk_control.Certificate`; its ``threshold`` is None when nothing was certified, and the
     router then answers at the largest scale) besides :class:`CalibratedRouter`'s attributes. The certificate is
     saved with the predictor and read back as ``load_predictor(dir).calibration_["certificate"]``.

@@ -39,7 +39,7 @@ from scipy import stats
 
 P_VALUES = ("binomial", "berger_boos", "betting")
 P_VALUE_CHOICES = (*P_VALUES, "auto")  # "auto": binomial or berger_boos, chosen from (n, epsilon, delta) alone
-DEFAULT_P_VALUE = "berger_boos"
+DEFAULT_P_VALUE = "auto"  # measured: Berger-Boos certifies the fewest tokens at n = 500 and more, binomial at n = 200
 BERGER_BOOS_GAMMA_SHARE = 0.1  # gamma = this share of delta: the nuisance interval's miss probability
 NUISANCE_GRID = 64
 
