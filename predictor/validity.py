@@ -232,6 +232,7 @@ def validity_study(
     splits = resplits(data, n_calibration, count, seed)
     settings = study_settings(validity_epsilons, methods, efficiency_epsilons, efficiency_method)
     records = resplit_records(data.correct(), candidates, splits, settings, delta)
-    validity = validity_rows([r for r in records if r["epsilon"] in set(map(float, validity_epsilons))], delta)
+    chosen = set(map(float, validity_epsilons))
+    validity = validity_rows([r for r in records if r["epsilon"] in chosen and r["method"] in methods], delta)
     efficiency = efficiency_rows([r for r in records if r["method"] == efficiency_method])
     return validity, efficiency
