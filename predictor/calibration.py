@@ -100,7 +100,11 @@ class CalibratedRouter(BaseEstimator):
         """The wrapped predictor's folder with ``threshold_`` as its threshold and a record of the calibration;
         :func:`predictor.registry.load_predictor` reads it back as that predictor, routing at ``threshold_``."""
         self._check_fitted()
-        record = {
+        return self.predictor.save_pretrained(directory, threshold=self.threshold_, calibration=self.record())
+
+    def record(self) -> dict:
+        """How the threshold was chosen, as saved in ``predictor.json`` (``calibration``)."""
+        return {
             "rule": type(self).__name__,
             "accuracy": self.accuracy,
             "data": self.calibration_source_,
@@ -109,7 +113,6 @@ class CalibratedRouter(BaseEstimator):
             "tokens": self.tokens_,
             "accuracy_at_threshold": self.accuracy_,
         }
-        return self.predictor.save_pretrained(directory, threshold=self.threshold_, calibration=record)
 
 
 CERTIFIED_GRID = np.linspace(0.0, 1.0, 1001)[::-1]  # candidate thresholds, strictest first, fixed before any data
@@ -159,19 +162,9 @@ class CertifiedRouter(CalibratedRouter):
         )  # fmt: skip
         return 1.0 if self.certificate_.threshold is None else self.certificate_.threshold
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """The wrapped predictor's folder at the certified threshold, with the certificate in its calibration record."""
-        self._check_fitted()
-        record = {
-            "rule": type(self).__name__,
-            "data": self.calibration_source_,
-            "n": self.n_calibration_,
-            "target_accuracy": self.target_accuracy_,
-            "tokens": self.tokens_,
-            "accuracy_at_threshold": self.accuracy_,
-            "certificate": self.certificate_.to_dict(),
-        }
-        return self.predictor.save_pretrained(directory, threshold=self.threshold_, calibration=record)
+    def record(self) -> dict:
+        """The calibration record, with the certificate."""
+        return {**super().record(), "certificate": self.certificate_.to_dict()}
 
 
 def saved_certificate(predictor) -> Certificate | None:
