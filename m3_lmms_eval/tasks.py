@@ -1,13 +1,15 @@
 """Local lmms-eval tasks over the project's own data, scored with :mod:`m3.metrics` (the oracle's scorer).
 
-``write_llava_task(split_json, folder)`` writes a task yaml and its ``*_utils.py`` into ``folder`` for a LLaVA-format
-JSON split (e.g. ``python -m m3.data.granularity --out DIR --split test`` writes ``DIR/test.json``); run it with
-``python -m lmms_eval --include_path FOLDER --tasks TASK ...``. The prompt is the record's question and a sample's
-score is its metric (``exact_match`` unless the record names one), so lmms-eval's accuracy is the oracle's.
+``write_llava_task(split_json, folder)`` (or ``python -m m3_lmms_eval.tasks SPLIT_JSON FOLDER``) writes a task yaml
+and its ``*_utils.py`` into ``folder`` for a LLaVA-format JSON split (``python -m m3.data.granularity --out DIR
+--split test`` writes ``DIR/test.json``); run it with ``python -m lmms_eval --include_path FOLDER --tasks TASK ...``.
+The prompt is the record's question and a sample's score is its metric (``exact_match`` unless the record names
+one), so lmms-eval's accuracy is the oracle's.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -93,3 +95,21 @@ def write_llava_task(
     path = folder / f"{task}.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m m3_lmms_eval.tasks", description="Write a local lmms-eval task over a LLaVA JSON split."
+    )
+    parser.add_argument("split_json", type=Path, help="LLaVA JSON split, e.g. runs/granularity/test.json")
+    parser.add_argument("folder", type=Path, help="folder for the task yaml (pass it to --include_path)")
+    parser.add_argument("--task", default="m3_granularity", help="task name (default: m3_granularity)")
+    parser.add_argument("--max-new-tokens", type=int, default=8, help="answer length cap (the oracle's default: 8)")
+    args = parser.parse_args(argv)
+    if not args.split_json.is_file():
+        parser.error(f"{args.split_json} does not exist")
+    print(write_llava_task(args.split_json, args.folder, args.task, args.max_new_tokens))
+
+
+if __name__ == "__main__":
+    main()
