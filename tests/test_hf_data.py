@@ -165,3 +165,15 @@ def test_errors_name_the_split_row_and_column(tmp_path):
 def test_detection_prefers_the_most_specific_layout():
     for name, layout in LAYOUTS.items():
         assert detect_layout([*layout.signature, "image", "extra"]).name == name
+
+
+def test_a_local_copy_of_a_hub_repository_with_several_configurations(tmp_path):
+    """lmms-lab/POPE keeps two configurations side by side (data/test-*.parquet, Full/test-*.parquet)."""
+    location = hf_layouts.write(tmp_path, "pope", "parquet")  # data/test-00000-of-00001.parquet
+    (location / "Full").mkdir()
+    subset = datasets.load_dataset("parquet", data_files=str(location / "data" / "*.parquet"), split="train")
+    subset.select([0, 1]).to_parquet(str(location / "Full" / "test-00000-of-00001.parquet"))
+    with pytest.raises(ValueError, match=r"split 'test' in several folders \['Full', 'data'\].*--dataset-config"):
+        open_dataset(location, "test")
+    assert len(open_dataset(location, "test", config="Full")[0]) == 2
+    assert len(load_hf(location, "test", config="data").items) == 4

@@ -190,28 +190,45 @@ def _split_of(path: Path) -> str:
     return match.group(1) if match else path.parent.name
 
 
-def _parquet_split_files(root: Path, split: str | None) -> tuple[list[str], str]:
-    """The Parquet files of one split under ``root`` (a file or a folder) and the split's name."""
+def _parquet_split_files(root: Path, split: str | None, config: str | None = None) -> tuple[list[str], str]:
+    """The Parquet files of one split under ``root`` (a file or a folder) and the split's name.
+
+    A local copy of a hub repository keeps each configuration in its own folder (``ScienceQA-IMG/test-*.parquet``,
+    ``data/test-*.parquet``): ``config`` picks one; a split found in several folders without it is refused."""
     if not root.is_dir():
         return [str(root)], split or _split_of(root)
-    by_split: dict[str, list[str]] = {}
-    for file in sorted(root.rglob("*.parquet")):
-        by_split.setdefault(_split_of(file), []).append(str(file))
+    files = sorted(root.rglob("*.parquet"))
+    if config is not None:
+        files = [f for f in files if config in f.relative_to(root).parts[:-1]]
+    by_split: dict[str, list[Path]] = {}
+    for file in files:
+        by_split.setdefault(_split_of(file), []).append(file)
     if not by_split:
-        raise FileNotFoundError(f"{root} holds no save_to_disk dataset (dataset_info.json) and no *.parquet file")
+        where = f" in a folder named {config!r}" if config else ""
+        raise FileNotFoundError(
+            f"{root} holds no save_to_disk dataset (dataset_info.json) and no *.parquet file{where}"
+        )
     if split is None:
         if len(by_split) > 1:
             raise ValueError(f"{root} holds the splits {sorted(by_split)}; choose one with --split")
         split = next(iter(by_split))
     if split not in by_split:
         raise ValueError(f"{root} has no split {split!r}; its Parquet files hold the splits {sorted(by_split)}")
-    return by_split[split], split
+    folders = sorted({str(f.parent.relative_to(root)) for f in by_split[split]})
+    if len(folders) > 1:
+        raise ValueError(
+            f"{root} holds split {split!r} in several folders {folders} (one per configuration); choose one with "
+            "--dataset-config FOLDER"
+        )
+    return [str(f) for f in by_split[split]], split
 
 
 def open_dataset(location: str | os.PathLike, split: str | None = None, config: str | None = None):
     """``(datasets.Dataset, split name)`` of one split of a ``save_to_disk`` folder, Parquet files or a hub id.
 
-    ``split`` may be omitted when there is only one; ``config`` is the hub configuration (e.g. ``ScienceQA-IMG``).
+    ``split`` may be omitted when there is only one; ``config`` is the hub configuration (e.g. ``ScienceQA-IMG``;
+    in a local copy of a hub repository, the folder that holds it). Parquet files and hub datasets are loaded through
+    ``datasets.load_dataset``, which keeps an Arrow copy in the datasets cache (``HF_DATASETS_CACHE``).
     """
     import datasets
 
@@ -231,7 +248,7 @@ def open_dataset(location: str | os.PathLike, split: str | None = None, config: 
             raise ValueError(f"{path} holds the split {str(loaded.split)!r}, not {split!r}")
         return loaded, split or (str(loaded.split) if loaded.split is not None else "train")
     if path.exists():
-        files, split = _parquet_split_files(path, split)
+        files, split = _parquet_split_files(path, split, config)
         return datasets.load_dataset("parquet", data_files={split: files}, split=split), split
     if not _HUB_ID.match(os.fspath(location)):
         raise FileNotFoundError(f"{location} is neither a local dataset (folder or .parquet file) nor a hub id")
