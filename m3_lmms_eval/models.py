@@ -1,7 +1,8 @@
 """The lmms-eval models. Both answer with the project's own inference code: ``m3`` encodes each distinct image of a
 batch once and answers at its scale (:mod:`m3.inference`, the oracle's loop), ``m3_adaptive`` calls
 :meth:`adaptive.AdaptiveM3.generate`. Each answer reports the visual tokens it used (``token_counts`` in lmms-eval's
-``--log_samples`` output: ``visual_tokens``, ``scale``, ``input_tokens``)."""
+``--log_samples`` output: ``visual_tokens``, ``scale``, ``input_tokens``). One process: both report rank 0 of 1,
+so run them without ``accelerate launch`` (a multi-GPU run would answer every request in every process)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from PIL import Image
 
-DEFAULT_MAX_NEW_TOKENS = 32
-LMMS_EVAL_KWARGS = ("batch_size", "max_batch_size", "device")  # what lmms-eval's evaluator adds to model_args
+DEFAULT_MAX_NEW_TOKENS = 32  # when a task's generation_kwargs set no max_new_tokens
 
 
 @dataclass
@@ -34,7 +34,8 @@ class VisualTokenCounts(TokenCounts):
         return counts
 
 
-def _bool_or_number(value, name: str, kind=float):
+def _number(value, name: str, kind=float):
+    """A model arg (lmms-eval passes strings or numbers) as ``kind``; None for an empty or "none" value."""
     if value is None or value == "" or (isinstance(value, str) and value.lower() == "none"):
         return None
     try:
@@ -44,6 +45,7 @@ def _bool_or_number(value, name: str, kind=float):
 
 
 def _device(device: str | None) -> torch.device:
+    """lmms-eval's ``--device`` (unset: CUDA when there is one); a CUDA device without CUDA is refused early."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -52,6 +54,7 @@ def _device(device: str | None) -> torch.device:
 
 
 def _dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on GPU (the paper's setting), float32 on CPU (the oracle's, so answers agree)."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if not hasattr(torch, str(dtype)) or not isinstance(getattr(torch, dtype), torch.dtype):
@@ -90,7 +93,7 @@ class _M3Base(lmms):
         super().__init__()
         if unknown:
             raise ValueError(f"{type(self).__name__}: unknown model arg(s) {sorted(unknown)}")
-        self.batch_size = _bool_or_number(batch_size, "batch_size", int) or 1
+        self.batch_size = _number(batch_size, "batch_size", int) or 1
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         self.device = _device(device)
@@ -177,7 +180,7 @@ class M3(_M3Base):
         self.model = load_m3_model(pretrained, dtype=_dtype(dtype, self.device)).to(self.device).eval()
         self.processor = M3Processor.from_pretrained(pretrained, config=self.model.config)
         config = self.model.config
-        scale = _bool_or_number(scale, "scale", int)
+        scale = _number(scale, "scale", int)
         self.scale = check_scale(scale if scale is not None else config.m3_default_scale, config.grid_tokens)
 
     def _answer(self, contexts, images, max_new_tokens, extra):
@@ -214,8 +217,8 @@ class M3Adaptive(_M3Base):
 
         self.adaptive = AdaptiveM3.from_pretrained(pretrained, dtype=_dtype(dtype, self.device))
         self.adaptive.model.to(self.device)
-        self.threshold = _bool_or_number(threshold, "threshold")
-        self.budget = _bool_or_number(budget, "budget", int)
+        self.threshold = _number(threshold, "threshold")
+        self.budget = _number(budget, "budget", int)
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         self.routing: list[dict] = []  # per answer: scale, visual tokens, P(correct) per scale
