@@ -47,8 +47,16 @@ class TrainConfig:
         default=None, metadata={"help": "llava-hf checkpoint directory; unset: a tiny model from scratch"}
     )
     family: str = field(default="llava", metadata={"help": "tiny model family: llava or llava_next"})
-    data_path: str = field(default="runs/granularity/train.chat.json", metadata={"help": "LLaVA-format JSON"})
+    data_path: str = field(
+        default="runs/granularity/train.chat.json",
+        metadata={"help": "LLaVA-format JSON, or a Hugging Face dataset (save_to_disk folder, *.parquet, hub id)"},
+    )
     image_root: str | None = field(default=None, metadata={"help": "image folder (default: the JSON's folder)"})
+    data_split: str | None = field(default=None, metadata={"help": "split of a Hugging Face dataset data_path"})
+    data_config: str | None = field(default=None, metadata={"help": "hub configuration of a dataset data_path"})
+    data_columns: str | None = field(
+        default=None, metadata={"help": "column mapping of a dataset data_path (ROLE=COLUMN,...; see m3.data.hf)"}
+    )
     eval_data_path: str | None = field(default="runs/granularity/validation.json", metadata={"help": "eval JSON"})
     eval_samples: int = field(default=200, metadata={"help": "records used by each periodic evaluation"})
     generate_data: bool = field(default=True, metadata={"help": "write the granularity benchmark if missing"})
@@ -242,13 +250,28 @@ def ensure_granularity_data(config: TrainConfig) -> None:
     """Write the granularity splits the config names (train, validation) if they are missing; refuse splits of
     another generator version (see :func:`m3.data.granularity.ensure_split`)."""
     from .data.granularity import ensure_split
+    from .data.hf import is_hf_location
 
+    hf_train = config.data_split is not None or is_hf_location(config.data_path)
     for path, split, num_images in (
-        (config.data_path, "train", config.train_images),
+        (None if hf_train else config.data_path, "train", config.train_images),
         (config.eval_data_path, "validation", config.eval_images),
     ):
         if path is not None:
             ensure_split(path, split, num_images, config.seed)
+
+
+def open_training_data(config: TrainConfig):
+    """The training records: :class:`LlavaDataset` for a LLaVA JSON file, or, for a Hugging Face dataset (a folder,
+    Parquet files, a hub id, or any ``data_path`` with ``data_split`` set), :class:`m3.data.hf.HFInstructionDataset`
+    (one-turn conversations with lmms-eval's prompt and the reference answer)."""
+    from .data.hf import HFInstructionDataset, is_hf_location, load_hf
+
+    if config.data_split is not None or config.data_columns is not None or is_hf_location(config.data_path):
+        data = load_hf(config.data_path, config.data_split, config.data_config, columns=config.data_columns)
+        return HFInstructionDataset(data, skip_bad_images=config.skip_bad_images)
+    image_root = config.image_root or str(Path(config.data_path).parent)
+    return LlavaDataset(config.data_path, image_root, skip_bad_images=config.skip_bad_images)
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
@@ -306,8 +329,7 @@ def train(config: TrainConfig) -> Path:
         model.gradient_checkpointing_enable()
     model.train()
     scales = model.config.m3_scales
-    image_root = config.image_root or str(Path(config.data_path).parent)
-    dataset = LlavaDataset(config.data_path, image_root, skip_bad_images=config.skip_bad_images)
+    dataset = open_training_data(config)
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,

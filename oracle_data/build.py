@@ -42,18 +42,38 @@ def model_summary(model_dir: str | os.PathLike, config, scales: Sequence[int]) -
 
 
 def data_summary(data: OracleData, limit: int | None) -> dict:
+    """The manifest's ``data`` entry. For a dataset: where it is (a resolved folder or a hub id), the split, the
+    configuration, the layout and its columns; ``sha256`` then hashes the dataset's fingerprint, split and layout."""
     metrics: dict[str, int] = {}
     for sample in data.samples:
         metrics[sample.metric] = metrics.get(sample.metric, 0) + 1
+    common = {
+        "num_samples": len(data.samples),
+        "limit": limit,
+        "skipped_without_image": len(data.skipped_ids),
+        "metrics": metrics,
+    }
+    if data.hf is not None:
+        local = Path(data.hf.location)
+        return {
+            "path": str(local.resolve()) if local.exists() else data.hf.location,
+            "sha256": data.hf.fingerprint,
+            "format": data.format,
+            "image_root": None,
+            "split": data.hf.split,
+            "config": data.hf.config,
+            "layout": data.hf.layout.name,
+            "columns": data.hf.layout.columns(),
+            "prompt": data.hf.layout.prompt,
+            "post_prompt": data.hf.layout.post_prompt,
+            **common,
+        }
     return {
         "path": str(data.path.resolve()),
         "sha256": store.file_sha256(data.path),
         "format": data.format,
         "image_root": str(data.image_root.resolve()),
-        "num_samples": len(data.samples),
-        "limit": limit,
-        "skipped_without_image": len(data.skipped_ids),
-        "metrics": metrics,
+        **common,
     }
 
 
@@ -86,9 +106,15 @@ def build_oracle(
     progress: bool = True,
     model=None,
     processor=None,
+    split: str | None = None,
+    dataset_config: str | None = None,
+    layout: str | None = "auto",
+    columns: dict | str | None = None,
 ) -> Path:
     """Build (or finish) the oracle of ``model_dir`` on ``data_path`` in ``out_dir``; returns the manifest path.
 
+    ``data_path`` is a data file or a Hugging Face dataset (a folder, Parquet files or a hub id; ``split``,
+    ``dataset_config``, ``layout`` and ``columns`` choose and read it: see :func:`m3.data.hf.load_hf`).
     ``metric`` scores samples that name none; ``scales`` default to the model's ``m3_scales``. ``model`` and
     ``processor`` may be passed already loaded (they must be the ones saved in ``model_dir``). Raises
     :class:`oracle_data.store.OracleMismatchError` if ``out_dir`` holds an oracle of another model, data file
@@ -104,7 +130,7 @@ def build_oracle(
         )
     state = _process_state()
     out_dir = Path(out_dir)
-    data = load_samples(data_path, image_root, data_format, metric, limit)
+    data = load_samples(data_path, image_root, data_format, metric, limit, True, split, dataset_config, layout, columns)
     if not data.samples:
         raise ValueError(f"{data_path} holds no sample with an image")
     config = model.config if model is not None else load_m3_config(model_dir)

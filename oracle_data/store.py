@@ -36,6 +36,9 @@ IDENTITY_KEYS = (
     ("data", "format"),
     ("data", "image_root"),
     ("data", "num_samples"),
+    ("data", "split"),
+    ("data", "config"),
+    ("data", "columns"),
     ("metric",),
     ("settings",),
 )
@@ -313,3 +316,49 @@ def load_oracle(out_dir: str | os.PathLike, allow_incomplete: bool = False) -> p
     if manifest.get("complete") and table.num_rows != manifest["data"]["num_samples"]:
         raise ValueError(f"{out_dir}: {table.num_rows} rows, the manifest expects {manifest['data']['num_samples']}")
     return table.replace_schema_metadata({"manifest": json.dumps(manifest)})
+
+
+ORACLE_DATASET_NAME = "m3_oracle"
+
+
+def load_oracle_dataframe(out_dir: str | os.PathLike, allow_incomplete: bool = False):
+    """The oracle table (:func:`load_oracle`) as a pandas ``DataFrame``, its manifest in ``df.attrs["manifest"]``."""
+    table = load_oracle(out_dir, allow_incomplete)
+    frame = table.to_pandas()
+    frame.attrs["manifest"] = json.loads(table.schema.metadata[b"manifest"])
+    return frame
+
+
+def load_oracle_dataset(out_dir: str | os.PathLike, allow_incomplete: bool = False):
+    """The oracle table (:func:`load_oracle`) as a ``datasets.Dataset`` (in memory: nothing is copied to the datasets
+    cache). The manifest is ``json.loads(dataset.info.description)``; ``dataset.info.dataset_name`` is
+    ``"m3_oracle"``."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    table = load_oracle(out_dir, allow_incomplete)
+    info = datasets.DatasetInfo(
+        description=table.schema.metadata[b"manifest"].decode(), dataset_name=ORACLE_DATASET_NAME
+    )
+    return datasets.Dataset(InMemoryTable(table.replace_schema_metadata(None)), info=info)
+
+
+def oracle_table(data) -> pa.Table:
+    """A ``pyarrow.Table`` of an oracle given as a table, a pandas ``DataFrame`` or a ``datasets.Dataset``, with the
+    manifest (from the table's metadata, ``df.attrs`` or the dataset's info) as schema metadata when there is one."""
+    manifest = None
+    module = type(data).__module__.split(".")[0]
+    if isinstance(data, pa.Table):
+        return data
+    if module == "pandas":
+        manifest = data.attrs.get("manifest")
+        table = pa.Table.from_pandas(data, preserve_index=False)
+    elif module == "datasets":
+        if data.info.dataset_name == ORACLE_DATASET_NAME and data.info.description:
+            manifest = json.loads(data.info.description)
+        table = data.with_format("arrow")[:]
+    else:
+        raise TypeError(
+            f"expected a pyarrow.Table, a pandas DataFrame or a datasets.Dataset, got {type(data).__name__}"
+        )
+    return table.replace_schema_metadata(None if manifest is None else {"manifest": json.dumps(manifest)})
