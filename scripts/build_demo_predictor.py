@@ -4,7 +4,7 @@
     python scripts/build_demo_predictor.py --model DIR --out DIR
 
 Writes the granularity train/validation splits and the model's oracle on them under --work, fits an MLP predictor
-on the train oracle and certifies a threshold per epsilon on the validation oracle (see demo/router.py). Rebuild it
+on the train oracle and certifies a threshold per epsilon on the validation oracle (see m3_demo/router.py). Rebuild it
 whenever the tiny model is retrained: the demo refuses a predictor fitted on other weights.
 """
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    from demo.router import build_demo_predictor
+    from m3_demo.router import build_demo_predictor
 
     torch.set_num_threads(args.threads)
     out = build_demo_predictor(

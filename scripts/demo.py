@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit('error: the demo needs gradio: pip install -e ".[demo]"')
     import torch
 
-    from demo.app import build_demo, launch_kwargs
-    from demo.session import load_demo_model
+    from m3_demo.app import build_demo, launch_kwargs
+    from m3_demo.session import load_demo_model
 
     torch.set_num_threads(args.threads)
     try:
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"demo at {url} (Ctrl+C stops it)", flush=True)
     try:
         blocks.block_thread()
+    except KeyboardInterrupt:
+        pass
     finally:
         blocks.close()
 

@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 
 from adaptive import AdaptiveM3
-from demo.examples import load_examples
-from demo.page import scale_card_html, summary_html
-from demo.router import CERTIFICATES_NAME, load_certificates
-from demo.session import ROOT, SHIPPED_PREDICTOR, Asked, DemoModel, load_demo_model, predictor_matches
-from demo.views import model_input_pixels, patch_means, pooled_cells, pooled_view, saving
 from m3.flops import estimate_prefill, llava_15_config
 from m3.pooling import pool_tokens
 from m3.processing import M3Processor
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
+from m3_demo.examples import load_examples
+from m3_demo.page import scale_card_html, summary_html
+from m3_demo.router import CERTIFICATES_NAME, load_certificates
+from m3_demo.session import ROOT, SHIPPED_PREDICTOR, Asked, DemoModel, load_demo_model, predictor_matches
+from m3_demo.views import model_input_pixels, patch_means, pooled_cells, pooled_view, saving
 from predictor import MLPScalePredictor
 
 from .synthetic_oracle import write_synthetic_oracle
@@ -200,6 +200,8 @@ def test_a_stale_shipped_predictor_falls_back_to_the_quickstart_or_says_how_to_b
     model = load_demo_model(root=root)
     assert "quickstart" in model.source and "other weights" in model.source
     assert [c.epsilon for c in model.certificates] == [0.02]  # the one saved with the predictor, no menu file
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        load_demo_model(model_dir=tmp_path / "nowhere", root=root)
     with pytest.raises(ValueError, match="not both"):
         load_demo_model(adaptive_dir=root / "runs" / "quickstart" / "adaptive", model_dir=root)
 
@@ -243,7 +245,7 @@ def test_scale_cards_carry_what_the_browser_reads():
 
 def test_page_handlers_turn_every_user_error_into_a_message(shipped, tmp_path):
     pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
-    from demo.app import NO_IMAGE, NO_QUESTION, _Page
+    from m3_demo.app import NO_IMAGE, NO_QUESTION, _Page
 
     page = _Page(shipped, load_examples(), text_tokens=30)
     image = str(load_examples().images[1])

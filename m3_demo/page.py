@@ -139,7 +139,7 @@ def summary_html(
         f"Against 576 tokens this saves <b>{saving.tokens_saved}</b> visual tokens; on {saving.model} "
         f"(prefill with {saving.text_tokens} text tokens, m3/flops.py) the LLM prefill is "
         f"<b>{saving.llm_flops / 1e12:.2f}</b> instead of {saving.full_llm_flops / 1e12:.2f} TFLOPs "
-        f"(<b>{100 * saving.llm_share_saved:.0f} %</b> less); with the vision tower, which runs at every scale, "
+        f"(<b>{100 * saving.llm_share_saved:.0f}&nbsp;%</b> less); with the vision tower, which runs at every scale, "
         f"{saving.total_flops / 1e12:.2f} instead of {saving.full_total_flops / 1e12:.2f} TFLOPs "
-        f"({100 * saving.total_share_saved:.0f} % less).</div>"
+        f"({100 * saving.total_share_saved:.0f}&nbsp;% less).</div>"
     )

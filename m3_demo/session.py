@@ -141,6 +141,8 @@ def load_demo_model(
             raise ValueError("pass either an AdaptiveM3 folder, or a model folder with a predictor folder, not both")
         return _from_adaptive_folder(Path(adaptive_dir), f"the AdaptiveM3 folder {adaptive_dir}")
     model = Path(model_dir) if model_dir is not None else root / DEFAULT_MODEL
+    if not (model / "config.json").is_file():
+        raise FileNotFoundError(f"{model} is not a model folder (no config.json)")
     if predictor_dir is not None:
         adaptive = AdaptiveM3.from_pretrained(model, predictor_dir)
         certificates = load_certificates(adaptive.predictor, predictor_dir)
