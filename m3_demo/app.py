@@ -116,9 +116,10 @@ def build_demo(model: DemoModel, examples: Examples | None = None, text_tokens: 
     examples = load_examples() if examples is None else examples
     page = _Page(model, examples, text_tokens)
     scales = model.scales
-    default_epsilon = next((c.epsilon for c in model.certificates if c.threshold == model.default_threshold), None)
-    if default_epsilon is None and model.certificates:
-        default_epsilon = model.certificates[0].epsilon
+    # the eps whose certificate the model routes at by default; None (no eps chosen) when none does, so the page
+    # starts where AdaptiveM3.generate routes
+    default_epsilon = page.certified_at(model.default_threshold)
+    default_epsilon = None if default_epsilon is None else default_epsilon.epsilon
     with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
         gr.Markdown(
             f"## {TITLE}\nOne vision pass; the answer at {', '.join(map(str, scales))} visual tokens side by side; the "
@@ -155,7 +156,7 @@ def build_demo(model: DemoModel, examples: Examples | None = None, text_tokens: 
                     )  # fmt: skip
                     certificate = gr.HTML(certificate_html(page.by_epsilon.get(default_epsilon)), elem_id="m3-cert")
                 threshold = gr.Slider(
-                    0.0, 1.0, value=page.threshold_of(default_epsilon), step=0.001,
+                    0.0, 1.0, value=model.default_threshold, step=0.001,
                     label="threshold: the P(correct) a scale must reach", elem_id="m3-threshold",
                 )  # fmt: skip
                 budget = gr.Slider(

@@ -96,9 +96,9 @@ def scale_card_html(
 
 
 def certificate_html(certificate: Certificate | None) -> str:
-    """What a certificate promises, in one paragraph (empty without one)."""
+    """What a certificate promises, in one paragraph (a pointer to the menu without one)."""
     if certificate is None:
-        return ""
+        return "<p>The default threshold is not one of the certified ones: pick an ε to route at its threshold.</p>"
     method = P_VALUE_NAMES.get(certificate.p_value_method, certificate.p_value_method)
     head = f"ε = {certificate.epsilon:g}, δ = {certificate.delta:g}, n = {certificate.n} calibration queries ({method})"
     if certificate.threshold is None:

@@ -263,5 +263,6 @@ def test_page_handlers_turn_every_user_error_into_a_message(shipped, tmp_path):
     assert 'data-routed-scale="36"' in summary and "certified at ε = 0.02" in summary
     message, *cards, summary = page.reroute(state, 0.919, 9, "LLaVA-1.5-13B")
     assert 'data-routed-scale="9"' in summary and "LLaVA-1.5-13B" in summary
+    assert page.certified_at(0.919).epsilon == 0.02 and page.certified_at(0.5) is None
     threshold, certificate = page.epsilon_changed(0.1)
     assert threshold["value"] == 0.453 and "ε = 0.1" in certificate

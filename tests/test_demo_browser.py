@@ -148,13 +148,16 @@ def test_mistakes_get_a_message_on_the_page_not_a_traceback(browser, url, tmp_pa
     wait_for(browser, lambda d: NO_QUESTION in message(d), "the empty-question message")
     broken = tmp_path / "holiday.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n but not an image")
-    browser.find_element(By.CSS_SELECTOR, "input[type=file][data-testid='Upload an image-upload-button']").send_keys(
-        str(broken)
-    )
+    upload = browser.find_element(By.CSS_SELECTOR, "input[type=file][data-testid='Upload an image-upload-button']")
+    upload.send_keys(str(broken))
     wait_for(browser, lambda d: "holiday.png is not an image the demo can read" in message(d), "the bad-upload message")
     assert "Traceback" not in browser.page_source and no_error_toast(browser)
     assert not browser.find_elements(By.CSS_SELECTOR, "#m3-image img")  # the bad upload replaced the image
     assert routed_scale(browser) is None
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(load_examples().images[3].read_bytes())
+    upload.send_keys(str(mine))  # a good upload is shown and clears the message
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#m3-image img") and not message(d), "the upload")
 
 
 def test_every_scale_answers_as_adaptive_generate_and_the_routed_one_is_highlighted(browser, url, demo_model, tmp_path):
