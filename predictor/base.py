@@ -233,8 +233,11 @@ class ScalePredictor(BaseEstimator):
         """Write the predictor to ``directory`` (JSON + safetensors / LightGBM text; no pickle).
 
         ``threshold`` is the operating threshold to save (default ``threshold_``); ``calibration`` records how it
-        was chosen (a :class:`predictor.calibration.CalibratedRouter` passes both)."""
+        was chosen (a :class:`predictor.calibration.CalibratedRouter` passes both; when neither is given, the
+        record a loaded predictor came with, so re-saving one, e.g. in an AdaptiveM3 folder, keeps its certificate)."""
         self._check_fitted()
+        if threshold is None and calibration is None:
+            calibration = getattr(self, "calibration_", None)
         threshold = check_threshold(self.threshold_ if threshold is None else threshold)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
