@@ -12,7 +12,6 @@ skips them, so a killed build loses nothing and duplicates nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from m3.fingerprint import file_sha256, model_fingerprint  # noqa: F401 (the manifest's hashes, used as store.*)
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -78,39 +79,6 @@ def oracle_schema(scales: Sequence[int]) -> pa.Schema:
         pa.field("oracle_monotone_unreachable", pa.bool_(), nullable=False),
     ]
     return pa.schema(fields)
-
-
-# ----------------------------------------------------------------------------------------------------
-# hashing: what identifies a model and a data file
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_fingerprint(model_dir: str | os.PathLike, sample_bytes: int = 1 << 20) -> dict[str, str]:
-    """A cheap identity of a saved model: the hash of its config.json and of its weight files' names, sizes and
-    first and last MiB (hashing all of a 7B checkpoint's bytes would take minutes)."""
-    model_dir = Path(model_dir)
-    weights = hashlib.sha256()
-    files = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    for path in files:
-        size = path.stat().st_size
-        weights.update(f"{path.name}:{size}:".encode())
-        with open(path, "rb") as handle:
-            weights.update(handle.read(sample_bytes))
-            if size > 2 * sample_bytes:
-                handle.seek(size - sample_bytes)
-                weights.update(handle.read(sample_bytes))
-    config = model_dir / "config.json"
-    return {
-        "config_sha256": file_sha256(config) if config.is_file() else None,
-        "weights_sha256": weights.hexdigest() if files else None,
-    }
 
 
 # ----------------------------------------------------------------------------------------------------
