@@ -72,11 +72,13 @@ def run_script(name: str, argv: list[str], capsys) -> tuple[int, str]:
 
 
 def one_line_error(stderr: str) -> str:
-    """The error line of a user error: exactly one line, starting with ``error:``, and no traceback."""
+    """The error line of a user error: one line starting with ``error:``, the last one written (progress bars may
+    come before it), and no traceback."""
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
     assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    return lines[0]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    return errors[0]
 
 
 def strict_json(text: str):
