@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from m3.cli import user_errors
+
 METRIC_NAMES = ("exact_match", "vqa_accuracy", "anls", "relaxed_accuracy", "multiple_choice", "pope")
 
 
@@ -50,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    with user_errors():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    from m3.pooling import parse_scales
     from oracle_data.report import write_report
 
     if not args.report_only:
@@ -66,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             image_root=args.image_root,
             data_format=args.format,
             metric=args.metric,
-            scales=[int(s) for s in args.scales.split(",")] if args.scales else None,
+            scales=parse_scales(args.scales) if args.scales else None,
             batch_size=args.batch_size,
             shard_size=args.shard_size,
             max_new_tokens=args.max_new_tokens,
