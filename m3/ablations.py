@@ -13,7 +13,6 @@ on the granularity test split. Each table is written as markdown (overall and pe
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .evaluation import comparison_markdown, run_evaluation
+from .files import read_json
 from .metrics import OVERALL
 from .pooling import TOKEN_SELECTIONS
 from .training import PRESETS, TrainConfig, latest_checkpoint, train
@@ -86,7 +86,7 @@ def trained_model(config: TrainConfig) -> Path:
     output = Path(config.output_dir)
     summary = output / "train_summary.json"
     if summary.exists() and (output / "config.json").exists():
-        saved = json.loads(summary.read_text())["config"]
+        saved = read_json(summary, "delete the run's folder to train it again").get("config", {})
         changed = sorted(
             key for key, value in asdict(config).items() if key not in RUN_CONTROL and saved.get(key) != value
         )
