@@ -114,7 +114,14 @@ def check_same_weights(fingerprint: dict, model_fp: dict | None, model_dir, allo
     """Refuse (or, with ``allow_other_weights``, warn about) a predictor whose oracle came from other weights than
     ``model_fp`` (a :func:`m3.fingerprint.model_fingerprint`); silent when either side's weights are unknown."""
     theirs = fingerprint.get("model_fingerprint")
-    if same_weights(theirs, model_fp) is not False:
+    same = same_weights(theirs, model_fp)
+    if same is None and (theirs or {}).get("weights_sha256") and model_fp:
+        warnings.warn(
+            f"the predictor's oracle records an older model fingerprint ({fingerprint.get('model_path')}), which "
+            "cannot be compared with these weights; rebuild the oracle and refit the predictor to have it checked",
+            stacklevel=3,
+        )
+    if same is not False:
         return
     message = (
         f"the predictor was fitted on the oracle of {fingerprint.get('model_path')} ({short(theirs)}), but the model "

@@ -383,6 +383,8 @@ def run_identity(config: TrainConfig, num_processes: int) -> dict:
     settings = {name: getattr(config, name) for name in RUN_SETTINGS}
     settings["scales"] = config.scale_list()
     data = Path(config.data_path)
+    if not data.is_file():
+        raise FileNotFoundError(f"data file {data} does not exist")
     return {
         "data_path": str(data.resolve()),
         "data_sha256": file_sha256(data),

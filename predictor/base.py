@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from m3.files import DamagedFileError, dumps_json, read_json
+from m3.fingerprint import same_weights
 
 from .data import ORACLE_COLUMNS, OracleSet, Queries, as_oracle_set, grouped_split, to_queries
 from .features import FeatureBuilder
@@ -65,9 +66,8 @@ def check_compatible(fingerprint: dict, oracle_data=None, model_config=None, whe
     if oracle_data is not None:
         data = as_oracle_set(oracle_data)
         checks.append((f"the oracle data from {data.source}", list(data.scales), data.embedding_dim))
-        theirs = (data.fingerprint().get("model_fingerprint") or {}).get("weights_sha256")
-        ours = (fingerprint.get("model_fingerprint") or {}).get("weights_sha256")
-        if theirs and ours and theirs != ours:
+        theirs, ours = data.fingerprint().get("model_fingerprint"), fingerprint.get("model_fingerprint")
+        if same_weights(theirs, ours) is False:
             warnings.warn(
                 f"{where} was trained on oracle labels of model {fingerprint.get('model_path')}, the oracle data from "
                 f"{data.source} comes from a model with other weights ({data.fingerprint().get('model_path')}); its "

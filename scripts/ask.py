@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from m3.cli import user_errors
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if bool(args.model) != bool(args.predictor) or bool(args.adaptive) == bool(args.model):
         parser.error("pass either --adaptive DIR, or both --model DIR and --predictor DIR")
+
+    from m3.cli import user_errors  # after parsing: --help stays fast
 
     with user_errors():
         from adaptive import AdaptiveM3

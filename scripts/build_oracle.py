@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 
-from m3.cli import user_errors
-
 METRIC_NAMES = ("exact_match", "vqa_accuracy", "anls", "relaxed_accuracy", "multiple_choice", "pope")
 
 
@@ -52,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
+
     with user_errors():
         run(args)
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from m3.cli import user_errors
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--image-grid-pinpoints", type=json.loads, help="LLaVA-NeXT anyres grids as JSON")
     args = parser.parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
+
     with user_errors():
         run(args)
 

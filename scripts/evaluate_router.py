@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from m3.cli import user_errors
-
 PREDICTOR_NAMES = ("mlp", "mlp-oracle", "mlp-image", "lgbm", "lgbm-emb", "lgbm-oracle")
 
 
@@ -53,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
+
     with user_errors():
         paths = run(args)
     print(paths["results.md"].read_text())

@@ -21,8 +21,6 @@ import shutil
 import time
 from pathlib import Path
 
-from m3.cli import user_errors
-
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "checkpoints" / "tiny-m3"
 SMOKE_NUM_IMAGES = {"train": 12, "validation": 4, "test": 6}  # --smoke: checks the chain, learns nothing
@@ -47,6 +45,8 @@ def stage(title: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
+
     with user_errors():
         run(args)
 

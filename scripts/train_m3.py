@@ -19,8 +19,6 @@ import os
 import sys
 from pathlib import Path
 
-from m3.cli import user_errors
-
 
 def parse_args(argv: list[str] | None = None):
     from transformers import HfArgumentParser
@@ -65,6 +63,8 @@ def read_config_file(path: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from m3.cli import user_errors  # (parse_args imports m3.training anyway)
+
     with user_errors():
         config = parse_args(argv)
         from m3.training import train
