@@ -120,8 +120,9 @@ def build_oracle(
     :class:`oracle_data.store.OracleMismatchError` if ``out_dir`` holds an oracle of another model, data file
     or settings.
     """
+    from m3.data.llava import check_image_files
     from m3.loading import load_m3_config, load_m3_model
-    from m3.pooling import check_scale
+    from m3.pooling import check_scales
     from m3.processing import M3Processor
 
     if batch_size < 1 or shard_size < 1 or max_new_tokens < 1:
@@ -134,8 +135,11 @@ def build_oracle(
     if not data.samples:
         raise ValueError(f"{data_path} holds no sample with an image")
     config = model.config if model is not None else load_m3_config(model_dir)
-    scales = sorted(check_scale(int(s), config.grid_tokens) for s in (scales or config.m3_scales))
+    scales = check_scales(scales or config.m3_scales, config.grid_tokens)
     shards = image_runs(data.samples, shard_size)
+    # every image still to answer must decode, before anything is written or the model loads
+    pending = [s for i, shard in enumerate(shards) if not (out_dir / store.shard_file(i)).is_file() for s in shard]
+    check_image_files([(sample.image_path, f"sample {sample.sample_id}") for sample in pending])
     manifest = {
         "schema_version": store.SCHEMA_VERSION,
         "complete": False,

@@ -134,6 +134,12 @@ def _make_sample(fields: dict, where: str, image_root: Path, default_metric: str
     for key in ("family", "image_id"):
         if fields.get(key) is not None and not isinstance(fields[key], str):
             raise ValueError(f"{where}: {key} must be a string, got {fields[key]!r}")
+    for text in (fields["question"], *(choices or ())):
+        if IMAGE_PLACEHOLDER in text:
+            raise ValueError(
+                f"{where}: the question text holds {IMAGE_PLACEHOLDER}; the image comes from the image field, so "
+                "remove the marker (the prompt gets exactly one)"
+            )
     image = fields["image"]
     return Sample(
         sample_id=fields["id"],
@@ -246,11 +252,14 @@ def load_samples(
 ) -> OracleData:
     """Read a data file or dataset (see the module docstring) into samples, in data order.
 
-    ``limit`` keeps the first N samples. Sample ids must be unique. With ``check_images`` every image file
-    must exist (checked up front, so a long build does not stop halfway on a missing file); a dataset's images
-    must be embedded. ``split``, ``config``, ``layout`` and ``columns`` apply to datasets (:func:`m3.data.hf.load_hf`;
-    ``default_metric`` scores a column mapping that is not a known layout).
+    ``limit`` keeps the first N samples (N >= 1). Sample ids must be unique. With ``check_images`` every image file
+    must exist (checked up front, so a long build does not stop halfway on a missing file; the build also decodes
+    them before loading the model); a dataset's images must be embedded. Question text may not hold ``<image>``
+    (the prompt gets exactly one). ``split``, ``config``, ``layout`` and ``columns`` apply to datasets
+    (:func:`m3.data.hf.load_hf`; ``default_metric`` scores a column mapping that is not a known layout).
     """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of samples, got {limit}")
     if default_metric not in METRICS:
         get_metric(default_metric)  # raises, naming the known metrics
     data_format = detect_format(path) if format == "auto" else format

@@ -275,6 +275,21 @@ def as_oracle_set(data, image_root: str | os.PathLike | None = None) -> OracleSe
     return OracleSet(table, scales, manifest, None if root is None else Path(root), source)
 
 
+def check_matching_oracles(train: str | os.PathLike, test: str | os.PathLike) -> None:
+    """Refuse a training and a test oracle folder of other scales or embedding sizes from their manifests alone,
+    before anything is fitted on the first (a predictor of one cannot route the other)."""
+    from oracle_data import read_manifest
+
+    first, second = read_manifest(train)["model"], read_manifest(test)["model"]
+    for key in ("scales", "embedding_dim"):
+        if first.get(key) != second.get(key):
+            raise ValueError(
+                f"the training oracle {train} has {key} {first.get(key)}, the test oracle {test} has "
+                f"{second.get(key)}: predictors fitted on one cannot route the other; build both with the same model "
+                "and --scales"
+            )
+
+
 def accuracy_values(data: OracleSet, accuracy: str = "correct") -> np.ndarray:
     """``(n, scales)`` per-scale values a routing's accuracy averages: ``correct_{s}`` (0/1) or ``score_{s}``."""
     if accuracy not in ACCURACY_KINDS:

@@ -19,7 +19,6 @@ OUT/shards/*.parquet (read them with oracle_data.load_oracle). Rerun the same co
 from __future__ import annotations
 
 import argparse
-import sys
 
 METRIC_NAMES = ("exact_match", "vqa_accuracy", "anls", "relaxed_accuracy", "multiple_choice", "pope")
 
@@ -69,6 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
+
+    with user_errors():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    from m3.pooling import parse_scales
     from oracle_data.report import write_report
 
     if not args.report_only:
@@ -78,28 +85,24 @@ def main(argv: list[str] | None = None) -> None:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        try:
-            manifest = build_oracle(
-                args.model,
-                args.data,
-                args.out,
-                image_root=args.image_root,
-                data_format=args.format,
-                metric=args.metric,
-                scales=[int(s) for s in args.scales.split(",")] if args.scales else None,
-                batch_size=args.batch_size,
-                shard_size=args.shard_size,
-                max_new_tokens=args.max_new_tokens,
-                limit=args.limit,
-                progress=not args.no_progress,
-                split=args.split,
-                dataset_config=args.dataset_config,
-                layout=args.layout,
-                columns=args.columns,
-            )
-        except (OSError, ValueError) as error:  # data and model problems name their file, row or column
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+        manifest = build_oracle(
+            args.model,
+            args.data,
+            args.out,
+            image_root=args.image_root,
+            data_format=args.format,
+            metric=args.metric,
+            scales=parse_scales(args.scales) if args.scales else None,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            max_new_tokens=args.max_new_tokens,
+            limit=args.limit,
+            progress=not args.no_progress,
+            split=args.split,
+            dataset_config=args.dataset_config,
+            layout=args.layout,
+            columns=args.columns,
+        )
         from oracle_data.build import _process_state
 
         if not _process_state().is_main_process:

@@ -51,13 +51,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
+
+    with user_errors():
+        paths = run(args)
+    print(paths["results.md"].read_text())
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
+
+
+def run(args: argparse.Namespace) -> dict:
     import torch
 
     from predictor import evaluate_routing, load_predictor, write_evaluation
+    from predictor.data import check_matching_oracles
     from predictor.training import fit_predictors
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.oracle_train:
+        check_matching_oracles(args.oracle_train, args.oracle_test)  # before fitting, not after
+    saved = {directory: load_predictor(directory, oracle_data=args.oracle_test) for directory in args.predictor}
     predictors = {}
     if args.oracle_train:
         predictors.update(
@@ -72,14 +85,11 @@ def main(argv: list[str] | None = None) -> None:
                 progress=not args.no_progress,
             )
         )
-    for directory in args.predictor:
+    for directory, loaded in saved.items():
         name = Path(directory).name
-        loaded = load_predictor(directory, oracle_data=args.oracle_test)
         predictors[name if name not in predictors else directory] = loaded
     evaluation = evaluate_routing(args.oracle_test, predictors, accuracy=args.accuracy)
-    paths = write_evaluation(evaluation, out)
-    print(paths["results.md"].read_text())
-    print("wrote " + ", ".join(str(path) for path in paths.values()))
+    return write_evaluation(evaluation, out)
 
 
 if __name__ == "__main__":
