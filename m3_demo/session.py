@@ -111,18 +111,15 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _weights_sha256(folder: Path) -> str | None:
-    from oracle_data.store import model_fingerprint
-
-    return model_fingerprint(folder)["weights_sha256"]
-
-
 def predictor_matches(predictor_dir: str | os.PathLike, model_dir: str | os.PathLike) -> bool:
-    """Whether a saved predictor was fitted on oracle labels of exactly these model weights (its fingerprint
-    records them); a predictor that records none is taken on trust (scales and sizes are checked at load)."""
+    """Whether a saved predictor may serve these model weights: not known to come from other weights
+    (:func:`m3.fingerprint.same_weights`; a predictor whose fingerprint cannot be compared is taken on trust, and
+    AdaptiveM3 warns about it; scales and sizes are checked at load)."""
+    from m3.fingerprint import model_fingerprint, same_weights
+
     state = json.loads((Path(predictor_dir) / "predictor.json").read_text(encoding="utf-8"))
-    recorded = ((state.get("fingerprint") or {}).get("model_fingerprint") or {}).get("weights_sha256")
-    return recorded is None or recorded == _weights_sha256(Path(model_dir))
+    recorded = (state.get("fingerprint") or {}).get("model_fingerprint")
+    return same_weights(recorded, model_fingerprint(model_dir)) is not False
 
 
 def load_demo_model(

@@ -185,7 +185,9 @@ def _fake_root(tmp_path, weights_sha256: str | None = None):
     if weights_sha256 is not None:
         path = root / SHIPPED_PREDICTOR / "predictor.json"
         state = json.loads(path.read_text())
-        state["fingerprint"]["model_fingerprint"]["weights_sha256"] = weights_sha256
+        from m3.fingerprint import METHOD
+
+        state["fingerprint"]["model_fingerprint"].update(method=METHOD, weights_sha256=weights_sha256)
         path.write_text(json.dumps(state))
     return root
 
