@@ -400,19 +400,24 @@ def prepare_output_dir(config: TrainConfig, is_main_process: bool) -> Path | Non
     return None
 
 
-def run_identity(config: TrainConfig, num_processes: int) -> dict:
-    """What makes checkpoints part of one run: the data file (path and sha256), the image folder, the starting
-    model (path and weights fingerprint), the number of processes and :data:`RUN_SETTINGS`. Stored in every
-    checkpoint; ``--resume`` compares it."""
+def run_identity(config: TrainConfig, num_processes: int, dataset=None) -> dict:
+    """What makes checkpoints part of one run: the data (a file's path and sha256; a Hugging Face dataset's location
+    and fingerprint), the image folder, the starting model (path and weights fingerprint), the number of processes
+    and :data:`RUN_SETTINGS`. Stored in every checkpoint; ``--resume`` compares it. ``dataset``: what
+    :func:`open_training_data` returned (default: opened here)."""
+    from .data.hf import HFInstructionDataset
+
     settings = {name: getattr(config, name) for name in RUN_SETTINGS}
     settings["scales"] = config.scale_list()
-    data = Path(config.data_path)
-    if not data.is_file():
-        raise FileNotFoundError(f"data file {data} does not exist")
+    dataset = open_training_data(config) if dataset is None else dataset
+    if isinstance(dataset, HFInstructionDataset):
+        data = {"data_path": str(config.data_path), "data_sha256": dataset.data.fingerprint, "image_root": None}
+    else:
+        path = Path(config.data_path)
+        root = Path(config.image_root or path.parent).resolve()
+        data = {"data_path": str(path.resolve()), "data_sha256": file_sha256(path), "image_root": str(root)}
     return {
-        "data_path": str(data.resolve()),
-        "data_sha256": file_sha256(data),
-        "image_root": str(Path(config.image_root or data.parent).resolve()),
+        **data,
         "model": None if config.model is None else str(Path(config.model).resolve()),
         "model_weights": None if config.model is None else model_fingerprint(config.model)["weights_sha256"],
         "num_processes": num_processes,
@@ -481,9 +486,9 @@ def train(config: TrainConfig) -> Path:
         ensure_granularity_data(config)
     accelerator.wait_for_everyone()
     resume_from = prepare_output_dir(config, accelerator.is_main_process)
-    identity = run_identity(config, accelerator.num_processes)
-    resumed_state = None if resume_from is None else check_resumable(resume_from, identity)
     dataset = open_training_data(config)
+    identity = run_identity(config, accelerator.num_processes, dataset)
+    resumed_state = None if resume_from is None else check_resumable(resume_from, identity)
     accelerator.wait_for_everyone()
 
     model, processor = build_model_and_processor(config)

@@ -139,7 +139,9 @@ def build_oracle(
     shards = image_runs(data.samples, shard_size)
     # every image still to answer must decode, before anything is written or the model loads
     pending = [s for i, shard in enumerate(shards) if not (out_dir / store.shard_file(i)).is_file() for s in shard]
-    check_image_files([(sample.image_path, f"sample {sample.sample_id}") for sample in pending])
+    check_image_files([(s.image_path, f"sample {s.sample_id}") for s in pending if s.dataset_image is None])
+    for sample in {s.image_key: s for s in pending if s.dataset_image is not None}.values():
+        sample.dataset_image.open()  # raises BadImageError naming the dataset, split, row and column
     manifest = {
         "schema_version": store.SCHEMA_VERSION,
         "complete": False,

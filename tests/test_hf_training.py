@@ -1,5 +1,7 @@
 """Training reads Hugging Face datasets: the same batches as the LLaVA JSON they were made from."""
 
+from pathlib import Path
+
 import datasets
 import pytest
 import torch
@@ -55,3 +57,29 @@ def test_training_runs_on_a_dataset(tmp_path, split_and_dataset):
     assert (output / "model.safetensors").is_file()
     written = sorted(p.name for p in location.iterdir())  # no granularity split was generated into the dataset
     assert written == ["data-00000-of-00001.arrow", "dataset_info.json", "state.json"]
+
+
+def test_a_bad_dataset_image_is_found_before_the_model_is_built(tmp_path, split_and_dataset, monkeypatch):
+    """As for image files: every row's image decodes before step 1 (naming the row), or the row is dropped."""
+    from m3.data.llava import BadImageError
+
+    split_json, _ = split_and_dataset
+    dataset = hf_layouts.granularity_dataset(split_json).cast_column("image", datasets.Image(decode=False))
+    rows = dataset.to_list()
+    image = rows[5]["image"]
+    whole = image["bytes"] if image["bytes"] is not None else Path(image["path"]).read_bytes()
+    rows[5]["image"] = {"bytes": whole[:40], "path": None}  # a truncated PNG
+    location = tmp_path / "bad-hf"
+    datasets.Dataset.from_list(rows, features=dataset.features).save_to_disk(str(location))
+    config = TrainConfig(
+        output_dir=str(tmp_path / "run"), data_path=str(location), data_columns=hf_layouts.GRANULARITY_COLUMNS,
+        eval_data_path=None, batch_size=4, max_steps=1, tiny_hidden_size=32,
+    )  # fmt: skip
+    built = []
+    monkeypatch.setattr("m3.training.build_model_and_processor", lambda *args: built.append(1))
+    with pytest.raises(BadImageError, match="row 5"):
+        train(config)
+    assert not built
+    config.skip_bad_images = True
+    kept = open_training_data(config)
+    assert len(kept) == 7 and kept.skipped_ids == ["5"]

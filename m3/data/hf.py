@@ -606,21 +606,24 @@ class HFInstructionDataset:
 
     The human turn is ``<image>\\n`` + the layout's prompt; the answer is :attr:`Item.training_answer`. Items look
     like :class:`m3.data.llava.LlavaDataset`'s (``id``, ``image``, ``conversations``, ``answer``, ``family``, ...).
-    With ``skip_bad_images`` every image is decoded up front and rows that fail are dropped (``skipped_ids``).
+    With ``check_images`` every image is decoded up front, before training starts: a bad one raises (naming the
+    split, row and column), or with ``skip_bad_images`` its row is dropped (``skipped_ids``).
     """
 
-    def __init__(self, data: HFData, skip_bad_images: bool = False) -> None:
+    def __init__(self, data: HFData, skip_bad_images: bool = False, check_images: bool = True) -> None:
         self.data = data
         self.images = data.images()
         self.items = list(data.items)
         self.skipped_ids: list[str] = [str(row) for row in data.skipped_rows]
-        if skip_bad_images:
+        if check_images or skip_bad_images:
             kept = []
             for item in self.items:
                 try:
                     self.images.open(item.row)
                     kept.append(item)
                 except BadImageError:
+                    if not skip_bad_images:
+                        raise
                     self.skipped_ids.append(item.sample_id)
             self.items = kept
 
