@@ -14,7 +14,9 @@ expected number of correct answers under a mean visual-token budget (a knapsack 
 from __future__ import annotations
 
 import json
+import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +26,16 @@ import torch
 from PIL import Image
 
 from m3.data.llava import open_rgb
+from m3.files import read_json
+from m3.fingerprint import model_fingerprint, same_weights, short
 from m3.inference import ScaleOutput, compact_prompts, encode_images, generate_at_scale, scale_one_embedding
 from m3.loading import load_m3_model
 from m3.pooling import check_scale
-from m3.processing import M3Processor
+from m3.processing import IMAGE_PLACEHOLDER, M3Processor
 from m3.prompting import image_token_counts
 from predictor import (
     CalibratedRouter,
+    PredictorMismatchError,
     Queries,
     ScalePredictor,
     check_compatible,
@@ -99,10 +104,51 @@ def load_rgb(image) -> Image.Image:
     raise TypeError(f"image must be a path, a PIL image or a numpy array, got {type(image).__name__}")
 
 
-def _check_question(question) -> str:
+def check_question(question) -> str:
+    """The question, stripped; refused when empty or holding the image marker (the image goes in separately)."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"the question must be a non-empty string, got {question!r}")
+    if IMAGE_PLACEHOLDER in question:
+        raise ValueError(
+            f"the question holds {IMAGE_PLACEHOLDER}; pass the image as the image argument and only the text here"
+        )
     return question.strip()
+
+
+def as_integer(value, what: str) -> int:
+    """``value`` as an int; a float (even 576.0), a bool or a string is refused rather than silently converted."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+class WeightsMismatchError(PredictorMismatchError):
+    """A predictor was fitted on the oracle of a model with other weights than the one it is paired with."""
+
+
+def check_same_weights(fingerprint: dict, model_fp: dict | None, model_dir, allow_other_weights: bool) -> None:
+    """Refuse (or, with ``allow_other_weights``, warn about) a predictor whose oracle came from other weights than
+    ``model_fp`` (a :func:`m3.fingerprint.model_fingerprint`); silent when either side's weights are unknown."""
+    theirs = fingerprint.get("model_fingerprint")
+    same = same_weights(theirs, model_fp)
+    if same is None and (theirs or {}).get("weights_sha256") and model_fp:
+        warnings.warn(
+            f"the predictor's oracle records an older model fingerprint ({fingerprint.get('model_path')}), which "
+            "cannot be compared with these weights; rebuild the oracle and refit the predictor to have it checked",
+            stacklevel=3,
+        )
+    if same is not False:
+        return
+    message = (
+        f"the predictor was fitted on the oracle of {fingerprint.get('model_path')} ({short(theirs)}), but the model "
+        f"{model_dir} has other weights ({short(model_fp)}); its probabilities need not hold for this model"
+    )
+    if not allow_other_weights:
+        raise WeightsMismatchError(
+            f"{message}. Fit a predictor on an oracle of this model, or pass allow_other_weights=True "
+            "(scripts/ask.py: --allow-other-weights) to use it anyway"
+        )
+    warnings.warn(message, stacklevel=3)
 
 
 class AdaptiveM3:
@@ -111,7 +157,9 @@ class AdaptiveM3:
     ``predictor``: a fitted scale predictor or a :class:`predictor.CalibratedRouter`. ``threshold``: the default
     probability a scale must reach, in [0, 1] (the predictor's own ``threshold_`` when None: the calibrated or
     certified one it was saved with). ``certificate`` is the predictor's certificate, if it has one; it holds at
-    the certified threshold only.
+    the certified threshold only. ``model_fingerprint`` (:func:`m3.fingerprint.model_fingerprint` of the model's
+    folder; :meth:`from_pretrained` fills it in) lets a predictor fitted on other weights be refused, unless
+    ``allow_other_weights`` (then it is a warning).
     """
 
     def __init__(
@@ -120,8 +168,13 @@ class AdaptiveM3:
         processor: M3Processor,
         predictor: ScalePredictor | CalibratedRouter,
         threshold: float | None = None,
+        model_fingerprint: dict | None = None,
+        allow_other_weights: bool = False,
     ) -> None:
         check_compatible(predictor.fingerprint_, model_config=model.config, where="the predictor")
+        where = model.config.name_or_path or "the model"
+        check_same_weights(predictor.fingerprint_, model_fingerprint, where, allow_other_weights)
+        self.model_fingerprint = model_fingerprint
         self.model = model.eval()
         self.processor = processor
         self.predictor = predictor
@@ -139,10 +192,15 @@ class AdaptiveM3:
     # ---- loading and saving
     @classmethod
     def from_pretrained(
-        cls, m3_dir: str | os.PathLike, predictor_dir: str | os.PathLike | None = None, **model_kwargs
+        cls,
+        m3_dir: str | os.PathLike,
+        predictor_dir: str | os.PathLike | None = None,
+        allow_other_weights: bool = False,
+        **model_kwargs,
     ) -> AdaptiveM3:
         """Load an M3 model folder and a predictor folder, or (``predictor_dir=None``) a folder that
-        :meth:`save_pretrained` wrote. A predictor built for other scales or embedding size is refused."""
+        :meth:`save_pretrained` wrote. A predictor built for other scales or embedding size is refused, and so
+        (before the model loads) is one fitted on the oracle of other weights, unless ``allow_other_weights``."""
         threshold = None
         if predictor_dir is None:
             root = Path(m3_dir)
@@ -152,12 +210,15 @@ class AdaptiveM3:
                     f"{root} is not a saved AdaptiveM3 ({CONFIG_NAME} is missing): pass the M3 model folder and the "
                     "predictor folder"
                 )
-            threshold = json.loads(config_path.read_text(encoding="utf-8")).get("threshold")
+            threshold = read_json(config_path, "save the AdaptiveM3 again").get("threshold")
             m3_dir, predictor_dir = root / MODEL_DIR, root / PREDICTOR_DIR
+        predictor = load_predictor(predictor_dir, model_config=m3_dir)
+        fingerprint = model_fingerprint(m3_dir)
+        if not allow_other_weights:
+            check_same_weights(predictor.fingerprint_, fingerprint, m3_dir, allow_other_weights)
         model = load_m3_model(m3_dir, **model_kwargs)
         processor = M3Processor.from_pretrained(m3_dir, config=model.config)
-        predictor = load_predictor(predictor_dir, model_config=model.config)
-        return cls(model, processor, predictor, threshold=threshold)
+        return cls(model, processor, predictor, threshold, fingerprint, allow_other_weights)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``model/`` (weights, tokenizer, image processor), ``predictor/`` and ``adaptive_config.json``."""
@@ -244,6 +305,23 @@ class AdaptiveM3:
             threshold = self.predictor.threshold_ if self.threshold is None else self.threshold
         return check_threshold(threshold)
 
+    def check_context(self, compact: dict, chosen: Sequence[int], sizes, max_new_tokens: int) -> None:
+        """Refuse a query whose prompt - its text, the visual tokens of its chosen scale and ``max_new_tokens`` -
+        does not fit the model's context (it would overrun the position embeddings and answer garbage)."""
+        context = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        if not context:
+            return
+        for row, (length, value) in enumerate(zip(compact["attention_mask"].sum(dim=1).tolist(), chosen)):
+            size = None if sizes is None else sizes[row : row + 1].tolist()
+            visual = image_token_counts(self.model.config, value, size, num_images=1)[0]
+            need = length - 1 + visual + max_new_tokens  # the compact prompt holds one image token
+            if need > context:
+                raise ValueError(
+                    f"question {row} is {length - 1} text tokens; with {visual} visual tokens (scale {value}) and "
+                    f"max_new_tokens={max_new_tokens} it needs {need} positions, more than the model's context of "
+                    f"{context} tokens. Shorten the question"
+                )
+
     # ---- answering
     def generate(
         self,
@@ -264,15 +342,19 @@ class AdaptiveM3:
         images, questions = ([image], [question]) if single else (list(image), list(question))
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions")
-        questions = [_check_question(q) for q in questions]
+        questions = [check_question(q) for q in questions]
         if scale is not None:
-            scale = check_scale(int(scale), self.model.config.grid_tokens)
+            scale = check_scale(as_integer(scale, "scale"), self.model.config.grid_tokens)
+        if max_tokens is not None:
+            max_tokens = as_integer(max_tokens, "max_tokens")
         if budget is not None and (scale is not None or threshold is not None or max_tokens is not None):
             raise ValueError(
                 "budget= routes the batch by itself: do not combine it with scale, threshold or max_tokens"
             )
         pil, grids, sizes = self.encode(images)
         compact = compact_prompts(self.processor, questions)
+        if self.probe_scale is not None:  # the probe answers first, at its scale
+            self.check_context(compact, [self.probe_scale] * len(pil), sizes, max_new_tokens)
         probe = self.probe(compact, grids, sizes, max_new_tokens, **generation_kwargs)
         probabilities = self.probabilities(pil, grids, questions, probe)
         counts = self._token_counts(sizes, len(pil))
@@ -282,6 +364,7 @@ class AdaptiveM3:
             chosen = self.budget_scales(probabilities, counts, budget)
         else:
             chosen = self.choose_scales(probabilities, counts, threshold, max_tokens)
+        self.check_context(compact, chosen, sizes, max_new_tokens)
         outputs = self._answer(compact, grids, sizes, chosen, probe, max_new_tokens, **generation_kwargs)
         answers = []
         for row, (value, (output, position)) in enumerate(zip(chosen, outputs)):
@@ -343,7 +426,8 @@ class AdaptiveM3:
     def allocate_frames(self, frames: Sequence, question: str, budget: int) -> FrameAllocation:
         """Scales for every frame (or image) of a list within ``budget`` visual tokens in total, maximising the
         summed probability that each frame's scale is enough (see :func:`adaptive.budget.allocate_scales`)."""
-        question = _check_question(question)
+        question = check_question(question)
+        budget = as_integer(budget, "budget")
         if len(frames) == 0:
             raise ValueError("no frames to allocate a budget to")
         if self.probe_scale is not None:
@@ -351,11 +435,11 @@ class AdaptiveM3:
         pil, grids, sizes = self.encode(frames)
         probabilities = self.probabilities(pil, grids, [question] * len(pil))
         counts = self._token_counts(sizes, len(pil))
-        scales = allocate_scales(probabilities, int(budget), scales=self.scales, tokens=counts)
+        scales = allocate_scales(probabilities, budget, scales=self.scales, tokens=counts)
         columns = np.searchsorted(self.scales, scales)
         return FrameAllocation(
             scales=scales.tolist(),
             visual_tokens=counts[np.arange(len(pil)), columns].tolist(),
             probabilities=probabilities,
-            budget=int(budget),
+            budget=budget,
         )

@@ -13,17 +13,17 @@ on the granularity test split. Each table is written as markdown (overall and pe
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .evaluation import comparison_markdown, run_evaluation
+from .files import read_json
 from .metrics import OVERALL
 from .pooling import TOKEN_SELECTIONS
-from .training import PRESETS, TrainConfig, train
+from .training import PRESETS, TrainConfig, latest_checkpoint, train
 
 # The setting each run changes from the preset; everything else (steps, data, lr, seed) is shared.
 RUNS: dict[str, dict] = {
@@ -40,6 +40,7 @@ TABLE_TITLES = {
 }
 # No periodic evaluation during training: the tables are the evaluation.
 NO_PERIODIC_EVAL = dict(eval_data_path=None, eval_steps=0)
+RUN_CONTROL = ("resume", "overwrite")  # how a run was started, not what it trains: not compared with a saved run
 # --smoke: a few steps of a 32-wide model on a handful of images, to check the commands end to end.
 SMOKE_TRAINING = dict(train_images=6, max_steps=2, batch_size=4, tiny_hidden_size=32, save_steps=100, logging_steps=1)
 SMOKE_TEST_IMAGES = 2
@@ -85,8 +86,10 @@ def trained_model(config: TrainConfig) -> Path:
     output = Path(config.output_dir)
     summary = output / "train_summary.json"
     if summary.exists() and (output / "config.json").exists():
-        saved = json.loads(summary.read_text())["config"]
-        changed = sorted(key for key, value in asdict(config).items() if saved.get(key) != value)
+        saved = read_json(summary, "delete the run's folder to train it again").get("config", {})
+        changed = sorted(
+            key for key, value in asdict(config).items() if key not in RUN_CONTROL and saved.get(key) != value
+        )
         if changed:
             raise ValueError(
                 f"{output} holds a model trained with other settings ({', '.join(changed)}); "
@@ -94,7 +97,7 @@ def trained_model(config: TrainConfig) -> Path:
             )
         return output
     start = time.perf_counter()
-    train(config)
+    train(replace(config, resume=latest_checkpoint(output) is not None))  # resume a killed run, else start
     print(f"trained {output.name} in {time.perf_counter() - start:.0f} s")
     return output
 

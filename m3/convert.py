@@ -28,7 +28,6 @@ replace it). Without a tokenizer the image token id must be given.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +37,13 @@ from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, LlamaConfig
 
 from .configuration import M3LlavaConfig, M3LlavaNextConfig
+from .files import read_json, safetensors_header
 from .modeling import M3LlavaForConditionalGeneration, M3LlavaNextForConditionalGeneration
 
 IMAGE_TOKEN = "<image>"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM",)
+REDOWNLOAD = "download the original checkpoint again"
 FAMILY_CLASSES = {
     "llava": (M3LlavaConfig, M3LlavaForConditionalGeneration),
     "llava_next": (M3LlavaNextConfig, M3LlavaNextForConditionalGeneration),
@@ -292,7 +293,7 @@ def read_original_config(path: str | os.PathLike) -> dict:
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in {path}: not a checkpoint directory")
-    config = json.loads(config_file.read_text())
+    config = read_json(config_file, REDOWNLOAD)
     check_original_config(config, str(config_file))
     return config
 
@@ -303,7 +304,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = path / index_name
         if index.is_file():
-            files = [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+            files = [path / name for name in sorted(set(read_json(index, REDOWNLOAD)["weight_map"].values()))]
             break
     else:
         files = sorted(path.glob("model*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
@@ -314,6 +315,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if not file.is_file():
             raise FileNotFoundError(f"{file} is listed in the index of {path} but does not exist")
         if file.suffix == ".safetensors":
+            safetensors_header(file, REDOWNLOAD)  # a truncated file: one line naming it, not a raw error
             part = load_file(file)
         else:
             part = torch.load(file, map_location="cpu", weights_only=True)
@@ -424,7 +426,7 @@ def resolve_vision_tower(
     config_file = vision_dir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in the vision tower directory {vision_dir}")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    model_type = read_json(config_file, REDOWNLOAD).get("model_type")
     if model_type not in ("clip", "clip_vision_model"):
         raise ValueError(f"{config_file} has model_type {model_type!r}: not a CLIP checkpoint")
     return CLIPVisionConfig.from_pretrained(vision_dir), vision_dir

@@ -252,18 +252,26 @@ def run_evaluation(
     baselines); unset, each model uses its own (``avg_pool`` unless it was trained otherwise).
     ``image_grid_pinpoints`` (LLaVA-NeXT) replaces the model's and the image processor's anyres grids.
     """
-    import json
     from pathlib import Path
 
     from .data.llava import LlavaDataset
-    from .loading import load_m3_model
-    from .pooling import nested_scales
+    from .files import dumps_json
+    from .loading import load_m3_config, load_m3_model
+    from .pooling import check_scales, nested_scales
     from .processing import M3Processor
 
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of questions, got {limit}")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}")
+    for model_dir in model_dirs:  # every model's files and the scales, before any model loads
+        grid = load_m3_config(model_dir).grid_tokens
+        if scales:
+            check_scales(scales, grid)
+    dataset = LlavaDataset(data_path, image_root or Path(data_path).parent)
+    items = [dataset[i] for i in range(len(dataset) if limit is None else min(limit, len(dataset)))]  # images too
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = LlavaDataset(data_path, image_root or Path(data_path).parent)
-    items = [dataset[i] for i in range(len(dataset) if limit is None else min(limit, len(dataset)))]
     tables: dict[str, list[dict]] = {}
     for model_dir in model_dirs:
         name = Path(model_dir).name
@@ -281,7 +289,7 @@ def run_evaluation(
         model_out = out_dir / name
         model_out.mkdir(exist_ok=True)
         with open(model_out / "predictions.jsonl", "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
+            handle.writelines(dumps_json(row) + "\n" for row in rows)
         to_csv(table, model_out / "accuracy.csv")
         (model_out / "accuracy.md").write_text(accuracy_markdown(table, model_scales))
         plot_accuracy(table, model_out / "accuracy.png")

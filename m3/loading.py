@@ -2,13 +2,52 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from .configuration import M3LlavaConfig, M3LlavaNextConfig
+from .files import read_json, safetensors_header
+from .fingerprint import FINGERPRINT_NAME
 
 CONFIG_CLASSES = {"llava": M3LlavaConfig, "llava_next": M3LlavaNextConfig}
+REPAIR = "re-save, re-download or re-convert the model"
+UNCHECKED_JSON = {FINGERPRINT_NAME, "train_summary.json"}  # a cache and a training log: never read to load
+
+
+class NonFiniteWeightsError(ValueError):
+    """A model's weights hold NaN or infinite values: every answer it gives is meaningless."""
+
+
+def check_model_files(path: str | os.PathLike) -> None:
+    """Refuse a model folder whose JSON files (config, tokenizer, processor) do not parse or whose safetensors
+    files are truncated, naming the file (:class:`m3.files.DamagedFileError`), before transformers reads them."""
+    path = Path(path)
+    for file in sorted(path.glob("*.json")):
+        if file.name not in UNCHECKED_JSON:
+            read_json(file, REPAIR)
+    for file in sorted(path.glob("*.safetensors")):
+        safetensors_header(file, REPAIR)
+
+
+def non_finite_parameters(model) -> list[str]:
+    """Names of the parameters that hold a NaN or an infinity (parameters not materialised here - on the meta
+    device, or partitioned away by ZeRO-3 - are skipped)."""
+    return [
+        name
+        for name, tensor in model.named_parameters()
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(tensor.isfinite().all())
+    ]
+
+
+def check_finite(model, where: str) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming how many tensors of ``model`` are not finite."""
+    bad = non_finite_parameters(model)
+    if bad:
+        total = len(list(model.named_parameters()))
+        raise NonFiniteWeightsError(
+            f"{where}: the weights hold NaN or infinite values in {len(bad)} of {total} tensors (first: {bad[0]}); "
+            "such a model cannot answer. Retrain it (a lower learning rate) or use an earlier checkpoint"
+        )
 
 
 def is_original_llava_config(config: dict) -> bool:
@@ -21,7 +60,9 @@ def model_type_of(path: str | os.PathLike) -> str:
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in {path}: not a saved model directory")
-    config = json.loads(config_file.read_text())
+    config = read_json(config_file, REPAIR)
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file} holds a JSON {type(config).__name__}, not a model config")
     if is_original_llava_config(config):
         raise ValueError(
             f"{config_file} is an original LLaVA (haotian-liu) checkpoint, not a llava-hf one; convert it first "
@@ -38,21 +79,31 @@ def load_m3_config(path: str | os.PathLike, **overrides):
 
     ``overrides`` replace config fields, e.g. ``m3_token_selection="spatial"`` or (LLaVA-NeXT) other
     ``image_grid_pinpoints``; the M3 fields are validated again after them (transformers only sets them)."""
-    config = CONFIG_CLASSES[model_type_of(path)].from_pretrained(path, **overrides)
+    model_type = model_type_of(path)
+    check_model_files(path)
+    config = CONFIG_CLASSES[model_type].from_pretrained(path, **overrides)
     config._init_m3_fields()
     return config
 
 
-def load_m3_model(path: str | os.PathLike, **kwargs):
+def load_m3_model(path: str | os.PathLike, allow_non_finite: bool = False, **kwargs):
     """``from_pretrained`` with the M3 class that matches the checkpoint (LLaVA-1.5 or LLaVA-NeXT).
 
     Config fields among ``kwargs`` override the saved ones, e.g. ``m3_token_selection="spatial"`` (the paper's
     Table 4 baselines) or ``image_grid_pinpoints=m3.anyres.grid_pinpoints(crop, 3)`` (more anyres crops than
     trained with; load the processor with the same pinpoints: ``M3Processor.from_pretrained(path,
-    config=model.config, image_grid_pinpoints=...)``). The M3 fields are validated again after the overrides."""
+    config=model.config, image_grid_pinpoints=...)``). The M3 fields are validated again after the overrides.
+
+    Damaged files are refused before loading (:func:`check_model_files`), and weights holding NaN or infinities
+    after it (:class:`NonFiniteWeightsError`) unless ``allow_non_finite``."""
     from .modeling import M3LlavaForConditionalGeneration, M3LlavaNextForConditionalGeneration
 
     classes = {"llava": M3LlavaForConditionalGeneration, "llava_next": M3LlavaNextForConditionalGeneration}
-    loaded = classes[model_type_of(path)].from_pretrained(path, **kwargs)
-    (loaded[0] if isinstance(loaded, tuple) else loaded).config._init_m3_fields()  # a tuple: output_loading_info
+    model_type = model_type_of(path)
+    check_model_files(path)
+    loaded = classes[model_type].from_pretrained(path, **kwargs)
+    model = loaded[0] if isinstance(loaded, tuple) else loaded  # a tuple: output_loading_info
+    model.config._init_m3_fields()
+    if not allow_non_finite:
+        check_finite(model, str(path))
     return loaded

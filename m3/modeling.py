@@ -37,6 +37,7 @@ from transformers.utils.output_capturing import select_hidden_states, selected_h
 
 from .anyres import pack_anyres_features
 from .configuration import M3LlavaConfig, M3LlavaNextConfig
+from .fingerprint import weights_fingerprint
 from .pooling import check_scale, select_tokens
 from .prompting import expand_image_tokens, image_token_mismatch, per_image_scales
 
@@ -255,6 +256,13 @@ class M3ForConditionalGenerationMixin:
     Each family's ``forward`` spells out the parent's parameters (transformers inspects the signature: e.g.
     ``generate`` passes ``logits_to_keep`` only to a forward that names it) and hands them to :meth:`m3_forward`.
     """
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """The parent's ``save_pretrained``, then the weights fingerprint beside the files (``m3_fingerprint.json``,
+        see :mod:`m3.fingerprint`): computed while the files are fresh, so later runs need not hash them."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            weights_fingerprint(save_directory, recompute=True)
 
     def m3_forward(
         self,

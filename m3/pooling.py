@@ -57,6 +57,28 @@ def check_scale(scale: int, num_tokens: int) -> int:
     return scale
 
 
+def parse_scales(text: str) -> list[int]:
+    """``"1,9,36"`` -> ``[1, 9, 36]``, as every script's ``--scales`` reads it; each must be an integer, once."""
+    parts = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise ValueError(f"scales must be comma-separated positive integers (e.g. 1,9,36,144,576), got {text!r}")
+    return check_unique_scales([int(part) for part in parts])
+
+
+def check_unique_scales(scales: Sequence[int]) -> list[int]:
+    """``scales`` as a list; a scale named twice is refused (it would duplicate an oracle's columns or a loss)."""
+    scales = list(scales)
+    repeated = sorted({scale for scale in scales if scales.count(scale) > 1})
+    if repeated:
+        raise ValueError(f"scale {repeated[0]} is given more than once in {scales}; name each scale once")
+    return scales
+
+
+def check_scales(scales: Sequence[int], num_tokens: int) -> list[int]:
+    """Sorted ``scales`` after checking that each is reachable on the grid (:func:`check_scale`) and named once."""
+    return sorted(check_scale(scale, num_tokens) for scale in check_unique_scales(scales))
+
+
 def pool_tokens(tokens: torch.Tensor, scale: int) -> torch.Tensor:
     """Average-pool ``(..., N, D)`` tokens laid out row-major on a square grid down to ``(..., scale, D)``.
 

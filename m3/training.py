@@ -10,6 +10,7 @@ already trained on, so a killed and resumed run ends with the same weights as an
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -28,14 +29,41 @@ from transformers import get_scheduler
 
 from .data.granularity import DEFAULT_NUM_IMAGES
 from .data.llava import LLAVA_SYSTEM_PROMPT, LlavaDataset, M3Collator
-from .loading import load_m3_model
-from .pooling import TOKEN_SELECTIONS, check_token_selection
+from .files import dumps_json, read_json
+from .fingerprint import FINGERPRINT_NAME, file_sha256, model_fingerprint
+from .loading import load_m3_config, load_m3_model, non_finite_parameters
+from .pooling import TOKEN_SELECTIONS, check_scales, check_token_selection, parse_scales
 from .processing import M3Processor
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 SCALE_SAMPLINGS = ("averaged", "random")
 LOSS_WINDOW = 10  # random scale sampling: the progress bar shows each scale's mean over its last 10 draws
+# what a finished run leaves in output_dir besides the tokenizer and image processor files
+FINAL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "train_summary.json")
+FINAL_FILES += (FINGERPRINT_NAME,)
+# settings that make a checkpoint part of one run: --resume refuses a checkpoint written with other values
+RUN_SETTINGS = (
+    "family", "scales", "scale_sampling", "token_selection", "train_vision_tower", "learning_rate", "weight_decay",
+    "warmup_ratio", "lr_scheduler", "num_epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
+    "max_length", "system_prompt", "max_grad_norm", "mixed_precision", "seed", "skip_bad_images", "tiny_hidden_size",
+    "tiny_vision_layers", "tiny_text_layers", "tiny_projector_hidden_act", "tiny_vision_feature_layer",
+)  # fmt: skip
+
+
+class OutputDirInUseError(FileExistsError):
+    """The output folder holds checkpoints or a model of an earlier run, and neither --resume nor --overwrite says
+    what to do with them."""
+
+
+class ResumeMismatchError(ValueError):
+    """The newest checkpoint was written by a run with other data, batch size, scales, model or settings."""
+
+
+class NonFiniteTrainingError(ValueError):
+    """The loss or the weights stopped being finite; nothing non-finite is saved."""
 
 
 @dataclass
@@ -47,8 +75,16 @@ class TrainConfig:
         default=None, metadata={"help": "llava-hf checkpoint directory; unset: a tiny model from scratch"}
     )
     family: str = field(default="llava", metadata={"help": "tiny model family: llava or llava_next"})
-    data_path: str = field(default="runs/granularity/train.chat.json", metadata={"help": "LLaVA-format JSON"})
+    data_path: str = field(
+        default="runs/granularity/train.chat.json",
+        metadata={"help": "LLaVA-format JSON, or a Hugging Face dataset (save_to_disk folder, *.parquet, hub id)"},
+    )
     image_root: str | None = field(default=None, metadata={"help": "image folder (default: the JSON's folder)"})
+    data_split: str | None = field(default=None, metadata={"help": "split of a Hugging Face dataset data_path"})
+    data_config: str | None = field(default=None, metadata={"help": "hub configuration of a dataset data_path"})
+    data_columns: str | None = field(
+        default=None, metadata={"help": "column mapping of a dataset data_path (ROLE=COLUMN,...; see m3.data.hf)"}
+    )
     eval_data_path: str | None = field(default="runs/granularity/validation.json", metadata={"help": "eval JSON"})
     eval_samples: int = field(default=200, metadata={"help": "records used by each periodic evaluation"})
     generate_data: bool = field(default=True, metadata={"help": "write the granularity benchmark if missing"})
@@ -94,6 +130,9 @@ class TrainConfig:
     eval_steps: int = 350
     save_total_limit: int = 2
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "start afresh in a used output_dir, deleting its checkpoints and model"}
+    )
     stop_after_steps: int = field(default=-1, metadata={"help": "testing: save and stop as if killed"})
     skip_bad_images: bool = field(default=False, metadata={"help": "drop unreadable images (counted)"})
     num_threads: int = field(
@@ -110,7 +149,7 @@ class TrainConfig:
     )
 
     def scale_list(self) -> list[int]:
-        return [int(s) for s in self.scales.split(",") if s.strip()]
+        return sorted(parse_scales(self.scales))
 
 
 # The paper's recipe (the official github mu-cai/matryoshka-mm training scripts): 1 epoch of llava_v1_5_mix665k,
@@ -242,13 +281,29 @@ def ensure_granularity_data(config: TrainConfig) -> None:
     """Write the granularity splits the config names (train, validation) if they are missing; refuse splits of
     another generator version (see :func:`m3.data.granularity.ensure_split`)."""
     from .data.granularity import ensure_split
+    from .data.hf import is_hf_location
 
+    hf_train = config.data_split is not None or is_hf_location(config.data_path)
     for path, split, num_images in (
-        (config.data_path, "train", config.train_images),
+        (None if hf_train else config.data_path, "train", config.train_images),
         (config.eval_data_path, "validation", config.eval_images),
     ):
         if path is not None:
             ensure_split(path, split, num_images, config.seed)
+
+
+def open_training_data(config: TrainConfig):
+    """The training records: :class:`LlavaDataset` for a LLaVA JSON file, or, for a Hugging Face dataset (a folder,
+    Parquet files, a hub id, or any ``data_path`` with ``data_split`` set), :class:`m3.data.hf.HFInstructionDataset`
+    (one-turn conversations with lmms-eval's prompt and the reference answer). Every image of a LLaVA JSON file is
+    decoded here, before the model is built (a bad one raises, or is dropped with ``skip_bad_images``)."""
+    from .data.hf import HFInstructionDataset, is_hf_location, load_hf
+
+    if config.data_split is not None or config.data_columns is not None or is_hf_location(config.data_path):
+        data = load_hf(config.data_path, config.data_split, config.data_config, columns=config.data_columns)
+        return HFInstructionDataset(data, skip_bad_images=config.skip_bad_images)
+    image_root = config.image_root or str(Path(config.data_path).parent)
+    return LlavaDataset(config.data_path, image_root, skip_bad_images=config.skip_bad_images, check_images=True)
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
@@ -266,11 +321,139 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
     accelerator.save_state(str(temporary))
     if accelerator.is_main_process:
         (temporary / STATE_FILE).write_text(json.dumps(state, indent=2))
+        if final.exists():  # never "Directory not empty": a checkpoint of this step is replaced whole
+            shutil.rmtree(final)
         os.replace(temporary, final)
         for old in _checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse settings that cannot train, before anything is loaded: unknown choices, scales named twice or not
+    reachable on the model's grid, and counts that must be positive (``save_steps=0``: no periodic checkpoints)."""
+    if config.scale_sampling not in SCALE_SAMPLINGS:
+        raise ValueError(f"unknown scale_sampling {config.scale_sampling!r}; expected one of {list(SCALE_SAMPLINGS)}")
+    check_token_selection(config.token_selection)
+    if config.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {config.mixed_precision!r}")
+    positive = ("batch_size", "gradient_accumulation_steps", "logging_steps", "max_length")
+    at_least_zero = ("save_steps", "eval_steps", "save_total_limit", "eval_samples", "num_threads", "max_grad_norm")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    for name in at_least_zero:
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
+        raise ValueError(f"learning_rate must be a positive number, got {config.learning_rate}")
+    if not 0 <= config.warmup_ratio <= 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1], got {config.warmup_ratio}")
+    if config.max_steps <= 0 and not config.num_epochs > 0:
+        raise ValueError(f"give max_steps > 0 or num_epochs > 0 (got {config.max_steps} and {config.num_epochs})")
+    if config.resume and config.overwrite:
+        raise ValueError("--resume continues the run in output_dir, --overwrite deletes it: give one of them")
+    if config.model is None:
+        from .tiny import IMAGE_SIZE, PATCH_SIZE
+
+        grid = (IMAGE_SIZE // PATCH_SIZE) ** 2
+    else:
+        grid = load_m3_config(config.model).grid_tokens
+    check_scales(parse_scales(config.scales), grid)
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a run folder (what ``--resume`` continues from), or None."""
+    checkpoints = _checkpoints(Path(output_dir))
+    return checkpoints[-1] if checkpoints else None
+
+
+def prepare_output_dir(config: TrainConfig, is_main_process: bool) -> Path | None:
+    """Decide what happens to ``output_dir`` before the model is built; returns the checkpoint to resume from.
+
+    ``--resume`` needs a checkpoint there. Without it a folder holding checkpoints or a model of an earlier run is
+    refused (the old run's later checkpoints would fill the keep limit and delete the new ones), unless
+    ``--overwrite``, which deletes them (on the main process). Every process decides alike, so all raise together.
+    """
+    output_dir = Path(config.output_dir)
+    checkpoints = output_dir / CHECKPOINTS
+    if config.resume:
+        last = latest_checkpoint(output_dir)
+        if last is None:
+            raise FileNotFoundError(
+                f"--resume: {checkpoints} holds no checkpoint to resume from; run without --resume to start afresh"
+            )
+        return last
+    used = [name for name in FINAL_FILES if (output_dir / name).exists()]
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        used.insert(0, f"{CHECKPOINTS}/")
+    if used and not config.overwrite:
+        raise OutputDirInUseError(
+            f"{output_dir} already holds a training run ({', '.join(used)}); pass --resume to continue it, "
+            "--overwrite to delete it and start afresh, or choose another --output_dir"
+        )
+    if used and is_main_process:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        for name in FINAL_FILES:
+            (output_dir / name).unlink(missing_ok=True)
+    return None
+
+
+def run_identity(config: TrainConfig, num_processes: int, dataset=None) -> dict:
+    """What makes checkpoints part of one run: the data (a file's path and sha256; a Hugging Face dataset's location
+    and fingerprint), the image folder, the starting model (path and weights fingerprint), the number of processes
+    and :data:`RUN_SETTINGS`. Stored in every checkpoint; ``--resume`` compares it. ``dataset``: what
+    :func:`open_training_data` returned (default: opened here)."""
+    from .data.hf import HFInstructionDataset
+
+    settings = {name: getattr(config, name) for name in RUN_SETTINGS}
+    settings["scales"] = config.scale_list()
+    dataset = open_training_data(config) if dataset is None else dataset
+    if isinstance(dataset, HFInstructionDataset):
+        data = {"data_path": str(config.data_path), "data_sha256": dataset.data.fingerprint, "image_root": None}
+    else:
+        path = Path(config.data_path)
+        root = Path(config.image_root or path.parent).resolve()
+        data = {"data_path": str(path.resolve()), "data_sha256": file_sha256(path), "image_root": str(root)}
+    return {
+        **data,
+        "model": None if config.model is None else str(Path(config.model).resolve()),
+        "model_weights": None if config.model is None else model_fingerprint(config.model)["weights_sha256"],
+        "num_processes": num_processes,
+        **settings,
+    }
+
+
+def check_resumable(checkpoint: Path, identity: dict) -> dict:
+    """The state of ``checkpoint`` after checking that it was written by this run (:func:`run_identity`);
+    :class:`ResumeMismatchError` lists every difference."""
+    state = read_json(checkpoint / STATE_FILE, f"delete {checkpoint} to resume from the checkpoint before it")
+    saved = state.get("run")
+    if saved is None:
+        logger.warning("%s records no run settings (an older version wrote it); they cannot be checked", checkpoint)
+        return state
+    differences = [
+        f"{key}: {json.dumps(saved.get(key))} there, {json.dumps(value)} now"
+        for key, value in identity.items()
+        if saved.get(key) != value
+    ]
+    if differences:
+        raise ResumeMismatchError(
+            f"{checkpoint} belongs to a run with other settings ({'; '.join(differences)}); resume it with its own "
+            "settings, or start afresh with --overwrite or another --output_dir"
+        )
+    return state
+
+
+def check_finite_weights(model, step: int, config: TrainConfig) -> None:
+    """Refuse to save weights that hold NaN or infinities (what too large a learning rate leaves)."""
+    bad = non_finite_parameters(model)
+    if bad:
+        raise NonFiniteTrainingError(
+            f"step {step}: {len(bad)} weight tensors are not finite (first: {bad[0]}), so they were not saved; "
+            f"lower --learning_rate (now {config.learning_rate}) and resume from the last checkpoint or start afresh"
+        )
 
 
 def _evaluate(model, processor, items, scales: list[int]) -> dict[int, float]:
@@ -284,10 +467,12 @@ def _evaluate(model, processor, items, scales: list[int]) -> dict[int, float]:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train an M3 (or single-scale) model; returns the directory of the final ``save_pretrained`` model."""
-    if config.scale_sampling not in SCALE_SAMPLINGS:
-        raise ValueError(f"unknown scale_sampling {config.scale_sampling!r}; expected one of {list(SCALE_SAMPLINGS)}")
-    check_token_selection(config.token_selection)
+    """Train an M3 (or single-scale) model; returns the directory of the final ``save_pretrained`` model.
+
+    Everything that can be checked before the model is built is: the settings, the output folder (a used one needs
+    ``resume`` or ``overwrite``; a resumed checkpoint must belong to this run) and every training image (decoded).
+    A non-finite loss stops training with :class:`NonFiniteTrainingError`; non-finite weights are never saved."""
+    check_config(config)
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     output_dir = Path(config.output_dir)
@@ -300,14 +485,17 @@ def train(config: TrainConfig) -> Path:
     if config.generate_data and accelerator.is_main_process:
         ensure_granularity_data(config)
     accelerator.wait_for_everyone()
+    resume_from = prepare_output_dir(config, accelerator.is_main_process)
+    dataset = open_training_data(config)
+    identity = run_identity(config, accelerator.num_processes, dataset)
+    resumed_state = None if resume_from is None else check_resumable(resume_from, identity)
+    accelerator.wait_for_everyone()
 
     model, processor = build_model_and_processor(config)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
     scales = model.config.m3_scales
-    image_root = config.image_root or str(Path(config.data_path).parent)
-    dataset = LlavaDataset(config.data_path, image_root, skip_bad_images=config.skip_bad_images)
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -327,12 +515,13 @@ def train(config: TrainConfig) -> Path:
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     step, epoch, batches_done = 0, 0, 0
-    if config.resume and _checkpoints(output_dir):
-        last = _checkpoints(output_dir)[-1]
-        accelerator.load_state(str(last))
-        state = json.loads((last / STATE_FILE).read_text())
-        step, epoch, batches_done = state["step"], state["epoch"], state["batches_in_epoch"]
-        accelerator.print(f"resumed from {last} (step {step}, epoch {epoch}, batch {batches_done})")
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        step, epoch = resumed_state["step"], resumed_state["epoch"]
+        batches_done = resumed_state["batches_in_epoch"]
+        accelerator.print(
+            f"resuming from {resume_from}: step {step} of {total_steps} (epoch {epoch}, batch {batches_done})"
+        )
 
     eval_items = []
     if config.eval_data_path and config.eval_steps > 0 and Path(config.eval_data_path).exists():
@@ -352,6 +541,13 @@ def train(config: TrainConfig) -> Path:
             step_scales = [sampled_scale(scales, config.seed, step)] if random_scale else scales
             with accelerator.accumulate(model):
                 outputs = model(**batch, m3_scales=step_scales)
+                if not torch.isfinite(outputs.loss.detach()):
+                    per_scale = ", ".join(f"{s}: {v.item():.4g}" for s, v in outputs.per_scale_loss.items())
+                    raise NonFiniteTrainingError(
+                        f"step {step + 1}: the loss is not finite ({per_scale}); training stopped before this step "
+                        f"changed the weights. Lower --learning_rate (now {config.learning_rate}) and resume from "
+                        "the last checkpoint (--resume) or start afresh (--overwrite)"
+                    )
                 accelerator.backward(outputs.loss)
                 if clip and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -375,8 +571,9 @@ def train(config: TrainConfig) -> Path:
                 progress.write(f"step {step} eval accuracy " + " ".join(f"{s}:{a:.3f}" for s, a in accuracy.items()))
             epoch_done = batches_done == len(loader)
             state = {"step": step, "epoch": epoch + epoch_done, "batches_in_epoch": 0 if epoch_done else batches_done}
-            if step % config.save_steps == 0 or step == config.stop_after_steps:
-                save_checkpoint(accelerator, output_dir, state, config.save_total_limit)
+            if (config.save_steps and step % config.save_steps == 0) or step == config.stop_after_steps:
+                check_finite_weights(model, step, config)
+                save_checkpoint(accelerator, output_dir, {**state, "run": identity}, config.save_total_limit)
             if step == config.stop_after_steps:
                 stopped_early = True
             if step >= total_steps or stopped_early:
@@ -387,10 +584,11 @@ def train(config: TrainConfig) -> Path:
     if stopped_early:
         accelerator.print(f"stopped after step {step} (stop_after_steps); resume with --resume")
         return output_dir
+    check_finite_weights(model, step, config)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         summary = {"config": asdict(config), "steps": step, "history": history}
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        (output_dir / "train_summary.json").write_text(dumps_json(summary, indent=2))
     accelerator.wait_for_everyone()
     return output_dir

@@ -42,18 +42,38 @@ def model_summary(model_dir: str | os.PathLike, config, scales: Sequence[int]) -
 
 
 def data_summary(data: OracleData, limit: int | None) -> dict:
+    """The manifest's ``data`` entry. For a dataset: where it is (a resolved folder or a hub id), the split, the
+    configuration, the layout and its columns; ``sha256`` then hashes the dataset's fingerprint, split and layout."""
     metrics: dict[str, int] = {}
     for sample in data.samples:
         metrics[sample.metric] = metrics.get(sample.metric, 0) + 1
+    common = {
+        "num_samples": len(data.samples),
+        "limit": limit,
+        "skipped_without_image": len(data.skipped_ids),
+        "metrics": metrics,
+    }
+    if data.hf is not None:
+        local = Path(data.hf.location)
+        return {
+            "path": str(local.resolve()) if local.exists() else data.hf.location,
+            "sha256": data.hf.fingerprint,
+            "format": data.format,
+            "image_root": None,
+            "split": data.hf.split,
+            "config": data.hf.config,
+            "layout": data.hf.layout.name,
+            "columns": data.hf.layout.columns(),
+            "prompt": data.hf.layout.prompt,
+            "post_prompt": data.hf.layout.post_prompt,
+            **common,
+        }
     return {
         "path": str(data.path.resolve()),
         "sha256": store.file_sha256(data.path),
         "format": data.format,
         "image_root": str(data.image_root.resolve()),
-        "num_samples": len(data.samples),
-        "limit": limit,
-        "skipped_without_image": len(data.skipped_ids),
-        "metrics": metrics,
+        **common,
     }
 
 
@@ -86,18 +106,25 @@ def build_oracle(
     progress: bool = True,
     model=None,
     processor=None,
+    split: str | None = None,
+    dataset_config: str | None = None,
+    layout: str | None = "auto",
+    columns: dict | str | None = None,
     hidden_scales: Sequence[int] | None = None,
 ) -> Path:
     """Build (or finish) the oracle of ``model_dir`` on ``data_path`` in ``out_dir``; returns the manifest path.
 
+    ``data_path`` is a data file or a Hugging Face dataset (a folder, Parquet files or a hub id; ``split``,
+    ``dataset_config``, ``layout`` and ``columns`` choose and read it: see :func:`m3.data.hf.load_hf`).
     ``metric`` scores samples that name none; ``scales`` default to the model's ``m3_scales``; ``hidden_scales``
     (default: the two smallest scales) are those whose last hidden state is recorded for probe predictors. ``model`` and
     ``processor`` may be passed already loaded (they must be the ones saved in ``model_dir``). Raises
     :class:`oracle_data.store.OracleMismatchError` if ``out_dir`` holds an oracle of another model, data file
     or settings.
     """
+    from m3.data.llava import check_image_files
     from m3.loading import load_m3_config, load_m3_model
-    from m3.pooling import check_scale
+    from m3.pooling import check_scales
     from m3.processing import M3Processor
 
     if batch_size < 1 or shard_size < 1 or max_new_tokens < 1:
@@ -106,14 +133,19 @@ def build_oracle(
         )
     state = _process_state()
     out_dir = Path(out_dir)
-    data = load_samples(data_path, image_root, data_format, metric, limit)
+    data = load_samples(data_path, image_root, data_format, metric, limit, True, split, dataset_config, layout, columns)
     if not data.samples:
         raise ValueError(f"{data_path} holds no sample with an image")
     config = model.config if model is not None else load_m3_config(model_dir)
-    scales = sorted(check_scale(int(s), config.grid_tokens) for s in (scales or config.m3_scales))
+    scales = check_scales(scales or config.m3_scales, config.grid_tokens)
     hidden_scales = store.default_hidden_scales(scales) if hidden_scales is None else sorted(map(int, hidden_scales))
     schema = store.oracle_schema(scales, hidden_scales)  # checks that the hidden scales are built
     shards = image_runs(data.samples, shard_size)
+    # every image still to answer must decode, before anything is written or the model loads
+    pending = [s for i, shard in enumerate(shards) if not (out_dir / store.shard_file(i)).is_file() for s in shard]
+    check_image_files([(s.image_path, f"sample {s.sample_id}") for s in pending if s.dataset_image is None])
+    for sample in {s.image_key: s for s in pending if s.dataset_image is not None}.values():
+        sample.dataset_image.open()  # raises BadImageError naming the dataset, split, row and column
     manifest = {
         "schema_version": store.SCHEMA_VERSION,
         "complete": False,

@@ -17,8 +17,14 @@
   type, for per-family reports) and ``image_id`` (default: the image path). Blank lines are skipped; other keys
   are ignored.
 
+* **Hugging Face dataset** (a ``save_to_disk`` folder, Parquet files, or a hub id; one ``split``): the columns of a
+  known layout (the lmms-lab copies of TextVQA, DocVQA, ChartQA, POPE, MMBench, ScienceQA; see
+  :data:`m3.data.hf.LAYOUTS`) or of a user's column mapping. Each row is one question; its image stays in the
+  dataset: the sample's ``image`` is ``"{split}[{row}]"`` and the manifest records where the dataset is, so
+  :func:`dataset_image_reader` can open it again. The prompt is the layout's (lmms-eval's), the sample id the row.
+
 Every problem raises ``ValueError`` (``FileNotFoundError`` for a missing image) naming the file and the line
-or record.
+or record (for datasets: the split, row and column).
 """
 
 from __future__ import annotations
@@ -30,14 +36,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from m3.data.hf import CHOICE_INSTRUCTION, DatasetImage, HFData, image_ref, is_hf_location, load_hf, parse_image_ref
 from m3.data.llava import normalize_conversations
 from m3.metrics import LETTERS, METRICS, answer_letter, get_metric
 from m3.processing import IMAGE_PLACEHOLDER
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("llava", "jsonl")
-CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+FORMATS = ("llava", "jsonl", "hf")
 
 
 @dataclass(frozen=True)
@@ -46,21 +52,31 @@ class Sample:
 
     sample_id: str
     image_id: str
-    image: str  # the path as written in the data file
-    image_path: Path  # resolved against the image root
+    image: str  # the path as written in the data file; "{split}[{row}]" for a dataset image
+    image_path: Path | None  # resolved against the image root; None when the image lives in a dataset
     question: str
     answers: tuple[str, ...]
     metric: str
     choices: tuple[str, ...] | None = None
     family: str | None = None
+    text: str | None = None  # the user text when the data format defines it (dataset layouts: lmms-eval's prompt)
+    dataset_image: DatasetImage | None = None  # the image of a dataset row
 
     @property
     def prompt(self) -> str:
-        """The user text sent to the model: the question, then the lettered options and LLaVA's instruction."""
+        """The user text sent to the model: the format's own, else the question, then the lettered options and
+        LLaVA's instruction."""
+        if self.text is not None:
+            return self.text
         if not self.choices:
             return self.question
         options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, self.choices))
         return f"{self.question}\n{options}\n{CHOICE_INSTRUCTION}"
+
+    @property
+    def image_key(self) -> Path | str:
+        """What identifies the image within a build: its file, or (datasets) its image id."""
+        return self.image_path if self.image_path is not None else f"dataset image {self.image_id}"
 
 
 @dataclass
@@ -69,19 +85,23 @@ class OracleData:
 
     path: Path
     format: str
-    image_root: Path
+    image_root: Path | None  # None for a dataset (its images are in it)
     samples: list[Sample]
-    skipped_ids: list[str] = field(default_factory=list)  # records without an image (LLaVA JSON)
+    skipped_ids: list[str] = field(default_factory=list)  # records without an image (LLaVA JSON, datasets)
+    hf: HFData | None = None  # the dataset split, for format "hf"
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """``"jsonl"`` for ``*.jsonl`` files, ``"llava"`` for ``*.json``; anything else raises."""
+    """``"jsonl"`` for ``*.jsonl`` files, ``"llava"`` for ``*.json``, ``"hf"`` for a dataset folder, a ``.parquet``
+    file or a hub id; anything else raises."""
     suffix = Path(path).suffix.lower()
     if suffix == ".jsonl":
         return "jsonl"
     if suffix == ".json":
         return "llava"
-    raise ValueError(f"cannot tell the format of {path} from its extension; pass format='llava' or 'jsonl'")
+    if is_hf_location(path):
+        return "hf"
+    raise ValueError(f"cannot tell the format of {path} from its extension; pass format='llava', 'jsonl' or 'hf'")
 
 
 def _string_list(value, what: str, where: str, allow_empty: bool = False) -> tuple[str, ...]:
@@ -114,6 +134,12 @@ def _make_sample(fields: dict, where: str, image_root: Path, default_metric: str
     for key in ("family", "image_id"):
         if fields.get(key) is not None and not isinstance(fields[key], str):
             raise ValueError(f"{where}: {key} must be a string, got {fields[key]!r}")
+    for text in (fields["question"], *(choices or ())):
+        if IMAGE_PLACEHOLDER in text:
+            raise ValueError(
+                f"{where}: the question text holds {IMAGE_PLACEHOLDER}; the image comes from the image field, so "
+                "remove the marker (the prompt gets exactly one)"
+            )
     image = fields["image"]
     return Sample(
         sample_id=fields["id"],
@@ -190,6 +216,28 @@ def read_llava_json(path: Path, image_root: Path, default_metric: str) -> tuple[
     return samples, skipped
 
 
+def read_hf_dataset(hf: HFData) -> list[tuple[Sample, str]]:
+    """Samples of a dataset split (see :func:`m3.data.hf.load_hf`), one per row with an image."""
+    images = hf.images()
+    located = []
+    for item in hf.items:
+        sample = Sample(
+            sample_id=item.sample_id,
+            image_id=item.image_id,
+            image=image_ref(hf.split, item.row),
+            image_path=None,
+            question=item.question,
+            answers=item.answers,
+            metric=item.metric,
+            choices=item.choices,
+            family=item.family,
+            text=item.prompt,
+            dataset_image=DatasetImage(images, item.row),
+        )
+        located.append((sample, f"{hf.location} split {hf.split!r}, row {item.row}"))
+    return located
+
+
 def load_samples(
     path: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
@@ -197,20 +245,37 @@ def load_samples(
     default_metric: str = "exact_match",
     limit: int | None = None,
     check_images: bool = True,
+    split: str | None = None,
+    config: str | None = None,
+    layout: str | None = "auto",
+    columns: dict | str | None = None,
 ) -> OracleData:
-    """Read a data file (see the module docstring) into samples, in file order.
+    """Read a data file or dataset (see the module docstring) into samples, in data order.
 
-    ``limit`` keeps the first N samples. Sample ids must be unique. With ``check_images`` every image file
-    must exist (checked up front, so a long build does not stop halfway on a missing file).
+    ``limit`` keeps the first N samples (N >= 1). Sample ids must be unique. With ``check_images`` every image file
+    must exist (checked up front, so a long build does not stop halfway on a missing file; the build also decodes
+    them before loading the model); a dataset's images must be embedded. Question text may not hold ``<image>``
+    (the prompt gets exactly one). ``split``, ``config``, ``layout`` and ``columns`` apply to datasets
+    (:func:`m3.data.hf.load_hf`; ``default_metric`` scores a column mapping that is not a known layout).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of samples, got {limit}")
     if default_metric not in METRICS:
         get_metric(default_metric)  # raises, naming the known metrics
     data_format = detect_format(path) if format == "auto" else format
     if data_format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; expected 'auto' or one of {FORMATS}")
+    if data_format == "hf":
+        hf = load_hf(path, split, config, layout, columns, default_metric, limit)
+        located = read_hf_dataset(hf)
+        skipped = [str(row) for row in hf.skipped_rows]
+        if skipped:
+            logger.warning("%s: skipped %d row(s) without an image (first: %s)", path, len(skipped), skipped[0])
+        _check_unique(located, check_images=False)
+        return OracleData(Path(path), "hf", None, [s for s, _ in located], skipped, hf=hf)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
     root = Path(image_root) if image_root is not None else path.parent
     skipped: list[str] = []
     if data_format == "jsonl":
@@ -221,6 +286,13 @@ def load_samples(
         logger.warning("%s: skipped %d record(s) without an image (first: %s)", path, len(skipped), skipped[0])
     if limit is not None:
         located = located[:limit]
+    _check_unique(located, check_images)
+    return OracleData(
+        path=path, format=data_format, image_root=root, samples=[s for s, _ in located], skipped_ids=skipped
+    )
+
+
+def _check_unique(located: list[tuple[Sample, str]], check_images: bool) -> None:
     seen: dict[str, str] = {}
     for sample, where in located:
         if sample.sample_id in seen:
@@ -230,9 +302,29 @@ def load_samples(
         seen[sample.sample_id] = where
         if check_images and not sample.image_path.is_file():
             raise FileNotFoundError(f"{where}: image file {sample.image_path} does not exist")
-    return OracleData(
-        path=path, format=data_format, image_root=root, samples=[s for s, _ in located], skipped_ids=skipped
-    )
+
+
+def dataset_image_reader(manifest: dict | None):
+    """For an oracle built from a dataset, a function ``image -> PIL RGB`` that reads an ``image`` value
+    (``"{split}[{row}]"``) from the dataset the manifest names; None for oracles of image files.
+
+    This is how the predictors compute image features of dataset-backed oracles (images are never copied out).
+    """
+    data = (manifest or {}).get("data", {})
+    if data.get("format") != "hf":
+        return None
+    from m3.data.hf import DatasetImages, open_dataset
+
+    dataset, split = open_dataset(data["path"], data.get("split"), data.get("config"))
+    images = DatasetImages(dataset, data["columns"]["image"], split, data["path"])
+
+    def read(image: str):
+        ref_split, row = parse_image_ref(image)
+        if ref_split != split:
+            raise ValueError(f"image {image!r} is not in split {split!r} of {data['path']}")
+        return images.open(row)
+
+    return read
 
 
 def image_runs(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
@@ -246,7 +338,7 @@ def image_runs(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
         raise ValueError(f"group size must be at least 1, got {size}")
     runs: list[list[Sample]] = []
     for sample in samples:
-        if runs and runs[-1][-1].image_path == sample.image_path and len(runs[-1]) < size:
+        if runs and runs[-1][-1].image_key == sample.image_key and len(runs[-1]) < size:
             runs[-1].append(sample)
         else:
             runs.append([sample])

@@ -23,15 +23,17 @@ from .labels import monotone_oracle, paper_oracle
 
 
 def load_image(sample: Sample) -> Image.Image:
-    """The sample's image as PIL RGB; :class:`BadImageError` naming the file and the sample otherwise."""
+    """The sample's image as PIL RGB; :class:`BadImageError` naming the file (or the dataset row) otherwise."""
+    if sample.dataset_image is not None:
+        return sample.dataset_image.open()
     return open_rgb(sample.image_path, f"sample {sample.sample_id}")
 
 
 def encode_batch(model, processor: M3Processor, samples: Sequence[Sample]):
     """``(compact prompts, grids per sample, image_sizes per sample or None)``; each distinct image is encoded once."""
-    keys = [sample.image_path for sample in samples]
+    keys = [sample.image_key for sample in samples]
     unique = list(dict.fromkeys(keys))
-    first = {path: next(s for s in samples if s.image_path == path) for path in unique}
+    first = {key: next(s for s in samples if s.image_key == key) for key in unique}
     grids, unique_sizes = encode_images(model, processor, [load_image(first[path]) for path in unique])
     position = {path: index for index, path in enumerate(unique)}
     index = torch.tensor([position[key] for key in keys])

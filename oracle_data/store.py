@@ -12,8 +12,8 @@ skips them, so a killed build loses nothing and duplicates nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -22,12 +22,20 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from m3.files import DamagedFileError, read_json
+from m3.fingerprint import file_sha256, model_fingerprint  # noqa: F401 (the manifest's hashes, used as store.*)
+
+logger = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 2  # 2: the probe columns hidden_{s} (the LLM's last hidden state at the smallest scales)
 OLD_SCHEMA_HINTS = {
     1: "built before the probe columns hidden_{s}: rebuild it with scripts/build_oracle.py into a fresh --out"
 }
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
+MANIFEST_FIX = "its shards cannot be matched to a build without it: delete the folder and build the oracle again"
+SHARD_FIX = "rerun the same build command: it rebuilds damaged shards"
+SHARD_ERRORS = (pa.ArrowException, OSError)  # what pyarrow raises on a truncated or overwritten Parquet file
 # manifest entries that must be equal for a rerun to add to an existing build
 IDENTITY_KEYS = (
     ("schema_version",),
@@ -39,6 +47,9 @@ IDENTITY_KEYS = (
     ("data", "format"),
     ("data", "image_root"),
     ("data", "num_samples"),
+    ("data", "split"),
+    ("data", "config"),
+    ("data", "columns"),
     ("metric",),
     ("settings",),
 )
@@ -99,39 +110,6 @@ def oracle_schema(scales: Sequence[int], hidden_scales: Sequence[int] = ()) -> p
 
 
 # ----------------------------------------------------------------------------------------------------
-# hashing: what identifies a model and a data file
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_fingerprint(model_dir: str | os.PathLike, sample_bytes: int = 1 << 20) -> dict[str, str]:
-    """A cheap identity of a saved model: the hash of its config.json and of its weight files' names, sizes and
-    first and last MiB (hashing all of a 7B checkpoint's bytes would take minutes)."""
-    model_dir = Path(model_dir)
-    weights = hashlib.sha256()
-    files = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    for path in files:
-        size = path.stat().st_size
-        weights.update(f"{path.name}:{size}:".encode())
-        with open(path, "rb") as handle:
-            weights.update(handle.read(sample_bytes))
-            if size > 2 * sample_bytes:
-                handle.seek(size - sample_bytes)
-                weights.update(handle.read(sample_bytes))
-    config = model_dir / "config.json"
-    return {
-        "config_sha256": file_sha256(config) if config.is_file() else None,
-        "weights_sha256": weights.hexdigest() if files else None,
-    }
-
-
-# ----------------------------------------------------------------------------------------------------
 # atomic writes, manifest
 
 
@@ -161,11 +139,18 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
     path = manifest_path(out_dir)
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} holds no oracle ({MANIFEST_NAME} is missing); build one first")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = _read_manifest_file(path)
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         hint = f" ({OLD_SCHEMA_HINTS[version]})" if version in OLD_SCHEMA_HINTS else ""
         raise ValueError(f"{path}: schema version {version!r}, this code reads version {SCHEMA_VERSION}{hint}")
+    return manifest
+
+
+def _read_manifest_file(path: Path) -> dict:
+    manifest = read_json(path, MANIFEST_FIX)
+    if not isinstance(manifest, dict):
+        raise DamagedFileError(path, f"a JSON {type(manifest).__name__}, not an object", MANIFEST_FIX)
     return manifest
 
 
@@ -198,7 +183,7 @@ def open_build(out_dir: str | os.PathLike, manifest: dict, create: bool) -> dict
     out_dir = Path(out_dir)
     path = manifest_path(out_dir)
     if path.is_file():
-        existing = json.loads(path.read_text(encoding="utf-8"))
+        existing = _read_manifest_file(path)
         if existing.get("schema_version") != SCHEMA_VERSION:
             version = existing.get("schema_version")
             hint = f" ({OLD_SCHEMA_HINTS[version]})" if version in OLD_SCHEMA_HINTS else ""
@@ -242,11 +227,25 @@ def write_shard(out_dir: str | os.PathLike, index: int, rows: Sequence[dict], sc
 
 
 def shard_sample_ids(out_dir: str | os.PathLike, index: int) -> list[str] | None:
-    """The sample ids of shard ``index``, or None if it has not been written."""
+    """The sample ids of shard ``index``, or None if it has not been written - or is damaged: then it is deleted,
+    with a warning, and the build writes it again (every column is read, so a damaged one is found here)."""
     path = Path(out_dir) / shard_file(index)
     if not path.is_file():
         return None
-    return pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
+    try:
+        return pq.read_table(path).column("sample_id").to_pylist()
+    except SHARD_ERRORS as error:
+        logger.warning("%s is damaged (%s); rebuilding it", path, " ".join(str(error).split()))
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _shard_rows(path: Path) -> int | None:
+    """Rows of a shard from its Parquet footer; None when the footer cannot be read (a damaged file)."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except SHARD_ERRORS:
+        return None
 
 
 def shard_entry(index: int, rows: int) -> dict:
@@ -254,12 +253,13 @@ def shard_entry(index: int, rows: int) -> dict:
 
 
 def shard_entries(out_dir: str | os.PathLike, num_shards: int) -> list[dict]:
-    """Manifest entries (``index``, ``file``, ``rows``) of the shards on disk, read from their Parquet footers."""
+    """Manifest entries (``index``, ``file``, ``rows``) of the shards on disk, read from their Parquet footers (a
+    shard whose footer is damaged counts as missing)."""
     entries = []
     for index in range(num_shards):
         path = Path(out_dir) / shard_file(index)
-        if path.is_file():
-            entries.append(shard_entry(index, pq.ParquetFile(path).metadata.num_rows))
+        if path.is_file() and (rows := _shard_rows(path)) is not None:
+            entries.append(shard_entry(index, rows))
     return entries
 
 
@@ -326,7 +326,10 @@ def load_oracle(out_dir: str | os.PathLike, allow_incomplete: bool = False) -> p
         path = out_dir / entry["file"]
         if not path.is_file():
             raise FileNotFoundError(f"{out_dir}: shard {entry['file']} listed in the manifest is missing")
-        table = pq.read_table(path, schema=schema)
+        try:
+            table = pq.read_table(path, schema=schema)
+        except SHARD_ERRORS as error:
+            raise DamagedFileError(path, str(error), SHARD_FIX) from None
         if table.num_rows != entry["rows"]:
             raise ValueError(f"{path}: {table.num_rows} rows, the manifest says {entry['rows']}")
         tables.append(table)
@@ -337,3 +340,49 @@ def load_oracle(out_dir: str | os.PathLike, allow_incomplete: bool = False) -> p
     if manifest.get("complete") and table.num_rows != manifest["data"]["num_samples"]:
         raise ValueError(f"{out_dir}: {table.num_rows} rows, the manifest expects {manifest['data']['num_samples']}")
     return table.replace_schema_metadata({"manifest": json.dumps(manifest)})
+
+
+ORACLE_DATASET_NAME = "m3_oracle"
+
+
+def load_oracle_dataframe(out_dir: str | os.PathLike, allow_incomplete: bool = False):
+    """The oracle table (:func:`load_oracle`) as a pandas ``DataFrame``, its manifest in ``df.attrs["manifest"]``."""
+    table = load_oracle(out_dir, allow_incomplete)
+    frame = table.to_pandas()
+    frame.attrs["manifest"] = json.loads(table.schema.metadata[b"manifest"])
+    return frame
+
+
+def load_oracle_dataset(out_dir: str | os.PathLike, allow_incomplete: bool = False):
+    """The oracle table (:func:`load_oracle`) as a ``datasets.Dataset`` (in memory: nothing is copied to the datasets
+    cache). The manifest is ``json.loads(dataset.info.description)``; ``dataset.info.dataset_name`` is
+    ``"m3_oracle"``."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    table = load_oracle(out_dir, allow_incomplete)
+    info = datasets.DatasetInfo(
+        description=table.schema.metadata[b"manifest"].decode(), dataset_name=ORACLE_DATASET_NAME
+    )
+    return datasets.Dataset(InMemoryTable(table.replace_schema_metadata(None)), info=info)
+
+
+def oracle_table(data) -> pa.Table:
+    """A ``pyarrow.Table`` of an oracle given as a table, a pandas ``DataFrame`` or a ``datasets.Dataset``, with the
+    manifest (from the table's metadata, ``df.attrs`` or the dataset's info) as schema metadata when there is one."""
+    manifest = None
+    module = type(data).__module__.split(".")[0]
+    if isinstance(data, pa.Table):
+        return data
+    if module == "pandas":
+        manifest = data.attrs.get("manifest")
+        table = pa.Table.from_pandas(data, preserve_index=False)
+    elif module == "datasets":
+        if data.info.dataset_name == ORACLE_DATASET_NAME and data.info.description:
+            manifest = json.loads(data.info.description)
+        table = data.with_format("arrow")[:]
+    else:
+        raise TypeError(
+            f"expected a pyarrow.Table, a pandas DataFrame or a datasets.Dataset, got {type(data).__name__}"
+        )
+    return table.replace_schema_metadata(None if manifest is None else {"manifest": json.dumps(manifest)})

@@ -14,7 +14,6 @@ of them; ``SomeClass.from_pretrained`` reads a folder of that class.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import warnings
 from pathlib import Path
@@ -22,6 +21,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
+
+from m3.files import DamagedFileError, dumps_json, read_json
+from m3.fingerprint import same_weights
 
 from .data import ORACLE_COLUMNS, OracleSet, Queries, as_oracle_set, grouped_split, to_queries
 from .features import FeatureBuilder
@@ -33,6 +35,8 @@ FEATURES_NAME = "features.json"
 TARGETS = ("correct", "oracle")
 PROBES = ("none", "confidence", "hidden")  # what a probe predictor reads of the model's answer at ``probe_scale``
 NOT_FITTED = "This %(name)s instance is not fitted yet; call fit(oracle_data) first."
+REFIT = "fit and save the predictor again (scripts/evaluate_router.py --oracle-train ...)"
+CONFIG_KEYS = ("class", "params", "scales", "fingerprint", "threshold", "n_features_in", "model")
 
 
 class PredictorMismatchError(ValueError):
@@ -46,7 +50,7 @@ def model_requirements(model_config) -> tuple[list[int], int]:
         path = path / "config.json" if path.is_dir() else path
         if not path.is_file():
             raise FileNotFoundError(f"no model config at {path}")
-        model_config = json.loads(path.read_text(encoding="utf-8"))
+        model_config = read_json(path, "re-save or re-download the model")
     get = model_config.get if isinstance(model_config, dict) else lambda k, d=None: getattr(model_config, k, d)
     text = get("text_config")
     hidden = text.get("hidden_size") if isinstance(text, dict) else getattr(text, "hidden_size", None)
@@ -63,9 +67,8 @@ def check_compatible(fingerprint: dict, oracle_data=None, model_config=None, whe
     if oracle_data is not None:
         data = as_oracle_set(oracle_data)
         checks.append((f"the oracle data from {data.source}", list(data.scales), data.embedding_dim))
-        theirs = (data.fingerprint().get("model_fingerprint") or {}).get("weights_sha256")
-        ours = (fingerprint.get("model_fingerprint") or {}).get("weights_sha256")
-        if theirs and ours and theirs != ours:
+        theirs, ours = data.fingerprint().get("model_fingerprint"), fingerprint.get("model_fingerprint")
+        if same_weights(theirs, ours) is False:
             warnings.warn(
                 f"{where} was trained on oracle labels of model {fingerprint.get('model_path')}, the oracle data from "
                 f"{data.source} comes from a model with other weights ({data.fingerprint().get('model_path')}); its "
@@ -257,8 +260,8 @@ class ScalePredictor(BaseEstimator):
         """Write the predictor to ``directory`` (JSON + safetensors / LightGBM text; no pickle).
 
         ``threshold`` is the operating threshold to save (default ``threshold_``); ``calibration`` records how it
-        was chosen (a :class:`predictor.calibration.CalibratedRouter` passes both). Saving a loaded predictor again
-        at its own threshold keeps the record it came with (its certificate, if any)."""
+        was chosen (a :class:`predictor.calibration.CalibratedRouter` passes both; when neither is given, the
+        record a loaded predictor came with, so re-saving one, e.g. in an AdaptiveM3 folder, keeps its certificate)."""
         self._check_fitted()
         if threshold is None and calibration is None:
             calibration = getattr(self, "calibration_", None)
@@ -278,7 +281,7 @@ class ScalePredictor(BaseEstimator):
             "n_features_in": self.n_features_in_,
             "model": state,
         }
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (directory / CONFIG_NAME).write_text(dumps_json(config, indent=2) + "\n", encoding="utf-8")
         return directory
 
     @classmethod
@@ -307,11 +310,16 @@ def read_config(directory: str | os.PathLike) -> dict:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{Path(directory)} holds no saved predictor ({CONFIG_NAME} is missing)")
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = read_json(path, REFIT)
+    if not isinstance(config, dict):
+        raise DamagedFileError(path, f"a JSON {type(config).__name__}, not an object", REFIT)
     version = config.get("format_version")
     if version != FORMAT_VERSION:
         hint = " (format 1 predates the oracle -> oracle_kind rename: refit and save it again)" if version == 1 else ""
         raise ValueError(f"{path}: format version {version!r}, this code reads {FORMAT_VERSION}{hint}")
+    missing = [key for key in CONFIG_KEYS if key not in config]
+    if missing:
+        raise DamagedFileError(path, f"the entries {missing} are missing", REFIT)
     return config
 
 

@@ -56,7 +56,7 @@ class CalibratedRouter(BaseEstimator):
             raise ValueError(f"cannot calibrate on 0 samples (from {data.source})")
         values = accuracy_values(data, self.accuracy)
         tokens = routing_costs(data.tokens(), data.scales, probe_scale_of(self.predictor))
-        proba = self.predictor.predict_proba(data)
+        proba = self.predict_proba(data)  # clipped: the probabilities predict() routes on
         self.threshold_ = check_threshold(self.choose_threshold(proba, values, tokens, data.scales))
         routing = route_by_threshold(proba, data.scales, self.threshold_)
         self.tokens_, self.accuracy_ = routing_point(routing, values, tokens, data.scales)
@@ -119,7 +119,11 @@ class CalibratedRouter(BaseEstimator):
         """The wrapped predictor's folder with ``threshold_`` as its threshold and a record of the calibration;
         :func:`predictor.registry.load_predictor` reads it back as that predictor, routing at ``threshold_``."""
         self._check_fitted()
-        record = {
+        return self._save(directory, self.record())
+
+    def record(self) -> dict:
+        """How the threshold was chosen, as saved in ``predictor.json`` (``calibration``)."""
+        return {
             "rule": type(self).__name__,
             "accuracy": self.accuracy,
             "data": self.calibration_source_,
@@ -128,7 +132,6 @@ class CalibratedRouter(BaseEstimator):
             "tokens": self.tokens_,
             "accuracy_at_threshold": self.accuracy_,
         }
-        return self._save(directory, record)
 
 
 CERTIFIED_GRID = np.linspace(0.0, 1.0, 1001)[::-1]  # candidate thresholds, strictest first, fixed before any data
@@ -179,19 +182,9 @@ class CertifiedRouter(CalibratedRouter):
         )  # fmt: skip
         return 1.0 if self.certificate_.threshold is None else self.certificate_.threshold
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """The wrapped predictor's folder at the certified threshold, with the certificate in its calibration record."""
-        self._check_fitted()
-        record = {
-            "rule": type(self).__name__,
-            "data": self.calibration_source_,
-            "n": self.n_calibration_,
-            "target_accuracy": self.target_accuracy_,
-            "tokens": self.tokens_,
-            "accuracy_at_threshold": self.accuracy_,
-            "certificate": self.certificate_.to_dict(),
-        }
-        return self._save(directory, record)
+    def record(self) -> dict:
+        """The calibration record, with the certificate."""
+        return {**super().record(), "certificate": self.certificate_.to_dict()}
 
 
 def saved_certificate(predictor) -> Certificate | None:

@@ -212,10 +212,13 @@ class OracleSet:
 
     def image_features(self, progress: bool = True) -> np.ndarray:
         """``(n, k)`` cheap image features (see :func:`predictor.features.image_features`), cached per file."""
-        paths = self.image_paths()
+        from oracle_data import dataset_image_reader
+
+        read = dataset_image_reader(self.manifest)  # oracles built from a Hugging Face dataset read its rows
+        paths = self.image_paths() if read is None else self.column("image").tolist()
         todo = [p for p in dict.fromkeys(paths) if p not in self._image_cache]
         for path in tqdm(todo, desc="image features", unit="image", disable=not progress or len(todo) < 200):
-            self._image_cache[path] = image_features(_open_rgb(path))
+            self._image_cache[path] = image_features(_open_rgb(path) if read is None else read(path))
         return np.stack([self._image_cache[p] for p in paths]) if paths else _no_images()
 
     def queries(
@@ -271,7 +274,8 @@ def _is_dataframe(obj) -> bool:
 
 
 def as_oracle_set(data, image_root: str | os.PathLike | None = None) -> OracleSet:
-    """An :class:`OracleSet` from an oracle folder, a ``pyarrow.Table``, a pandas ``DataFrame`` or an OracleSet.
+    """An :class:`OracleSet` from an oracle folder, a ``pyarrow.Table``, a pandas ``DataFrame``, a
+    ``datasets.Dataset`` or an OracleSet.
 
     The manifest comes from the folder, or from the table's ``manifest`` schema metadata (which
     :func:`oracle_data.load_oracle` sets). ``image_root`` overrides the manifest's ``data.image_root``.
@@ -286,11 +290,14 @@ def as_oracle_set(data, image_root: str | os.PathLike | None = None) -> OracleSe
         table, source = load_oracle(data), str(data)
     elif isinstance(data, pa.Table):
         table, source = data, "a pyarrow table"
-    elif _is_dataframe(data):
-        table, source = pa.Table.from_pandas(data, preserve_index=False), "a pandas DataFrame"
+    elif _is_dataframe(data) or type(data).__module__.split(".")[0] == "datasets":
+        from oracle_data import oracle_table
+
+        table, source = oracle_table(data), f"a {type(data).__name__}"  # the manifest from df.attrs / dataset.info
     else:
         raise TypeError(
-            f"expected an oracle folder, a pyarrow.Table, a pandas DataFrame or an OracleSet, got {type(data).__name__}"
+            "expected an oracle folder, a pyarrow.Table, a pandas DataFrame, a datasets.Dataset or an OracleSet, "
+            f"got {type(data).__name__}"
         )
     metadata = table.schema.metadata or {}
     manifest = json.loads(metadata[b"manifest"]) if b"manifest" in metadata else None
@@ -306,6 +313,21 @@ def as_oracle_set(data, image_root: str | os.PathLike | None = None) -> OracleSe
         raise ValueError(f"{source} lacks oracle column(s) {missing}")
     root = image_root if image_root is not None else (manifest or {}).get("data", {}).get("image_root")
     return OracleSet(table, scales, manifest, None if root is None else Path(root), source)
+
+
+def check_matching_oracles(train: str | os.PathLike, test: str | os.PathLike) -> None:
+    """Refuse a training and a test oracle folder of other scales or embedding sizes from their manifests alone,
+    before anything is fitted on the first (a predictor of one cannot route the other)."""
+    from oracle_data import read_manifest
+
+    first, second = read_manifest(train)["model"], read_manifest(test)["model"]
+    for key in ("scales", "embedding_dim"):
+        if first.get(key) != second.get(key):
+            raise ValueError(
+                f"the training oracle {train} has {key} {first.get(key)}, the test oracle {test} has "
+                f"{second.get(key)}: predictors fitted on one cannot route the other; build both with the same model "
+                "and --scales"
+            )
 
 
 def accuracy_values(data: OracleSet, accuracy: str = "correct") -> np.ndarray:

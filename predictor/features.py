@@ -27,6 +27,8 @@ from PIL import Image, ImageFilter
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from m3.files import DamagedFileError, read_json
+
 IMAGE_FEATURE_NAMES = (
     "image_width",
     "image_height",
@@ -340,7 +342,23 @@ class FeatureBuilder(BaseEstimator):
         if self.use_question and self.vocabulary_:
             blocks.append(tfidf_rows(queries.questions, self._term_index(), self.idf_, self.ngram_range))
         blocks.append(dense[:, emb + q :])
-        return np.concatenate(blocks, axis=1).astype(np.float32)
+        features = np.concatenate(blocks, axis=1).astype(np.float32)
+        if not np.isfinite(features).all():  # ~1 us per query; NaN would route silently (LightGBM: as missing)
+            raise ValueError(self._non_finite_message(features))
+        return features
+
+    def _non_finite_message(self, features: np.ndarray) -> str:
+        """Which query and which feature blocks are not finite, and the likely cause."""
+        row = int(np.flatnonzero(~np.isfinite(features).all(axis=1))[0])
+        columns = np.flatnonzero(~np.isfinite(features[row]))
+        blocks = sorted({_block_of(self.feature_names_[column]) for column in columns})
+        if "embedding" in blocks:
+            cause = "the model's scale-1 embedding is not finite: check the model's weights"
+        elif "probe" in blocks:
+            cause = "the probe answer's confidence or hidden state is not finite: check the model's weights"
+        else:
+            cause = "check the question and image"
+        return f"query {row}: the {' and '.join(blocks)} features are not finite (NaN or infinity); {cause}"
 
     def _term_index(self) -> dict[str, int]:
         if getattr(self, "_index", None) is None:
@@ -400,4 +418,22 @@ class FeatureBuilder(BaseEstimator):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureBuilder:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """Read a saved builder; a damaged file gives :class:`m3.files.DamagedFileError` naming it."""
+        fix = "fit and save the predictor again"
+        state = read_json(path, fix)
+        try:
+            builder = cls.from_dict(state)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise DamagedFileError(path, f"entry {error} is missing or malformed", fix) from None
+        if len(builder.feature_names_) != len(builder.mean_) + len(builder.vocabulary_):
+            raise DamagedFileError(path, "its feature names and statistics do not agree", fix)
+        return builder
+
+
+def _block_of(feature_name: str) -> str:
+    """The block a feature name belongs to: embedding, question (statistics and TF-IDF), image or probe."""
+    if feature_name.startswith("embedding_"):
+        return "embedding"
+    if feature_name.startswith("probe_"):
+        return "probe"
+    return "image" if feature_name in IMAGE_FEATURE_NAMES else "question"

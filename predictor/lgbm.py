@@ -10,13 +10,43 @@ Early stopping uses a grouped held-out split of the images; models are saved in 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
-from .base import ScalePredictor
+from m3.files import DamagedFileError
+
+from .base import REFIT, ScalePredictor
 
 BOOSTER_NAME = "booster.txt"
+
+
+def check_booster_text(text: str, path: Path) -> None:
+    """Refuse a LightGBM text model that is not complete before LightGBM parses it: its C++ parser crashes the
+    process (segfault or abort) on a truncated file, or silently loads the trees that survived.
+
+    A complete ``booster.save_model`` file starts with ``tree``, lists the byte size of every tree in
+    ``tree_sizes=``, holds exactly those trees, then ``end of trees``, the feature importances, the parameters up to
+    ``end of parameters``, and ends with a ``pandas_categorical:`` line."""
+    if not text.startswith("tree\n"):
+        raise DamagedFileError(path, "it does not start like a LightGBM text model", REFIT)
+    for marker in ("end of trees", "end of parameters"):
+        if f"\n{marker}\n" not in text:
+            raise DamagedFileError(path, f"its '{marker}' line is missing (the file is cut short)", REFIT)
+    if not text.rstrip().rsplit("\n", 1)[-1].startswith("pandas_categorical:"):
+        raise DamagedFileError(path, "it does not end with LightGBM's pandas_categorical line", REFIT)
+    sizes = re.search(r"^tree_sizes=(.*)$", text, re.MULTILINE)
+    first = re.search(r"^Tree=0$", text, re.MULTILINE)
+    if sizes is None or first is None:
+        raise DamagedFileError(path, "its tree_sizes line or its first tree is missing", REFIT)
+    expected = [int(size) for size in sizes.group(1).split()]
+    trees = text[first.start() : text.index("\nend of trees\n") + 1]
+    found = len(re.findall(r"^Tree=\d+$", trees, re.MULTILINE))
+    size = len(trees.encode())
+    if found != len(expected) or size != sum(expected):
+        problem = f"{found} trees in {size} bytes, its header lists {len(expected)} in {sum(expected)}"
+        raise DamagedFileError(path, problem, REFIT)
 
 
 class LGBMScalePredictor(ScalePredictor):
@@ -156,5 +186,15 @@ class LGBMScalePredictor(ScalePredictor):
     def _load_model(self, path: Path, state: dict) -> None:
         import lightgbm as lgb
 
-        self.booster_ = None if state["booster"] is None else lgb.Booster(model_file=str(path / state["booster"]))
-        self.constant_ = state["constant"]
+        self.booster_, self.constant_ = None, state["constant"]
+        if state["booster"] is None:
+            return
+        file = path / state["booster"]
+        text = file.read_text(encoding="utf-8", errors="replace")
+        check_booster_text(text, file)
+        self.booster_ = lgb.Booster(model_str=text)
+        expected = self.n_features_in_ + (self.target == "correct")  # the stacked log2(scale) column
+        if self.booster_.num_feature() != expected:
+            raise DamagedFileError(
+                file, f"{self.booster_.num_feature()} features, predictor.json describes {expected}", REFIT
+            )

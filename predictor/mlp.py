@@ -16,7 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .base import ScalePredictor
+from m3.files import DamagedFileError, safetensors_header
+
+from .base import REFIT, ScalePredictor
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -164,7 +166,15 @@ class MLPScalePredictor(ScalePredictor):
 
     def _load_model(self, path: Path, state: dict) -> None:
         network = build_network(self.n_features_in_, len(self.scales_), self.hidden_sizes, self.dropout)
-        network.load_state_dict(load_file(str(path / state["weights"])))
+        weights = path / state["weights"]
+        safetensors_header(weights, REFIT)
+        try:
+            network.load_state_dict(load_file(str(weights)))
+        except RuntimeError as error:  # missing keys or other shapes: not the network predictor.json describes
+            problem = str(error).splitlines()[-1].strip() if str(error).strip() else type(error).__name__
+            raise DamagedFileError(
+                weights, f"its tensors do not fit the network in predictor.json: {problem}", REFIT
+            ) from None
         self.network_ = network.eval()
         self._layers = None
         self.best_epoch_ = state["best_epoch"]

@@ -8,11 +8,12 @@ the routing evaluation of one run) from the same renderers.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import re
 from pathlib import Path
+
+from m3.files import dumps_json
 
 from .evaluation import BUDGET_SHARES, KNAPSACK_BATCH, RoutingEvaluation, budget_rows, family_rows, summarize_routing
 
@@ -224,16 +225,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _json_safe(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def write_evaluation(evaluation: RoutingEvaluation, out_dir: str | os.PathLike, title: str = "") -> dict[str, Path]:
     """Write ``results.md``, ``results.csv``, ``results.json``, ``families.csv``, ``budgets.csv``, ``curves.csv`` and
     ``curves.png``; returns their paths by name."""
@@ -262,7 +253,7 @@ def write_evaluation(evaluation: RoutingEvaluation, out_dir: str | os.PathLike, 
         "budgets": budgets,
         "families": families,
     }
-    paths["results.json"].write_text(json.dumps(_json_safe(summary), indent=2) + "\n", encoding="utf-8")
+    paths["results.json"].write_text(dumps_json(summary, indent=2) + "\n", encoding="utf-8")  # null, never NaN
     plot_curves(evaluation, paths["curves.png"])
     return paths
 
@@ -312,7 +303,7 @@ def write_shift(shift, out_dir: str | os.PathLike, title: str = "") -> dict[str,
         out_dir / n for n in ("shift.md", "shift.json", "shift.png")
     )
     paths["shift.md"].write_text(shift_markdown(shift, title), encoding="utf-8")
-    paths["shift.json"].write_text(json.dumps(_json_safe(shift_summary(shift)), indent=2) + "\n", encoding="utf-8")
+    paths["shift.json"].write_text(dumps_json(shift_summary(shift), indent=2) + "\n", encoding="utf-8")
     plot_shift(shift, paths["shift.png"])
     return paths
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,26 +27,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, help="cap on the visual tokens the router may choose")
     parser.add_argument("--scale", type=int, help="force this scale (the predictor's estimates are still shown)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--allow-other-weights", action="store_true", help="use a predictor fitted on another model's oracle anyway"
+    )
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     args = parser.parse_args(argv)
     if bool(args.model) != bool(args.predictor) or bool(args.adaptive) == bool(args.model):
         parser.error("pass either --adaptive DIR, or both --model DIR and --predictor DIR")
 
-    from adaptive import AdaptiveM3
+    from m3.cli import user_errors  # after parsing: --help stays fast
 
-    try:
-        adaptive = AdaptiveM3.from_pretrained(args.adaptive or args.model, args.predictor)
+    with user_errors():
+        from adaptive import AdaptiveM3
+        from adaptive.model import check_question, load_rgb
+
+        image, question = load_rgb(args.image), check_question(args.question)  # before the model loads
+        adaptive = AdaptiveM3.from_pretrained(
+            args.adaptive or args.model, args.predictor, allow_other_weights=args.allow_other_weights
+        )
         result = adaptive.generate(
-            args.image,
-            args.question,
+            image,
+            question,
             threshold=args.threshold,
             max_tokens=args.max_tokens,
             scale=args.scale,
             max_new_tokens=args.max_new_tokens,
         )
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     if args.json:
         print(json.dumps(result.__dict__, indent=2))
         return

@@ -6,9 +6,13 @@ Examples:
         --out runs/oracle-textvqa
     accelerate launch --config_file configs/accelerate/ddp.yaml scripts/build_oracle.py --model ... --data ... --out ...
     python scripts/build_oracle.py --report-only --out runs/oracle
+    python scripts/build_oracle.py --model ckpt/m3 --data lmms-lab/POPE --split test --out runs/oracle-pope
+    python scripts/build_oracle.py --model ckpt/m3 --data data/textvqa --split validation --out runs/oracle-textvqa
 
-Data: a LLaVA-format JSON list (e.g. a granularity split) or a JSONL question file (one object per line: id,
-image, question, answers, optional choices / metric / family); see docs/oracle.md. Writes OUT/manifest.json and
+Data: a LLaVA-format JSON list (e.g. a granularity split), a JSONL question file (one object per line: id,
+image, question, answers, optional choices / metric / family), or a Hugging Face dataset (a save_to_disk folder,
+Parquet files, or a hub id when online) in a known layout (TextVQA, DocVQA, ChartQA, POPE, MMBench, ScienceQA as
+lmms-lab publishes them) or mapped with --columns; see docs/oracle.md. Writes OUT/manifest.json and
 OUT/shards/*.parquet (read them with oracle_data.load_oracle). Rerun the same command to resume a killed build.
 """
 
@@ -22,10 +26,24 @@ METRIC_NAMES = ("exact_match", "vqa_accuracy", "anls", "relaxed_accuracy", "mult
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="saved M3 / llava-hf model directory (with tokenizer and image processor)")
-    parser.add_argument("--data", help="data file: LLaVA JSON (*.json) or question file (*.jsonl)")
+    parser.add_argument(
+        "--data", help="LLaVA JSON (*.json), question file (*.jsonl), or a dataset folder, *.parquet or hub id"
+    )
     parser.add_argument("--out", required=True, help="output folder (manifest.json, shards/, report.md)")
     parser.add_argument("--image-root", help="folder the image paths are relative to (default: the data file's)")
-    parser.add_argument("--format", choices=("auto", "llava", "jsonl"), default="auto", help="default: by extension")
+    parser.add_argument("--format", choices=("auto", "llava", "jsonl", "hf"), default="auto", help="default: guessed")
+    parser.add_argument("--split", help="dataset split (e.g. validation, test); needed when a dataset has several")
+    parser.add_argument("--dataset-config", help="hub configuration of a dataset (e.g. ScienceQA-IMG, DocVQA, en)")
+    parser.add_argument(
+        "--layout",
+        default="auto",
+        help="dataset layout: auto (detected from the columns), textvqa, docvqa, chartqa, pope, mmbench, scienceqa",
+    )
+    parser.add_argument(
+        "--columns",
+        help="dataset column mapping ROLE=COLUMN,... (roles: question, answers, image, choices, hint, id, image_id, "
+        "family; letter columns as choices=A|B|C|D); scored with --metric unless the layout is known",
+    )
     parser.add_argument(
         "--metric", default="exact_match", help=f"metric of samples that name none: {', '.join(METRIC_NAMES)}"
     )
@@ -53,6 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
+
+    with user_errors():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    from m3.pooling import parse_scales
     from oracle_data.report import write_report
 
     if not args.report_only:
@@ -69,13 +95,17 @@ def main(argv: list[str] | None = None) -> None:
             image_root=args.image_root,
             data_format=args.format,
             metric=args.metric,
-            scales=[int(s) for s in args.scales.split(",")] if args.scales else None,
-            hidden_scales=[int(s) for s in args.hidden_scales.split(",")] if args.hidden_scales else None,
+            scales=parse_scales(args.scales) if args.scales else None,
+            hidden_scales=parse_scales(args.hidden_scales) if args.hidden_scales else None,
             batch_size=args.batch_size,
             shard_size=args.shard_size,
             max_new_tokens=args.max_new_tokens,
             limit=args.limit,
             progress=not args.no_progress,
+            split=args.split,
+            dataset_config=args.dataset_config,
+            layout=args.layout,
+            columns=args.columns,
         )
         from oracle_data.build import _process_state
 

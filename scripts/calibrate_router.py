@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,26 +42,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
+
+    with user_errors():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Certify, save, print the certificate; returns the folder written."""
     from predictor import CertifiedRouter, as_oracle_set, load_predictor
     from predictor.calibration import certificate_lines
 
-    try:
-        predictor = load_predictor(args.predictor, oracle_data=args.oracle)
-        calibration = as_oracle_set(args.oracle)
-        fitted_on = (predictor.fingerprint_ or {}).get("oracle_data")
-        if fitted_on and fitted_on == calibration.fingerprint().get("oracle_data"):
-            print(
-                f"warning: the predictor was fitted on oracle data from {fitted_on}, the data of this calibration "
-                "oracle: certify on images it never saw, or the certificate does not hold",
-                file=sys.stderr,
-            )
-        router = CertifiedRouter(predictor, args.max_drop, args.delta, args.p_value).fit(calibration)
-        out = router.save_pretrained(args.out)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    predictor = load_predictor(args.predictor, oracle_data=args.oracle)
+    calibration = as_oracle_set(args.oracle)
+    fitted_on = (predictor.fingerprint_ or {}).get("oracle_data")
+    if fitted_on and fitted_on == calibration.fingerprint().get("oracle_data"):
+        print(
+            f"warning: the predictor was fitted on oracle data from {fitted_on}, the data of this calibration oracle: "
+            "certify on images it never saw, or the certificate does not hold",
+            file=sys.stderr,
+        )
+    router = CertifiedRouter(predictor, args.max_drop, args.delta, args.p_value).fit(calibration)
+    out = router.save_pretrained(args.out)
     print("\n".join(certificate_lines(router.certificate_, router.target_accuracy_)))
     print(f"wrote {out} (routes at threshold {router.threshold_:.4f})")
+    return out
 
 
 if __name__ == "__main__":

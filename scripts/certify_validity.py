@@ -21,7 +21,6 @@ Writes OUT/validity.md, validity.csv, efficiency.csv and efficiency.png. See doc
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -69,6 +68,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
+
+    with user_errors():
+        paths = run(args)
+    print(paths["validity.md"].read_text())
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Fit or load the routers, run the study on each oracle, write the tables and the plot."""
     import torch
 
     from predictor import load_predictor
@@ -78,29 +87,23 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    try:
-        routers = {}
-        if args.predictors:
-            routers.update(
-                fit_predictors(args.oracle_train, args.predictors, args.trials, args.seed, save_dir=out / "predictors")
-            )
-        for directory in args.predictor:
-            routers[Path(directory).name] = load_predictor(directory, oracle_data=args.oracle)
-        studies = {}
-        for where, oracle in (("in distribution", args.oracle), ("shifted", args.oracle_shift)):
-            if oracle is None:
-                continue
-            print(f"{where}: {args.resplits} splits of {oracle}", flush=True)
-            studies[where] = validity_study(
-                oracle, routers, args.n, args.resplits, args.eps, args.delta, args.methods,
-                efficiency_method=args.efficiency_method, seed=args.seed,
-            )  # fmt: skip
-        paths = write_validity(studies, out)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    print(paths["validity.md"].read_text())
-    print("wrote " + ", ".join(str(path) for path in paths.values()))
+    routers = {}
+    if args.predictors:
+        routers.update(
+            fit_predictors(args.oracle_train, args.predictors, args.trials, args.seed, save_dir=out / "predictors")
+        )
+    for directory in args.predictor:
+        routers[Path(directory).name] = load_predictor(directory, oracle_data=args.oracle)
+    studies = {}
+    for where, oracle in (("in distribution", args.oracle), ("shifted", args.oracle_shift)):
+        if oracle is None:
+            continue
+        print(f"{where}: {args.resplits} splits of {oracle}", flush=True)
+        studies[where] = validity_study(
+            oracle, routers, args.n, args.resplits, args.eps, args.delta, args.methods,
+            efficiency_method=args.efficiency_method, seed=args.seed,
+        )  # fmt: skip
+    return write_validity(studies, out)
 
 
 if __name__ == "__main__":

@@ -38,14 +38,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--image-grid-pinpoints", type=json.loads, help="LLaVA-NeXT anyres grids as JSON")
     args = parser.parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
 
+    with user_errors():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     import torch
 
     from m3.evaluation import run_evaluation
+    from m3.pooling import parse_scales
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    scales = [int(s) for s in args.scales.split(",")] if args.scales else None
+    scales = parse_scales(args.scales) if args.scales else None
     run_evaluation(
         args.model,
         args.data,

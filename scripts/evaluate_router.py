@@ -21,7 +21,6 @@ Tuning, calibration and certification use grouped splits of the training oracle 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 PREDICTOR_NAMES = (
@@ -77,53 +76,65 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
+
+    with user_errors():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Fit and certify (with --oracle-train), load (--predictor), evaluate, and with --oracle-shift evaluate under
+    the shift; prints the reports and returns the paths written."""
     import torch
 
     from predictor import evaluate_routing, load_predictor, write_evaluation
+    from predictor.data import check_matching_oracles
     from predictor.report import write_shift
     from predictor.shift import evaluate_shift
     from predictor.training import calibration_split, certify_routers, fit_predictors
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.oracle_train:
+        check_matching_oracles(args.oracle_train, args.oracle_test)  # before fitting, not after
+    if args.oracle_train and args.oracle_shift:
+        check_matching_oracles(args.oracle_train, args.oracle_shift)
+    saved = {directory: load_predictor(directory, oracle_data=args.oracle_test) for directory in args.predictor}
     predictors, certified = {}, {}
-    try:
-        if args.oracle_train:
-            fitted = fit_predictors(
-                args.oracle_train,
-                args.predictors,
-                n_trials=args.trials,
-                seed=args.seed,
-                calibration_fraction=args.calibration_fraction,
-                accuracy=args.accuracy,
-                save_dir=out / "predictors",
-                progress=not args.no_progress,
+    if args.oracle_train:
+        fitted = fit_predictors(
+            args.oracle_train,
+            args.predictors,
+            n_trials=args.trials,
+            seed=args.seed,
+            calibration_fraction=args.calibration_fraction,
+            accuracy=args.accuracy,
+            save_dir=out / "predictors",
+            progress=not args.no_progress,
+        )
+        predictors.update(fitted)
+        if args.accuracy == "correct":
+            calibration = calibration_split(args.oracle_train, args.calibration_fraction, args.seed)[1]
+            certified = certify_routers(
+                fitted, calibration, args.max_drop, args.delta, args.p_value, save_dir=out / "predictors"
             )
-            predictors.update(fitted)
-            if args.accuracy == "correct":
-                calibration = calibration_split(args.oracle_train, args.calibration_fraction, args.seed)[1]
-                certified = certify_routers(
-                    fitted, calibration, args.max_drop, args.delta, args.p_value, save_dir=out / "predictors"
-                )
-        for directory in args.predictor:
-            name = Path(directory).name
-            loaded = load_predictor(directory, oracle_data=args.oracle_test)
-            predictors[name if name not in predictors else directory] = loaded
-        evaluation = evaluate_routing(args.oracle_test, predictors, accuracy=args.accuracy, certified=certified)
-        paths = write_evaluation(evaluation, out)
-        print(paths["results.md"].read_text())
-        print("wrote " + ", ".join(str(path) for path in paths.values()))
-        if args.oracle_shift:
-            shift = evaluate_shift(
-                args.oracle_shift, predictors, args.shift_calibration, args.max_drop, args.delta, args.p_value,
-                train_certified=certified, seed=args.seed,
-            )  # fmt: skip
-            shift_paths = write_shift(shift, out / "shift", title=f"shifted oracle {args.oracle_shift}")
-            print(shift_paths["shift.md"].read_text())
-            print("wrote " + ", ".join(str(path) for path in shift_paths.values()))
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    for directory, loaded in saved.items():
+        name = Path(directory).name
+        predictors[name if name not in predictors else directory] = loaded
+    evaluation = evaluate_routing(args.oracle_test, predictors, accuracy=args.accuracy, certified=certified)
+    paths = write_evaluation(evaluation, out)
+    print(paths["results.md"].read_text())
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
+    if args.oracle_shift:
+        shift = evaluate_shift(
+            args.oracle_shift, predictors, args.shift_calibration, args.max_drop, args.delta, args.p_value,
+            train_certified=certified, seed=args.seed,
+        )  # fmt: skip
+        shift_paths = write_shift(shift, out / "shift", title=f"shifted oracle {args.oracle_shift}")
+        print(shift_paths["shift.md"].read_text())
+        print("wrote " + ", ".join(str(path) for path in shift_paths.values()))
+        paths.update({f"shift/{name}": path for name, path in shift_paths.items()})
+    return paths
 
 
 if __name__ == "__main__":

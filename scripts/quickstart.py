@@ -49,10 +49,17 @@ def stage(title: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
+
+    with user_errors():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     import torch
 
     from m3.data.granularity import DEFAULT_NUM_IMAGES, ensure_split
-    from m3.training import TrainConfig, train
+    from m3.training import TrainConfig, latest_checkpoint, train
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = out / "m3"
     if args.reuse_checkpoint:
         if not (CHECKPOINT / "config.json").exists():
-            raise SystemExit(f"--reuse-checkpoint: {CHECKPOINT} does not exist; run without the flag to train")
+            raise FileNotFoundError(f"--reuse-checkpoint: {CHECKPOINT} does not exist; run without the flag to train")
         model_dir = CHECKPOINT
         print(f"reusing {model_dir}")
     elif not (model_dir / "config.json").exists():
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             eval_data_path=str(data / "validation.json"),
             generate_data=False,
             num_threads=args.threads,
+            resume=latest_checkpoint(model_dir) is not None,  # a killed run continues
         )
         if args.smoke:
             config.max_steps, config.batch_size, config.eval_steps, config.tiny_hidden_size = 4, 2, 0, 32

@@ -8,12 +8,13 @@ Examples:
     python scripts/train_m3.py --preset tiny --resume             # continue from the newest checkpoint
 
 A preset fills in defaults; any flag overrides it; --config FILE (JSON or YAML) overrides the preset too.
+A used --output_dir needs --resume (continue its run; refused if the run's data, batch size, scales, model or other
+settings differ) or --overwrite (start afresh).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -34,13 +35,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--config", help="JSON or YAML file of TrainConfig fields (overrides the preset)")
     defaults = dict(PRESETS[known.preset])
     if known.config:
-        text = Path(known.config).read_text()
-        if known.config.endswith((".yaml", ".yml")):
-            import yaml
-
-            defaults.update(yaml.safe_load(text))
-        else:
-            defaults.update(json.loads(text))
+        defaults.update(read_config_file(known.config))
     unknown = set(defaults) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         parser.error(f"unknown settings in the preset/config file: {sorted(unknown)}")
@@ -49,11 +44,32 @@ def parse_args(argv: list[str] | None = None):
     return config
 
 
-def main(argv: list[str] | None = None) -> None:
-    config = parse_args(argv)
-    from m3.training import train
+def read_config_file(path: str) -> dict:
+    """The settings in a --config file (JSON or YAML); a file that does not parse is named in the error."""
+    from m3.files import DamagedFileError, read_json
 
-    output = train(config)
+    if not path.endswith((".yaml", ".yml")):
+        settings = read_json(path, "fix the file")
+    else:
+        import yaml
+
+        try:
+            settings = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise DamagedFileError(path, f"not valid YAML: {error}", "fix the file") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path} must hold a mapping of TrainConfig fields, got a {type(settings).__name__}")
+    return settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    from m3.cli import user_errors  # (parse_args imports m3.training anyway)
+
+    with user_errors():
+        config = parse_args(argv)
+        from m3.training import train
+
+        output = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"model saved to {output}")
 

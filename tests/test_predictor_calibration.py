@@ -71,6 +71,16 @@ def test_a_calibrated_router_saves_as_a_predictor_at_its_threshold(predictor, da
     assert rows["lgbm"]["calibrated_tokens"] == pytest.approx(router.tokens_)
 
 
+def test_a_loaded_calibrated_predictor_saved_again_keeps_its_record(predictor, data, tmp_path):
+    router = CalibratedRouter(predictor).fit(data[1])
+    router.save_pretrained(tmp_path / "router")
+    loaded = load_predictor(tmp_path / "router")
+    loaded.save_pretrained(tmp_path / "again")  # as AdaptiveM3.save_pretrained does with its predictor
+    again = load_predictor(tmp_path / "again")
+    assert again.calibration_ == loaded.calibration_ and again.calibration_["rule"] == "CalibratedRouter"
+    assert again.threshold_ == router.threshold_
+
+
 def test_unfitted_routers_and_predictors_raise_not_fitted(predictor, data):
     with pytest.raises(NotFittedError, match="not fitted"):
         CalibratedRouter(MLPScalePredictor()).fit(data[1])

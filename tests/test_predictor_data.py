@@ -38,8 +38,7 @@ def test_oracle_set_from_folder_table_and_plain_table(oracle_dir):
 
 
 def test_oracle_set_from_pandas(oracle_dir):
-    pytest.importorskip("pandas")
-    frame = load_oracle(oracle_dir).to_pandas()
+    frame = load_oracle(oracle_dir).to_pandas()  # pandas is a dependency: no skip
     data = as_oracle_set(frame, image_root=oracle_dir)
     assert data.scales == SCALES and len(data) == 120
     np.testing.assert_array_equal(data.correct(), as_oracle_set(oracle_dir).correct())

@@ -87,7 +87,6 @@ def test_evaluate_router_cli_fits_saves_and_reevaluates(oracles, tmp_path, capsy
     assert np.isclose(rerun["mlp"]["apgr"], routers["mlp"]["apgr"])
 
     other = write_synthetic_oracle(tmp_path / "d8", num_images=6, embedding_dim=8)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exited:  # a user error: one line on stderr, exit status 2
+    with pytest.raises(SystemExit) as exit_info:  # a user error: one line, exit code 2
         run_script("--oracle-test", str(other), "--predictor", str(out / "predictors" / "mlp"), "--out", str(again))
-    assert exited.value.code == 2 and "embedding size 16" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "embedding size 16" in capsys.readouterr().err

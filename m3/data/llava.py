@@ -19,7 +19,6 @@ inference prompts agree. LLaVA-1.5's own system prompt is :data:`LLAVA_SYSTEM_PR
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..files import read_json
 from ..processing import IMAGE_PLACEHOLDER, M3Processor
 from ..prompting import IGNORE_INDEX, image_token_counts, truncate_text
 
@@ -58,6 +58,52 @@ def open_rgb(path: Path, owner: str = "") -> Image.Image:
             return image.convert("RGB")
     except Exception as error:  # re-raised with the file named
         raise BadImageError(f"cannot read image file {path}{where}: {error}") from error
+
+
+def check_image(path: Path, owner: str = "") -> None:
+    """Raise :class:`BadImageError` (as :func:`open_rgb` words it) unless the file exists and decodes completely.
+
+    ``Image.verify`` is not enough (it does not decode a JPEG at all); a JPEG is decoded at 1/8 size instead,
+    which still reads every byte of it, so a truncated file is caught at a fraction of a full decode's cost."""
+    where = f" of {owner}" if owner else ""
+    if not path.is_file():
+        raise BadImageError(f"image file {path}{where} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (1, 1))  # JPEG only: DCT scaling; other formats decode in full
+            image.load()
+    except Exception as error:  # re-raised with the file named
+        raise BadImageError(f"cannot read image file {path}{where}: {error}") from error
+
+
+def _problem(path: Path) -> BadImageError | None:
+    try:
+        check_image(path)
+    except BadImageError as error:
+        return error
+    return None
+
+
+def find_bad_images(paths: Sequence[Path]) -> dict[Path, BadImageError]:
+    """Every missing or undecodable file among ``paths`` with its problem; each distinct file is checked once, on
+    threads (decoding releases the GIL)."""
+    unique = list(dict.fromkeys(paths))
+    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
+        problems = list(pool.map(_problem, unique))
+    return {path: problem for path, problem in zip(unique, problems) if problem is not None}
+
+
+def check_image_files(images: Sequence[tuple[Path, str]], hint: str = "") -> None:
+    """Check every ``(path, owner)`` image up front; raise the first problem (naming the file and its owner), how
+    many more images are bad, and ``hint`` (e.g. ``"; --skip_bad_images drops such records"``)."""
+    bad = find_bad_images([path for path, _ in images])
+    located = [(path, owner) for path, owner in images if path in bad]
+    if located:
+        path, owner = located[0]
+        more = f" ({len(located) - 1} more bad image(s) after it)" if len(located) > 1 else ""
+        where = f" of {owner}" if owner else ""
+        message = str(bad[path]).replace(str(path), f"{path}{where}", 1)
+        raise BadImageError(f"{message}{more}{hint}") from bad[path].__cause__
 
 
 def normalize_conversations(conversations: Sequence[dict], has_image: bool, record_id: str | None) -> list[dict]:
@@ -119,15 +165,23 @@ class LlavaDataset(Dataset):
     record fails before training starts. A missing or undecodable image raises :class:`BadImageError` naming
     the file and the record; with ``skip_bad_images=True`` every image is opened and verified up front
     (threads) and bad records are dropped: ``num_skipped`` counts them and ``skipped_ids`` lists them.
-    No image is ever replaced by a blank one.
+    No image is ever replaced by a blank one. ``check_images=True`` decodes every image up front too and raises
+    the first problem (training does this, so a bad file is not found hours in, when its batch comes).
     """
 
-    def __init__(self, json_path: str | os.PathLike, image_root: str | os.PathLike, skip_bad_images: bool = False):
+    def __init__(
+        self,
+        json_path: str | os.PathLike,
+        image_root: str | os.PathLike,
+        skip_bad_images: bool = False,
+        check_images: bool = False,
+    ):
         self.json_path = Path(json_path)
         self.image_root = Path(image_root)
         self.skip_bad_images = skip_bad_images
-        with open(self.json_path, encoding="utf-8") as handle:
-            records = json.load(handle)
+        if not self.json_path.is_file():
+            raise FileNotFoundError(f"data file {self.json_path} does not exist")
+        records = read_json(self.json_path, "regenerate or re-download the data file")
         if not isinstance(records, list):
             raise ValueError(f"{self.json_path}: expected a JSON list of records, got {type(records).__name__}")
         self.records = []
@@ -141,31 +195,23 @@ class LlavaDataset(Dataset):
         self.skipped_ids: list[str] = []
         if skip_bad_images:
             self._drop_bad_images()
+        elif check_images:
+            located = [(self.image_path(r), f"record {r['id']}") for r in self.records if r.get("image") is not None]
+            check_image_files(located, "; --skip_bad_images drops such records")
 
     @property
     def num_skipped(self) -> int:
         return len(self.skipped_ids)
 
     def _drop_bad_images(self) -> None:
-        def problem(record: dict) -> str | None:
-            if record.get("image") is None:
-                return None
-            try:
-                with Image.open(self.image_path(record)) as image:
-                    image.verify()
-            except Exception as error:  # any decoding failure makes the record unusable
-                return f"{type(error).__name__}: {error}"
-            return None
-
-        with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
-            problems = list(pool.map(problem, self.records))
+        bad = find_bad_images([self.image_path(r) for r in self.records if r.get("image") is not None])
         kept = []
-        for record, message in zip(self.records, problems):
-            if message is None:
+        for record in self.records:
+            if record.get("image") is None or self.image_path(record) not in bad:
                 kept.append(record)
             else:
                 self.skipped_ids.append(record["id"])
-                logger.debug("skipping record %s: image %s: %s", record["id"], self.image_path(record), message)
+                logger.debug("skipping record %s: image %s", record["id"], self.image_path(record))
         if self.skipped_ids:
             logger.warning(
                 "%s: skipped %d record(s) with missing or corrupt images (first: %s)",
