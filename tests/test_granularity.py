@@ -14,14 +14,17 @@ from m3.data.granularity import (
     BACKGROUND_COLORS,
     BIG_COLOR,
     CELL_SIZE,
+    DIFFICULTY_ATTRIBUTES,
     FAMILIES,
     PALETTE,
     POSITIONS,
     QUESTIONS,
     SMALL_COLORS,
-    SMALL_SIDES,
     VOCABULARY,
+    GranularityConfig,
+    box_gap,
     draw_sample,
+    ensure_split,
     generate_records,
     write_split,
 )
@@ -80,7 +83,8 @@ def test_json_schema_paths_and_meta(tmp_path):
     assert len(records) == 5 * len(FAMILIES)
     assert len({r["id"] for r in records}) == len(records)
     for record in records:
-        assert set(record) == {"id", "image", "conversations", "family", "answer", "image_id"}
+        assert set(record) == {"id", "image", "conversations", "family", "answer", "image_id", "attributes"}
+        assert set(DIFFICULTY_ATTRIBUTES[record["family"]]) <= set(record["attributes"])
         assert record["image"] == f"images/validation/{record['image_id']}.png"
         with Image.open(tmp_path / record["image"]) as image:
             assert (image.mode, image.size) == ("RGB", (96, 96))
@@ -91,7 +95,8 @@ def test_json_schema_paths_and_meta(tmp_path):
     by_image = Counter(r["image_id"] for r in records)
     assert set(by_image.values()) == {len(FAMILIES)}
     meta = json.loads((tmp_path / "validation.meta.json").read_text())
-    assert meta["seed"] == 0 and meta["num_images"] == 5 and meta["generator_version"]
+    assert meta["seed"] == 0 and meta["num_images"] == 5 and meta["generator_version"] == "5"
+    assert meta["config"] == GranularityConfig().to_dict()
     assert meta["counts"] == dict.fromkeys(FAMILIES, 5)
 
 
@@ -127,19 +132,78 @@ def test_attributes_are_in_the_pixels(seed):
     # disjoint palettes: whether a patch shows an object is a property of that patch alone
     assert attrs["background"] in BACKGROUND_COLORS and attrs["small_color"] in SMALL_COLORS
     assert attrs["color"] == BIG_COLOR
+    config = GranularityConfig()
     x0, y0, x1, y1 = attrs["small_box"]
-    assert min(SMALL_SIDES) <= x1 - x0 + 1 == y1 - y0 + 1 <= max(SMALL_SIDES)
+    assert config.small_side_min <= attrs["small_side"] == x1 - x0 + 1 == y1 - y0 + 1 <= config.small_side_max
     assert (names[y0 : y1 + 1, x0 : x1 + 1] == attrs["small_color"]).all()
-    cx, cy = attrs["center"]
-    assert names[cy, cx] == attrs["color"]
-    assert POSITIONS[(cy // CELL_SIZE) * 3 + cx // CELL_SIZE] == attrs["position"] == POSITIONS[attrs["cell"]]
-    bx0, by0, bx1, by1 = attrs["box"]  # the big shape stays inside its cell and away from the small square
-    assert bx0 // CELL_SIZE == bx1 // CELL_SIZE and by0 // CELL_SIZE == by1 // CELL_SIZE
-    assert x1 < bx0 or x0 > bx1 or y1 < by0 or y0 > by1
+    assert (names == attrs["small_color"]).sum() == attrs["small_side"] ** 2  # nothing else has its colour
+    # the small square lies inside the cell its position names
+    assert x0 // CELL_SIZE == x1 // CELL_SIZE and y0 // CELL_SIZE == y1 // CELL_SIZE
+    assert POSITIONS[(y0 // CELL_SIZE) * 3 + x0 // CELL_SIZE] == attrs["position"] == POSITIONS[attrs["cell"]]
+    bx0, by0, bx1, by1 = attrs["box"]
+    assert config.big_size_min <= attrs["big_size"] == bx1 - bx0 + 1 == by1 - by0 + 1 <= config.big_size_max
+    assert attrs["gap"] == box_gap(attrs["small_box"], attrs["box"]) >= config.gap_min
     big = names[by0 : by1 + 1, bx0 : bx1 + 1] == attrs["color"]
+    assert (names == attrs["color"]).sum() == big.sum()  # all white pixels are the shape's
     fill = big.mean()  # square ~1, circle ~pi/4, triangle ~1/2 of the bounding box
     expected = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5}[attrs["kind"]]
     assert abs(fill - expected) < 0.08, (attrs["kind"], fill)
+
+
+def test_box_gap_counts_free_pixels_between_boxes():
+    assert box_gap((0, 0, 3, 3), (6, 0, 9, 3)) == 2  # columns 4 and 5 are free
+    assert box_gap((6, 0, 9, 3), (0, 0, 3, 3)) == 2
+    assert box_gap((0, 0, 3, 3), (4, 10, 5, 12)) == 6  # vertical separation wins
+    assert box_gap((0, 0, 3, 3), (3, 3, 5, 5)) < 0  # overlapping
+
+
+def test_sizes_are_log_uniform_over_the_configured_range():
+    sides = np.array([draw_sample(np.random.default_rng(s))[1]["small_side"] for s in range(1500)])
+    config = GranularityConfig()
+    assert sides.min() == config.small_side_min and sides.max() == config.small_side_max
+    # each doubling of the side is about equally likely: 4-7, 8-15 and 16-28 px (log widths 0.81, 0.69, 0.56 of 1.95)
+    shares = [np.mean((sides >= lo) & (sides <= hi)) for lo, hi in ((4, 7), (8, 15), (16, 28))]
+    expected = [np.log(7.5 / 3.5), np.log(15.5 / 7.5), np.log(28.5 / 15.5)] / np.log(28.5 / 3.5)
+    np.testing.assert_allclose(shares, expected, atol=0.05)
+
+
+def test_a_shifted_config_changes_the_attribute_distribution_and_only_it():
+    shifted = GranularityConfig(small_side_max=8, big_size_max=20, gap_max=4)
+    default = [attrs for _, attrs in (draw_sample(np.random.default_rng(s)) for s in range(300))]
+    moved = [attrs for _, attrs in (draw_sample(np.random.default_rng(s), shifted) for s in range(300))]
+    assert max(a["small_side"] for a in moved) <= 8 < max(a["small_side"] for a in default)
+    assert max(a["big_size"] for a in moved) <= 20 < max(a["big_size"] for a in default)
+    assert all(2 <= a["gap"] <= 4 for a in moved) and np.median([a["gap"] for a in default]) > 10
+    for family in FAMILIES:  # the answers keep their distribution (drawn before the sizes, never redrawn)
+        key = {"background": "background", "position": "cell", "shape": "kind", "small_color": "small_color"}[family]
+        assert [a[key] for a in moved] == [a[key] for a in default]
+
+
+def test_config_round_trip_and_validation(tmp_path):
+    config = GranularityConfig(small_side_min=3, small_side_max=10, gap_max=6, noise=4)
+    assert GranularityConfig.from_dict(config.to_dict()) == config
+    write_split(tmp_path, "test", 3, seed=0, config=config)
+    meta = json.loads((tmp_path / "test.meta.json").read_text())
+    assert GranularityConfig.from_dict(meta["config"]) == config
+    records = json.loads((tmp_path / "test.json").read_text())
+    assert all(3 <= r["attributes"]["small_side"] <= 10 and r["attributes"]["gap"] <= 6 for r in records)
+    with pytest.raises(ValueError, match="unknown GranularityConfig field"):
+        GranularityConfig.from_dict({**config.to_dict(), "colour": 1})
+    for bad in (dict(small_side_min=9, small_side_max=8), dict(small_side_max=31), dict(gap_min=0), dict(noise=-1)):
+        with pytest.raises(ValueError, match="invalid GranularityConfig"):
+            GranularityConfig(**bad)
+
+
+def test_ensure_split_refuses_a_split_drawn_with_another_config(tmp_path):
+    shifted = GranularityConfig(small_side_max=8)
+    path = ensure_split(tmp_path / "test.json", "test", 2, config=shifted)  # written
+    assert ensure_split(path, "test", 2, config=shifted) == path  # the same config is reused
+    with pytest.raises(ValueError, match=r"another config.*'small_side_max': \(8, 28\)"):
+        ensure_split(path, "test", 2)  # the default (training) config must not silently get the shifted split
+    meta = tmp_path / "test.meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "generator_version": "4"}))
+    with pytest.raises(ValueError, match="generator version 4"):
+        ensure_split(path, "test", 2, config=shifted)
 
 
 def test_every_question_and_answer_word_is_in_the_tiny_vocabulary():
@@ -157,19 +221,20 @@ def test_every_question_and_answer_word_is_in_the_tiny_vocabulary():
 def test_cli_help_and_a_real_run(tmp_path):
     # both interpreters start at once: importing the m3 package (torch + transformers) dominates the time
     command = [sys.executable, "-m", "m3.data.granularity"]
-    run = [*command, "--out", str(tmp_path), "--split", "validation", "--num-images", "5"]
+    run = [*command, "--out", str(tmp_path), "--split", "validation", "--num-images", "5", "--small-side-max", "9"]
     procs = [
         subprocess.Popen(c, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for c in ([*command, "--help"], run)
     ]
     (help_out, help_err), (run_out, run_err) = (p.communicate(timeout=120) for p in procs)
     assert procs[0].returncode == 0, help_err
-    assert "--num-images" in help_out and "--split" in help_out
+    assert "--num-images" in help_out and "--split" in help_out and "--small-side-max" in help_out
     assert procs[1].returncode == 0, run_err
     assert "validation: 5 images, 20 records" in run_out
     assert len(json.loads((tmp_path / "validation.json").read_text())) == 20
     assert len(list((tmp_path / "images" / "validation").glob("*.png"))) == 5
-    assert (tmp_path / "validation.meta.json").exists()
+    meta = json.loads((tmp_path / "validation.meta.json").read_text())
+    assert meta["config"] == GranularityConfig(small_side_max=9).to_dict()
 
 
 def test_chat_split_asks_every_question_of_an_image_in_one_record(tmp_path):
