@@ -1,25 +1,28 @@
 """Granularity benchmark: procedural images where the image, not only the question, decides how many visual
 tokens a question needs.
 
-Every 96x96 image (the tiny model's 24x24 grid of 4 px patches) holds a uniform muted background, one white
-shape (circle, square or triangle) of a drawn size anywhere in the image, one small square in a bright colour,
-drawn inside one cell of a 3x3 grid of 32 px cells, and light seeded noise. Four question families ask about it:
+Every 96x96 image (the tiny model's 24x24 grid of 4 px patches) holds a uniform muted background and two
+small squares in two different bright colours, apart both horizontally and vertically, plus light seeded noise.
+Three question families ask about it:
 
-- ``background``  : the background colour (the coarse family: one pooled token suffices);
-- ``position``    : the cell of the small square (9 tokens at best; a small square needs finer scales);
-- ``shape``       : the kind of the white shape (its outline: the smaller the shape, the finer the scale);
-- ``small_color`` : the colour of the small square (a big square survives pooling, a tiny one only 576 tokens).
+- ``background`` : the background colour (the coarse family: one pooled token suffices);
+- ``left_color`` : the colour of the left square;
+- ``top_color``  : the colour of the top square.
 
-Inside a family the needed scale follows the image: the sizes are drawn log-uniformly over wide ranges, so a
-pooled token of s tokens (an average over 96/sqrt(s) px) shows an object only when the object fills enough of it.
-:class:`GranularityConfig` holds every knob of that distribution; its defaults are the training distribution,
-and other values draw shifted splits (``python -m m3.data.granularity --help`` lists the flags). Each record
-stores the image's drawn ``attributes`` (sizes, gap, boxes) and each split's ``.meta.json`` its config.
+A pooled token of s tokens is the mean of a 96/sqrt(s) px square, and the tiny model's projector is linear, so a
+pooled token keeps every colour inside its square but not where inside it lies. When both squares fall in one
+pooled cell (or in one column of cells, for ``left``; one row, for ``top``), the scale cannot tell which is
+left or top; a finer scale separates them. The needed scale therefore follows the image: the horizontal gap
+(``left``) or vertical gap (``top``) between the squares, and their sizes (a tiny square fades into its cell's
+mean). Gaps and sides are drawn log-uniformly over wide ranges. :class:`GranularityConfig` holds every knob of
+that distribution; its defaults are the training distribution, and other values draw shifted splits
+(``python -m m3.data.granularity --help`` lists the flags). Each record stores the image's drawn
+``attributes`` (sides, gaps, boxes) and each split's ``.meta.json`` its config.
 
-The three palettes (muted backgrounds, the white shape, bright small squares) do not overlap, so whether a
-token shows an object is a property of that token alone, as with a pretrained CLIP's features. With one
-shared palette, finding the object means comparing every token with the background, and a from-scratch
-tiny model stayed at chance on ``position`` (measured; generator version 2).
+The palettes (muted backgrounds, bright squares) do not overlap, so whether a token shows a square is a
+property of that token alone, as with a pretrained CLIP's features. With one shared palette, finding an object
+means comparing every token with the background, and a from-scratch tiny model stayed at chance on a position
+family (measured; generator version 2).
 
 Each image gives one record per family, in the LLaVA instruction format. Generation is deterministic in
 ``(seed, split, config)``: image ``i`` of a split is drawn from ``SeedSequence(seed, spawn_key=(crc32(split),
@@ -50,7 +53,6 @@ from ..metrics import majority_baseline
 GENERATOR_VERSION = "5"
 IMAGE_SIZE = 96
 CELL_SIZE = 32
-MAX_PLACEMENT_TRIES = 200  # placements tried per drawn pair of sizes before the sizes are drawn again
 
 BACKGROUND_PALETTE = {
     "gray": (128, 128, 128),
@@ -60,39 +62,33 @@ BACKGROUND_PALETTE = {
     "purple": (100, 40, 120),
     "teal": (20, 110, 110),
 }
-BIG_COLOR = "white"
-SMALL_PALETTE = {
+SQUARE_PALETTE = {
     "red": (230, 30, 30),
     "green": (40, 200, 40),
     "blue": (40, 90, 255),
     "yellow": (240, 220, 30),
 }
-PALETTE = {**BACKGROUND_PALETTE, BIG_COLOR: (240, 240, 240), **SMALL_PALETTE}
+PALETTE = {**BACKGROUND_PALETTE, **SQUARE_PALETTE}
 BACKGROUND_COLORS = tuple(BACKGROUND_PALETTE)
-SMALL_COLORS = tuple(SMALL_PALETTE)
-KINDS = ("circle", "square", "triangle")
-POSITIONS = ("topleft", "top", "topright", "left", "center", "right", "bottomleft", "bottom", "bottomright")
+SQUARE_COLORS = tuple(SQUARE_PALETTE)
 
-FAMILIES = ("background", "position", "shape", "small_color")
+FAMILIES = ("background", "left_color", "top_color")
 QUESTIONS = {
     "background": "what color is the background ?",
-    "position": "where is the small square ?",
-    "shape": "what shape is the big object ?",
-    "small_color": "what color is the small square ?",
+    "left_color": "what color is the left square ?",
+    "top_color": "what color is the top square ?",
 }
 ANSWERS: dict[str, tuple[str, ...]] = {
     "background": BACKGROUND_COLORS,
-    "position": POSITIONS,
-    "shape": KINDS,
-    "small_color": SMALL_COLORS,
+    "left_color": SQUARE_COLORS,
+    "top_color": SQUARE_COLORS,
 }
-FAMILY_ATTRIBUTE = {"background": "background", "position": "position", "shape": "kind", "small_color": "small_color"}
+FAMILY_ATTRIBUTE = {"background": "background", "left_color": "left_color", "top_color": "top_color"}
 # the drawn attributes that set how many tokens a family's question needs (what a router may bucket on)
 DIFFICULTY_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "background": ("big_size", "small_side"),
-    "position": ("small_side",),
-    "shape": ("big_size",),
-    "small_color": ("small_side", "gap"),
+    "background": ("min_side",),
+    "left_color": ("gap_x", "min_side"),
+    "top_color": ("gap_y", "min_side"),
 }
 VOCABULARY = tuple(sorted({w for f in FAMILIES for w in (*QUESTIONS[f].split(), *ANSWERS[f])}))
 SPLITS = ("train", "validation", "test")
@@ -103,26 +99,22 @@ DEFAULT_NUM_IMAGES = {"train": 3000, "validation": 200, "test": 250}
 class GranularityConfig:
     """The image distribution of a split. The defaults are the training distribution; shifted splits change some.
 
-    Sizes are drawn log-uniformly between their bounds (inclusive, in px): each doubling of size is equally
-    likely, so every pooled scale sees objects it resolves and objects it does not.
+    Sides and gaps are drawn log-uniformly between their bounds (inclusive, in px): each doubling is equally
+    likely, so every pooled scale sees pairs it separates and pairs it does not.
     """
 
-    small_side_min: int = field(default=4, metadata={"help": "smallest side of the small square (px)"})
-    small_side_max: int = field(default=28, metadata={"help": "largest side of the small square (px, <= 30)"})
-    big_size_min: int = field(default=12, metadata={"help": "smallest side / diameter of the white shape (px)"})
-    big_size_max: int = field(default=48, metadata={"help": "largest side / diameter of the white shape (px)"})
-    gap_min: int = field(default=2, metadata={"help": "fewest free px between the small square and the shape's box"})
-    gap_max: int = field(default=IMAGE_SIZE, metadata={"help": "most free px between them (small: close distractor)"})
+    side_min: int = field(default=4, metadata={"help": "smallest side of a square (px)"})
+    side_max: int = field(default=14, metadata={"help": "largest side of a square (px)"})
+    gap_min: int = field(default=2, metadata={"help": "fewest free px between the squares, along each axis"})
+    gap_max: int = field(default=60, metadata={"help": "most free px between the squares, along each axis"})
     noise: int = field(default=8, metadata={"help": "per-pixel, per-channel uniform noise in [-noise, noise]"})
 
     def __post_init__(self) -> None:
         problems = []
-        if not 1 <= self.small_side_min <= self.small_side_max <= CELL_SIZE - 2:
-            problems.append(f"need 1 <= small_side_min <= small_side_max <= {CELL_SIZE - 2}")
-        if not 3 <= self.big_size_min <= self.big_size_max <= IMAGE_SIZE // 2 + 8:
-            problems.append(f"need 3 <= big_size_min <= big_size_max <= {IMAGE_SIZE // 2 + 8}")
-        if not 1 <= self.gap_min <= self.gap_max:
-            problems.append("need 1 <= gap_min <= gap_max (the square never touches the shape)")
+        if not 1 <= self.side_min <= self.side_max <= 32:
+            problems.append("need 1 <= side_min <= side_max <= 32")
+        if not 1 <= self.gap_min <= self.gap_max <= IMAGE_SIZE - 2 * self.side_min:
+            problems.append(f"need 1 <= gap_min <= gap_max <= {IMAGE_SIZE} - 2 * side_min (both squares fit)")
         if not 0 <= self.noise <= 64:
             problems.append("need 0 <= noise <= 64")
         if problems:
@@ -150,63 +142,53 @@ def _log_uniform_int(rng: np.random.Generator, low: int, high: int) -> int:
     return int(min(high, max(low, round(value))))
 
 
-def box_gap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
-    """Free pixels between two inclusive boxes along the axis that separates them most (negative: they overlap)."""
-    horizontal = max(b[0] - a[2], a[0] - b[2]) - 1
-    vertical = max(b[1] - a[3], a[1] - b[3]) - 1
-    return max(horizontal, vertical)
-
-
 def draw_sample(rng: np.random.Generator, config: GranularityConfig = DEFAULT_CONFIG) -> tuple[Image.Image, dict]:
     """Draw one image and its attributes. Boxes are inclusive pixel boxes ``(x0, y0, x1, y1)``.
 
-    The answers (colours, kind, cell) are drawn first and never redrawn, so they stay uniform; sizes and
-    positions are redrawn until the square and the shape keep the configured gap.
+    The answers (background, the two colours, which square is on top) are drawn first and never redrawn, so they
+    stay uniform; sides and gaps are redrawn until both squares fit in the image with the drawn gaps.
     """
     background = str(BACKGROUND_COLORS[rng.integers(len(BACKGROUND_COLORS))])
-    small_color = str(SMALL_COLORS[rng.integers(len(SMALL_COLORS))])
-    kind = str(KINDS[rng.integers(len(KINDS))])
-    cell = int(rng.integers(9))
-    cell_x, cell_y = (cell % 3) * CELL_SIZE, (cell // 3) * CELL_SIZE
-    for attempt in range(100 * MAX_PLACEMENT_TRIES):
-        if attempt % MAX_PLACEMENT_TRIES == 0:
-            side = _log_uniform_int(rng, config.small_side_min, config.small_side_max)
-            size = _log_uniform_int(rng, config.big_size_min, config.big_size_max)
-        sx = cell_x + int(rng.integers(CELL_SIZE - side + 1))
-        sy = cell_y + int(rng.integers(CELL_SIZE - side + 1))
-        small_box = (sx, sy, sx + side - 1, sy + side - 1)
-        bx, by = (int(v) for v in rng.integers(IMAGE_SIZE - size + 1, size=2))
-        box = (bx, by, bx + size - 1, by + size - 1)
-        gap = box_gap(small_box, box)
-        if config.gap_min <= gap <= config.gap_max:
+    first, second = rng.choice(len(SQUARE_COLORS), size=2, replace=False)
+    left_color, right_color = SQUARE_COLORS[first], SQUARE_COLORS[second]
+    left_on_top = bool(rng.integers(2))
+    for _ in range(10_000):
+        left_side = _log_uniform_int(rng, config.side_min, config.side_max)
+        right_side = _log_uniform_int(rng, config.side_min, config.side_max)
+        gap_x = _log_uniform_int(rng, config.gap_min, config.gap_max)
+        gap_y = _log_uniform_int(rng, config.gap_min, config.gap_max)
+        width, height = left_side + gap_x + right_side, left_side + gap_y + right_side
+        if width <= IMAGE_SIZE and height <= IMAGE_SIZE:
             break
     else:
-        raise RuntimeError(f"no placement keeps the gap in [{config.gap_min}, {config.gap_max}] for {config}")
+        raise RuntimeError(f"no two squares fit with the gaps of {config}")
+    x = int(rng.integers(IMAGE_SIZE - width + 1))
+    y = int(rng.integers(IMAGE_SIZE - height + 1))
+    upper_side = left_side if left_on_top else right_side
+    left_y, right_y = (y, y + upper_side + gap_y) if left_on_top else (y + upper_side + gap_y, y)
+    left_box = (x, left_y, x + left_side - 1, left_y + left_side - 1)
+    right_x = x + left_side + gap_x
+    right_box = (right_x, right_y, right_x + right_side - 1, right_y + right_side - 1)
 
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), PALETTE[background])
     draw = ImageDraw.Draw(image)
-    if kind == "circle":
-        draw.ellipse(box, fill=PALETTE[BIG_COLOR])
-    elif kind == "square":
-        draw.rectangle(box, fill=PALETTE[BIG_COLOR])
-    else:
-        draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[0], box[3]), (box[2], box[3])], fill=PALETTE[BIG_COLOR])
-    draw.rectangle(small_box, fill=PALETTE[small_color])
+    draw.rectangle(left_box, fill=PALETTE[left_color])
+    draw.rectangle(right_box, fill=PALETTE[right_color])
     noise = rng.integers(-config.noise, config.noise + 1, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
     pixels = np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
 
     attributes = {
         "background": background,
-        "kind": kind,
-        "color": BIG_COLOR,
-        "big_size": size,
-        "box": list(box),
-        "small_color": small_color,
-        "small_side": side,
-        "small_box": list(small_box),
-        "cell": cell,
-        "position": POSITIONS[cell],
-        "gap": gap,
+        "left_color": left_color,
+        "right_color": right_color,
+        "top_color": left_color if left_on_top else right_color,
+        "left_side": left_side,
+        "right_side": right_side,
+        "min_side": min(left_side, right_side),
+        "gap_x": gap_x,
+        "gap_y": gap_y,
+        "left_box": list(left_box),
+        "right_box": list(right_box),
     }
     return Image.fromarray(pixels), attributes
 
@@ -238,7 +220,7 @@ def make_records(split: str, image_id: str, attributes: dict) -> list[dict]:
 def chat_record(records: list[dict], rng: np.random.Generator) -> dict:
     """One multi-turn LLaVA record asking all of an image's questions in a random order.
 
-    Training on these gives four supervised answers per vision pass instead of one.
+    Training on these gives one supervised answer per family for each vision pass instead of one.
     """
     order = rng.permutation(len(records))
     conversations = []
@@ -387,8 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m m3.data.granularity",
         description=__doc__.split("\n\n")[0],
-        epilog="A shifted split (smaller objects, the shape close to the square): "
-        "--split test --small-side-max 12 --big-size-max 24 --gap-max 4",
+        epilog="A shifted split (smaller squares, closer together): --split test --side-max 8 --gap-max 12",
         allow_abbrev=False,
     )
     parser.add_argument("--out", type=Path, required=True, help="dataset directory")
