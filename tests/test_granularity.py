@@ -12,16 +12,15 @@ from PIL import Image
 from m3.data.granularity import (
     ANSWERS,
     BACKGROUND_COLORS,
-    BIG_COLOR,
-    CELL_SIZE,
+    DIFFICULTY_ATTRIBUTES,
     FAMILIES,
     PALETTE,
-    POSITIONS,
     QUESTIONS,
-    SMALL_COLORS,
-    SMALL_SIDES,
+    SQUARE_COLORS,
     VOCABULARY,
+    GranularityConfig,
     draw_sample,
+    ensure_split,
     generate_records,
     write_split,
 )
@@ -80,7 +79,8 @@ def test_json_schema_paths_and_meta(tmp_path):
     assert len(records) == 5 * len(FAMILIES)
     assert len({r["id"] for r in records}) == len(records)
     for record in records:
-        assert set(record) == {"id", "image", "conversations", "family", "answer", "image_id"}
+        assert set(record) == {"id", "image", "conversations", "family", "answer", "image_id", "attributes"}
+        assert set(DIFFICULTY_ATTRIBUTES[record["family"]]) <= set(record["attributes"])
         assert record["image"] == f"images/validation/{record['image_id']}.png"
         with Image.open(tmp_path / record["image"]) as image:
             assert (image.mode, image.size) == ("RGB", (96, 96))
@@ -91,7 +91,8 @@ def test_json_schema_paths_and_meta(tmp_path):
     by_image = Counter(r["image_id"] for r in records)
     assert set(by_image.values()) == {len(FAMILIES)}
     meta = json.loads((tmp_path / "validation.meta.json").read_text())
-    assert meta["seed"] == 0 and meta["num_images"] == 5 and meta["generator_version"]
+    assert meta["seed"] == 0 and meta["num_images"] == 5 and meta["generator_version"] == "5"
+    assert meta["config"] == GranularityConfig().to_dict()
     assert meta["counts"] == dict.fromkeys(FAMILIES, 5)
 
 
@@ -107,9 +108,9 @@ def test_answers_are_balanced_over_600_images():
     assert all(baseline[f] < 1.4 / len(ANSWERS[f]) for f in FAMILIES)
 
 
-def test_the_three_palettes_do_not_overlap():
-    assert not set(BACKGROUND_COLORS) & set(SMALL_COLORS) and BIG_COLOR not in (*BACKGROUND_COLORS, *SMALL_COLORS)
-    assert set(PALETTE) == {*BACKGROUND_COLORS, BIG_COLOR, *SMALL_COLORS}
+def test_the_palettes_do_not_overlap():
+    assert not set(BACKGROUND_COLORS) & set(SQUARE_COLORS)
+    assert set(PALETTE) == {*BACKGROUND_COLORS, *SQUARE_COLORS}
 
 
 def test_majority_baseline_counts_the_most_common_answer():
@@ -124,22 +125,73 @@ def test_attributes_are_in_the_pixels(seed):
     image, attrs = draw_sample(np.random.default_rng(seed))
     names = colour_names(np.asarray(image))
     assert Counter(names.ravel().tolist()).most_common(1)[0][0] == attrs["background"]
-    # disjoint palettes: whether a patch shows an object is a property of that patch alone
-    assert attrs["background"] in BACKGROUND_COLORS and attrs["small_color"] in SMALL_COLORS
-    assert attrs["color"] == BIG_COLOR
-    x0, y0, x1, y1 = attrs["small_box"]
-    assert min(SMALL_SIDES) <= x1 - x0 + 1 == y1 - y0 + 1 <= max(SMALL_SIDES)
-    assert (names[y0 : y1 + 1, x0 : x1 + 1] == attrs["small_color"]).all()
-    cx, cy = attrs["center"]
-    assert names[cy, cx] == attrs["color"]
-    assert POSITIONS[(cy // CELL_SIZE) * 3 + cx // CELL_SIZE] == attrs["position"] == POSITIONS[attrs["cell"]]
-    bx0, by0, bx1, by1 = attrs["box"]  # the big shape stays inside its cell and away from the small square
-    assert bx0 // CELL_SIZE == bx1 // CELL_SIZE and by0 // CELL_SIZE == by1 // CELL_SIZE
-    assert x1 < bx0 or x0 > bx1 or y1 < by0 or y0 > by1
-    big = names[by0 : by1 + 1, bx0 : bx1 + 1] == attrs["color"]
-    fill = big.mean()  # square ~1, circle ~pi/4, triangle ~1/2 of the bounding box
-    expected = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5}[attrs["kind"]]
-    assert abs(fill - expected) < 0.08, (attrs["kind"], fill)
+    # disjoint palettes: whether a patch shows a square is a property of that patch alone
+    assert attrs["background"] in BACKGROUND_COLORS
+    colours = attrs["left_color"], attrs["right_color"]
+    assert colours[0] != colours[1] and set(colours) <= set(SQUARE_COLORS)
+    config = GranularityConfig()
+    for side in ("left", "right"):
+        x0, y0, x1, y1 = attrs[f"{side}_box"]
+        assert config.side_min <= attrs[f"{side}_side"] == x1 - x0 + 1 == y1 - y0 + 1 <= config.side_max
+        assert (names[y0 : y1 + 1, x0 : x1 + 1] == attrs[f"{side}_color"]).all()
+        assert (names == attrs[f"{side}_color"]).sum() == attrs[f"{side}_side"] ** 2  # nothing else has its colour
+    left, right = attrs["left_box"], attrs["right_box"]
+    assert right[0] - left[2] - 1 == attrs["gap_x"] >= config.gap_min  # free columns between them
+    upper, lower = (left, right) if left[1] < right[1] else (right, left)
+    assert lower[1] - upper[3] - 1 == attrs["gap_y"] >= config.gap_min  # free rows between them
+    assert attrs["top_color"] == (attrs["left_color"] if upper is left else attrs["right_color"])
+    assert attrs["min_side"] == min(attrs["left_side"], attrs["right_side"])
+
+
+def test_sides_and_gaps_are_log_uniform_over_the_configured_range():
+    attrs = [draw_sample(np.random.default_rng(s))[1] for s in range(1500)]
+    config = GranularityConfig()
+    sides = np.array([a["left_side"] for a in attrs] + [a["right_side"] for a in attrs])
+    assert sides.min() == config.side_min and sides.max() == config.side_max
+    # each doubling is about equally likely: 4-7 and 8-14 px (log widths 0.76 and 0.66 of 1.42)
+    shares = [np.mean((sides >= lo) & (sides <= hi)) for lo, hi in ((4, 7), (8, 14))]
+    expected = np.array([np.log(7.5 / 3.5), np.log(14.5 / 7.5)]) / np.log(14.5 / 3.5)
+    np.testing.assert_allclose(shares, expected, atol=0.05)
+    gaps = np.array([a["gap_x"] for a in attrs])
+    assert gaps.min() == config.gap_min and np.mean(gaps < 8) > 0.3 and np.mean(gaps >= 32) > 0.1
+
+
+def test_a_shifted_config_changes_the_attribute_distribution_and_only_it():
+    shifted = GranularityConfig(side_max=8, gap_max=12)
+    default = [attrs for _, attrs in (draw_sample(np.random.default_rng(s)) for s in range(300))]
+    moved = [attrs for _, attrs in (draw_sample(np.random.default_rng(s), shifted) for s in range(300))]
+    assert max(a["left_side"] for a in moved) <= 8 < max(a["left_side"] for a in default)
+    assert all(2 <= a["gap_x"] <= 12 and 2 <= a["gap_y"] <= 12 for a in moved)
+    assert np.median([a["gap_x"] for a in default]) > np.median([a["gap_x"] for a in moved])
+    for key in ("background", "left_color", "right_color", "top_color"):  # answers are drawn first, never redrawn
+        assert [a[key] for a in moved] == [a[key] for a in default]
+
+
+def test_config_round_trip_and_validation(tmp_path):
+    config = GranularityConfig(side_min=3, side_max=10, gap_max=6, noise=4)
+    assert GranularityConfig.from_dict(config.to_dict()) == config
+    write_split(tmp_path, "test", 3, seed=0, config=config)
+    meta = json.loads((tmp_path / "test.meta.json").read_text())
+    assert GranularityConfig.from_dict(meta["config"]) == config
+    records = json.loads((tmp_path / "test.json").read_text())
+    assert all(3 <= r["attributes"]["min_side"] <= 10 and r["attributes"]["gap_x"] <= 6 for r in records)
+    with pytest.raises(ValueError, match="unknown GranularityConfig field"):
+        GranularityConfig.from_dict({**config.to_dict(), "colour": 1})
+    for bad in (dict(side_min=9, side_max=8), dict(side_max=33), dict(gap_min=0), dict(gap_max=90), dict(noise=-1)):
+        with pytest.raises(ValueError, match="invalid GranularityConfig"):
+            GranularityConfig(**bad)
+
+
+def test_ensure_split_refuses_a_split_drawn_with_another_config(tmp_path):
+    shifted = GranularityConfig(side_max=8)
+    path = ensure_split(tmp_path / "test.json", "test", 2, config=shifted)  # written
+    assert ensure_split(path, "test", 2, config=shifted) == path  # the same config is reused
+    with pytest.raises(ValueError, match=r"another config.*'side_max': \(8, 14\)"):
+        ensure_split(path, "test", 2)  # the default (training) config must not silently get the shifted split
+    meta = tmp_path / "test.meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "generator_version": "4"}))
+    with pytest.raises(ValueError, match="generator version 4"):
+        ensure_split(path, "test", 2, config=shifted)
 
 
 def test_every_question_and_answer_word_is_in_the_tiny_vocabulary():
@@ -157,19 +209,20 @@ def test_every_question_and_answer_word_is_in_the_tiny_vocabulary():
 def test_cli_help_and_a_real_run(tmp_path):
     # both interpreters start at once: importing the m3 package (torch + transformers) dominates the time
     command = [sys.executable, "-m", "m3.data.granularity"]
-    run = [*command, "--out", str(tmp_path), "--split", "validation", "--num-images", "5"]
+    run = [*command, "--out", str(tmp_path), "--split", "validation", "--num-images", "5", "--side-max", "9"]
     procs = [
         subprocess.Popen(c, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for c in ([*command, "--help"], run)
     ]
     (help_out, help_err), (run_out, run_err) = (p.communicate(timeout=120) for p in procs)
     assert procs[0].returncode == 0, help_err
-    assert "--num-images" in help_out and "--split" in help_out
+    assert "--num-images" in help_out and "--split" in help_out and "--side-max" in help_out
     assert procs[1].returncode == 0, run_err
-    assert "validation: 5 images, 20 records" in run_out
-    assert len(json.loads((tmp_path / "validation.json").read_text())) == 20
+    assert f"validation: 5 images, {5 * len(FAMILIES)} records" in run_out
+    assert len(json.loads((tmp_path / "validation.json").read_text())) == 5 * len(FAMILIES)
     assert len(list((tmp_path / "images" / "validation").glob("*.png"))) == 5
-    assert (tmp_path / "validation.meta.json").exists()
+    meta = json.loads((tmp_path / "validation.meta.json").read_text())
+    assert meta["config"] == GranularityConfig(side_max=9).to_dict()
 
 
 def test_chat_split_asks_every_question_of_an_image_in_one_record(tmp_path):
@@ -182,7 +235,7 @@ def test_chat_split_asks_every_question_of_an_image_in_one_record(tmp_path):
     orders = set()
     for record in chat:
         turns = record["conversations"]
-        assert len(turns) == 8 and turns[0]["value"].startswith("<image>\n")
+        assert len(turns) == 2 * len(FAMILIES) and turns[0]["value"].startswith("<image>\n")
         assert sum("<image>" in t["value"] for t in turns) == 1
         normalize_conversations(turns, has_image=True, record_id=record["id"])  # valid LLaVA conversation
         expected = {
@@ -190,7 +243,7 @@ def test_chat_split_asks_every_question_of_an_image_in_one_record(tmp_path):
             for r in single
             if r["image_id"] == record["image_id"]
         }
-        asked = {turns[i]["value"].removeprefix("<image>\n"): turns[i + 1]["value"] for i in range(0, 8, 2)}
+        asked = {turns[i]["value"].removeprefix("<image>\n"): turns[i + 1]["value"] for i in range(0, len(turns), 2)}
         assert asked == expected
-        orders.add(tuple(turns[i]["value"] for i in range(0, 8, 2)))
+        orders.add(tuple(turns[i]["value"] for i in range(0, len(turns), 2)))
     assert len(orders) > 1  # question order is shuffled per image
