@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 
 from .data import as_oracle_set
 from .routing_metrics import Curve, cheapest_point_reaching, routing_point, tokens_for_accuracy
@@ -153,7 +154,7 @@ class ReferenceRouter(BaseEstimator):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "group_rates_"):
-            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit(train_oracle) first")
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(train_oracle) first")
 
     def predict_proba(self, oracle) -> np.ndarray:
         """``(n, scales)``: each row's group accuracy per scale on the train oracle (unseen group: overall rate)."""
@@ -169,6 +170,11 @@ class ReferenceRouter(BaseEstimator):
     def predict(self, oracle, threshold: float = 0.5) -> np.ndarray:
         """``(n,)`` scales: the smallest whose estimated accuracy reaches ``threshold``, else the largest."""
         return route_by_threshold(self.predict_proba(oracle), self.scales_, threshold)
+
+
+def reference_kind(router: ReferenceRouter) -> str:
+    """How tables name a reference router: ``question-only`` (family or question groups) or ``attribute``."""
+    return "attribute" if router.grouping == "attribute" else "question-only"
 
 
 def threshold_sweep(proba: np.ndarray, correct: np.ndarray, tokens: np.ndarray, scales: Sequence[int]) -> list[dict]:

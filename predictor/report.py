@@ -442,7 +442,8 @@ def plot_efficiency(studies: dict[str, tuple[list[dict], list[dict]]], path: str
     for axis, (where, rows) in zip(axes[0], panels):
         for router in dict.fromkeys(row["router"] for row in rows):
             mine = sorted((row for row in rows if row["router"] == router), key=lambda r: r["epsilon"])
-            style = "k--" if mine[0]["kind"] == "fixed" else ":" if mine[0]["kind"] == "question-only" else "-"
+            kind = mine[0]["kind"]
+            style = "k--" if kind == "fixed" else ":" if kind in ("question-only", "attribute") else "-"
             axis.plot(
                 [r["epsilon"] for r in mine], [r["mean_tokens"] for r in mine], style, marker="o", markersize=3,
                 label=router,

@@ -37,8 +37,10 @@ PREDICTORS: dict[str, Callable[[int], ScalePredictor | ReferenceRouter]] = {
     "lgbm-oracle": lambda seed: LGBMScalePredictor(target="oracle", seed=seed),
     "lgbm-probe": lambda seed: LGBMScalePredictor(use_embedding=True, probe="confidence", probe_scale=1, seed=seed),
     "question-only": lambda seed: ReferenceRouter(grouping="family"),
+    "attribute": lambda seed: ReferenceRouter(grouping="attribute"),  # needs records with generator attributes
 }
-DEFAULT_PREDICTORS = ("mlp", "mlp-image", "mlp-oracle", "lgbm", "lgbm-emb", "question-only")
+# "attribute" is skipped (with a note) where the oracle's records carry no generator attributes
+DEFAULT_PREDICTORS = ("mlp", "mlp-image", "mlp-oracle", "lgbm", "lgbm-emb", "question-only", "attribute")
 
 
 def fit_predictors(
@@ -68,9 +70,19 @@ def fit_predictors(
     for name in names:
         start = time.perf_counter()
         estimator = PREDICTORS[name](seed)
-        if not isinstance(estimator, ScalePredictor):  # the reference router: nothing to tune or save
-            router = CalibratedRouter(estimator.fit(fit_data), accuracy).fit(calibration)
-            log(f"{name}: per-family train accuracy; threshold {router.threshold_:.4f} (not saved: no weights)")
+        if not isinstance(estimator, ScalePredictor):  # a reference router: nothing to tune or save
+            try:
+                estimator.fit(fit_data)
+            except (KeyError, OSError, ValueError) as error:
+                if estimator.grouping != "attribute":
+                    raise
+                log(f"{name}: skipped, the oracle's records carry no generator attributes ({error})")
+                continue
+            router = CalibratedRouter(estimator, accuracy).fit(calibration)
+            log(
+                f"{name}: per-{estimator.grouping} train accuracy; threshold {router.threshold_:.4f} "
+                "(not saved: no weights)"
+            )
             fitted[name] = router
             continue
         if n_trials > 0:

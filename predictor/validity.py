@@ -43,7 +43,7 @@ class Candidates:
     """
 
     name: str
-    kind: str  # learned | question-only | fixed
+    kind: str  # learned | question-only | attribute | fixed
     routed: np.ndarray = field(repr=False)
     labels: np.ndarray = field(repr=False)
     costs: np.ndarray = field(repr=False)
@@ -197,13 +197,13 @@ def router_candidates(data, routers: dict, include_fixed: bool = True) -> list[C
     """:class:`Candidates` of every router (fitted predictors, calibrated routers or reference routers: their
     threshold grid on ``data``, costs with their probes) and, with ``include_fixed``, of the fixed scales."""
     from .costs import probe_scale_of, routing_costs
-    from .reference import ReferenceRouter
+    from .reference import ReferenceRouter, reference_kind
 
     tokens = data.tokens()
     candidates = []
     for name, router in routers.items():
         inner = getattr(router, "predictor", router)
-        kind = "question-only" if isinstance(inner, ReferenceRouter) else "learned"
+        kind = reference_kind(inner) if isinstance(inner, ReferenceRouter) else "learned"
         costs = routing_costs(tokens, data.scales, probe_scale_of(router))
         candidates.append(threshold_candidates(name, kind, router.predict_proba(data), data.scales, costs))
     if include_fixed:

@@ -25,8 +25,9 @@ from pathlib import Path
 
 PREDICTOR_NAMES = (
     "mlp", "mlp-oracle", "mlp-image", "mlp-probe", "lgbm", "lgbm-emb", "lgbm-oracle", "lgbm-probe", "question-only",
+    "attribute",
 )  # fmt: skip
-DEFAULT_NAMES = "mlp,mlp-image,mlp-oracle,lgbm,lgbm-emb,question-only"
+DEFAULT_NAMES = "mlp,mlp-image,mlp-oracle,lgbm,lgbm-emb,question-only,attribute"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--predictors",
         default=DEFAULT_NAMES,
         help=f"with --oracle-train: comma-separated predictors to fit, from {', '.join(PREDICTOR_NAMES)} "
-        f"(default: {DEFAULT_NAMES}; the probes need oracles with hidden_1 columns)",
+        f"(default: {DEFAULT_NAMES}; the probes need oracles with hidden_1 columns; attribute, the best scale per "
+        "bucket of the generator's difficulty attributes, needs records that carry them and is skipped otherwise)",
     )
     parser.add_argument("--trials", type=int, default=20, help="optuna trials per predictor (0: default parameters)")
     parser.add_argument(

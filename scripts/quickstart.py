@@ -10,7 +10,7 @@ Steps, each skipped when its output already exists (so a killed run continues wh
 3. the oracle of the model on part of the train split (the predictors' teacher) and on the test split;
 4. the scale predictors (MLP and LightGBM, tuned with optuna on grouped train splits; OUT/predictors/NAME), each
    also CERTIFIED on the held-out calibration images of the train oracle (drop <= 0.02 below 576 tokens with
-   probability >= 0.9; OUT/predictors/NAME-certified), the question-only reference router, and the routing
+   probability >= 0.9; OUT/predictors/NAME-certified), the question-only and attribute reference routers, and the routing
    evaluation on the test oracle (OUT/router);
 5. an AdaptiveM3 folder (the model with the best predictor at its certified threshold; OUT/adaptive) and
    OUT/report.md with the per-scale table, the oracle table, the router tables and the accuracy-vs-tokens plot.
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="granularity benchmark folder (default: OUT/granularity)")
     parser.add_argument("--reuse-checkpoint", action="store_true", help=f"use {CHECKPOINT.relative_to(REPO)}")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes everywhere: checks the chain, learns nothing")
-    parser.add_argument("--oracle-train-images", type=int, default=1000, help="train images for the oracle (x4 q)")
+    parser.add_argument("--oracle-train-images", type=int, default=1000, help="train images for the oracle (one question per family each)")
     parser.add_argument("--trials", type=int, default=10, help="optuna trials per predictor")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for the tiny model)")
     return parser.parse_args(argv)
@@ -96,7 +96,9 @@ def run(args: argparse.Namespace) -> None:
     start = stage("3/5 oracle labels (train part and test split)")
     from oracle_data import build_oracle, write_report
 
-    train_questions = 4 * (2 if args.smoke else args.oracle_train_images)
+    from m3.data.granularity import FAMILIES
+
+    train_questions = len(FAMILIES) * (2 if args.smoke else args.oracle_train_images)
     build_oracle(model_dir, data / "train.json", out / "oracle-train", limit=train_questions, max_new_tokens=4)
     build_oracle(model_dir, data / "test.json", out / "oracle-test", max_new_tokens=4)
     write_report(out / "oracle-test")
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> None:
 
     predictors = fit_predictors(
         out / "oracle-train",
-        [*LEARNED, "question-only"],
+        [*LEARNED, "question-only", "attribute"],
         n_trials=0 if args.smoke else args.trials,
         seed=0,
         save_dir=out / "predictors",

@@ -127,7 +127,7 @@ def test_the_default_is_the_tiny_model_with_its_certified_shipped_predictor(ship
 
 def test_ask_answers_every_scale_from_one_vision_pass_as_generate_does(shipped, monkeypatch):
     examples = load_examples()
-    image, question = examples.images[1], examples.questions["small_color"]
+    image, question = examples.images[1], examples.questions["left_color"]
     calls = _count_vision_passes(shipped.adaptive, monkeypatch)
     asked = shipped.ask(str(image), question)
     assert len(calls) == 1

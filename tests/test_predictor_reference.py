@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 
 from predictor.reference import (
     ReferenceRouter,
@@ -45,7 +46,7 @@ ATTRIBUTES = {"color": ("side",), "background": ()}
 
 def test_an_unfitted_router_and_bad_settings_are_refused(tmp_path):
     table = oracle_table(tmp_path)
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         ReferenceRouter().predict_proba(table)
     with pytest.raises(ValueError, match="unknown grouping"):
         ReferenceRouter(grouping="pixels").fit(table)
