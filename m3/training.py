@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 SCALE_SAMPLINGS = ("averaged", "random")
+DATASETS = ("granularity", "frames")
 LOSS_WINDOW = 10  # random scale sampling: the progress bar shows each scale's mean over its last 10 draws
 # what a finished run leaves in output_dir besides the tokenizer and image processor files
 FINAL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "train_summary.json")
@@ -86,13 +87,24 @@ class TrainConfig:
         default=None, metadata={"help": "column mapping of a dataset data_path (ROLE=COLUMN,...; see m3.data.hf)"}
     )
     eval_data_path: str | None = field(default="runs/granularity/validation.json", metadata={"help": "eval JSON"})
+    dataset: str = field(
+        default="granularity",
+        metadata={
+            "help": "the generated benchmark --generate_data writes: granularity (m3.data.granularity) or frames "
+            "(m3.data.frames: multi-image videos)",
+            "choices": DATASETS,
+        },
+    )
+    num_frames: int = field(default=4, metadata={"help": "frames per video of a generated frames benchmark"})
     eval_samples: int = field(default=200, metadata={"help": "records used by each periodic evaluation"})
     generate_data: bool = field(default=True, metadata={"help": "write the granularity benchmark if missing"})
     train_images: int = field(
-        default=DEFAULT_NUM_IMAGES["train"], metadata={"help": "images in a generated train split (4 questions each)"}
+        default=DEFAULT_NUM_IMAGES["train"],
+        metadata={"help": "images (frames benchmark: videos) in a generated train split (4 questions each)"},
     )
     eval_images: int = field(
-        default=DEFAULT_NUM_IMAGES["validation"], metadata={"help": "images in a generated validation split"}
+        default=DEFAULT_NUM_IMAGES["validation"],
+        metadata={"help": "images (frames benchmark: videos) in a generated validation split"},
     )
     scales: str = field(default="1,9,36,144,576", metadata={"help": "trained scales; '576' = SS baseline"})
     scale_sampling: str = field(
@@ -177,6 +189,22 @@ _PAPER = dict(
 )
 PRESETS: dict[str, dict] = {
     "tiny": {},
+    # many frames, one budget: tiny-m3 fine-tuned on multi-image videos of 4 granularity frames (and their collages)
+    "tiny-frames": dict(
+        model="checkpoints/tiny-m3",
+        dataset="frames",
+        data_path="runs/frames/train.chat.json",
+        eval_data_path="runs/frames/validation.json",
+        output_dir="runs/tiny-m3-frames",
+        train_images=2000,
+        eval_images=100,
+        eval_samples=100,
+        learning_rate=5e-4,
+        max_steps=250,
+        save_steps=125,
+        eval_steps=125,
+        max_length=4096,  # 4 frames at 576 tokens each, and the text
+    ),
     "llava-1.5-7b": dict(
         _PAPER, model="checkpoints/llava-1.5-7b-hf", output_dir="runs/llava-1.5-7b-m3", learning_rate=2e-5
     ),
@@ -278,10 +306,20 @@ def unread_tower_modules(model) -> list[torch.nn.Module]:
 
 
 def ensure_granularity_data(config: TrainConfig) -> None:
-    """Write the granularity splits the config names (train, validation) if they are missing; refuse splits of
-    another generator version (see :func:`m3.data.granularity.ensure_split`)."""
-    from .data.granularity import ensure_split
+    """Write the generated splits the config names (train, validation) if they are missing: the granularity
+    benchmark, or with ``dataset="frames"`` the frames one; refuse splits of another generator version (see
+    :func:`m3.data.granularity.ensure_split`, :func:`m3.data.frames.ensure_split`)."""
     from .data.hf import is_hf_location
+
+    if config.dataset == "frames":
+        from functools import partial
+
+        from .data.frames import FramesConfig
+        from .data.frames import ensure_split as ensure_frames
+
+        ensure_split = partial(ensure_frames, config=FramesConfig(num_frames=config.num_frames))
+    else:
+        from .data.granularity import ensure_split
 
     hf_train = config.data_split is not None or is_hf_location(config.data_path)
     for path, split, num_images in (
@@ -333,6 +371,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
 def check_config(config: TrainConfig) -> None:
     """Refuse settings that cannot train, before anything is loaded: unknown choices, scales named twice or not
     reachable on the model's grid, and counts that must be positive (``save_steps=0``: no periodic checkpoints)."""
+    if config.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; expected one of {list(DATASETS)}")
     if config.scale_sampling not in SCALE_SAMPLINGS:
         raise ValueError(f"unknown scale_sampling {config.scale_sampling!r}; expected one of {list(SCALE_SAMPLINGS)}")
     check_token_selection(config.token_selection)
