@@ -91,6 +91,26 @@ class FramesAnswer:
 FRAME_ALLOCATIONS = ("predictor", "uniform")
 
 
+@dataclass
+class EncodedFrames:
+    """Videos after ONE vision pass (:meth:`AdaptiveM3.encode_frames`): every allocation and answer reuses it."""
+
+    questions: list[str]
+    pil: list[Image.Image]  # every frame, video after video
+    grids: list[torch.Tensor]  # their projected grids
+    image_sizes: torch.Tensor | None  # (frames, 2) for LLaVA-NeXT
+    tokens: np.ndarray  # (frames, scales) visual tokens of each frame at each predictor scale
+    probabilities: np.ndarray  # (frames, scales) the predictor's P(correct) of each frame at each scale
+    offsets: list[int]  # video i holds frames offsets[i] to offsets[i + 1]
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def frames_of(self, video: int) -> range:
+        """The indices (into ``pil``, ``grids``, ``tokens``, ``probabilities``) of a video's frames."""
+        return range(self.offsets[video], self.offsets[video + 1])
+
+
 def load_rgb(image) -> Image.Image:
     """A PIL RGB image from a path, a PIL image or an ``(H, W, 3)`` / ``(H, W)`` uint8 array; clear errors."""
     if isinstance(image, Image.Image):
@@ -387,40 +407,88 @@ class AdaptiveM3:
             raise ValueError(f"{len(videos)} videos for {len(questions)} questions")
         if any(len(video) == 0 for video in videos):
             raise ValueError("a video without frames: give at least one frame per question")
-        questions = [check_question(q) for q in questions]
         given = self._frame_settings(videos, budget, scale, allocation, single)
+        encoded = self.encode_frames(videos, questions)
+        chosen = self.frame_scales(encoded, budget, allocation) if given is None else given
+        answers = self.answer_encoded_frames(
+            encoded, chosen, budget=budget, allocation="given" if given is not None else allocation,
+            max_new_tokens=max_new_tokens, **generation_kwargs,
+        )  # fmt: skip
+        return answers[0] if single else answers
+
+    def encode_frames(self, videos: Sequence[Sequence], questions: Sequence[str]) -> EncodedFrames:
+        """Every frame of every video in ONE vision pass, with each frame's visual tokens and the predictor's
+        probabilities at every scale: what :meth:`frame_scales` and :meth:`answer_encoded_frames` reuse, so any
+        number of allocations of the same videos cost one pass."""
+        questions = [check_question(q) for q in questions]
         pil, grids, sizes = self.encode([frame for video in videos for frame in video])
-        counts = self._token_counts(sizes, len(pil))
-        probabilities = self.probabilities(pil, grids, [q for q, video in zip(questions, videos) for _ in video])
-        chosen, starts = [], np.cumsum([0, *map(len, videos)])
-        for index, (start, end) in enumerate(zip(starts[:-1], starts[1:])):
-            rows = slice(start, end)
-            if given is not None:
-                chosen += given[index]
-            elif allocation == "predictor":
-                chosen += allocate_scales(probabilities[rows], budget, scales=self.scales, tokens=counts[rows]).tolist()
+        return EncodedFrames(
+            questions=questions,
+            pil=pil,
+            grids=grids,
+            image_sizes=sizes,
+            tokens=self._token_counts(sizes, len(pil)),
+            probabilities=self.probabilities(pil, grids, [q for q, video in zip(questions, videos) for _ in video]),
+            offsets=np.cumsum([0, *map(len, videos)]).tolist(),
+        )
+
+    def frame_scales(self, encoded: EncodedFrames, budget: int, allocation: str = "predictor") -> list[list[int]]:
+        """Per video, one scale per frame within ``budget`` visual tokens: the predictor's knapsack
+        (:func:`adaptive.budget.allocate_scales`) or the largest uniform scale
+        (:func:`adaptive.budget.uniform_scale`)."""
+        if allocation not in FRAME_ALLOCATIONS:
+            raise ValueError(f"unknown allocation {allocation!r}; expected one of {list(FRAME_ALLOCATIONS)}")
+        plans = []
+        for video in range(len(encoded)):
+            rows = list(encoded.frames_of(video))
+            tokens = encoded.tokens[rows]
+            if allocation == "predictor":
+                scales = allocate_scales(encoded.probabilities[rows], budget, scales=self.scales, tokens=tokens)
+                plans.append([int(value) for value in scales])
             else:
-                chosen += [uniform_scale(counts[rows], budget, scales=self.scales)] * (end - start)
-        chosen = [int(value) for value in chosen]
-        compact = compact_prompts(self.processor, questions, sizes, num_images=[len(video) for video in videos])
+                plans.append([uniform_scale(tokens, budget, scales=self.scales)] * len(tokens))
+        return plans
+
+    def answer_encoded_frames(
+        self,
+        encoded: EncodedFrames,
+        scales: Sequence[Sequence[int]],
+        videos: Sequence[int] | None = None,
+        *,
+        budget: int | None = None,
+        allocation: str = "given",
+        max_new_tokens: int = 32,
+        **generation_kwargs,
+    ) -> list[FramesAnswer]:
+        """Answer the ``videos`` (indices into ``encoded``; default all) of encoded frames in ONE ``generate``, video
+        ``videos[i]`` with one scale per frame from ``scales[i]`` (rows and frames may all differ)."""
+        videos = list(range(len(encoded))) if videos is None else list(videos)
+        if len(scales) != len(videos) or any(len(s) != len(encoded.frames_of(v)) for s, v in zip(scales, videos)):
+            raise ValueError("give one scale per frame of every video answered")
+        frames = [index for video in videos for index in encoded.frames_of(video)]
+        chosen = [int(value) for plan in scales for value in plan]
+        sizes = None if encoded.image_sizes is None else encoded.image_sizes[frames]
+        counts = [len(plan) for plan in scales]
+        compact = compact_prompts(self.processor, [encoded.questions[v] for v in videos], sizes, num_images=counts)
         tokens = image_token_counts(self.model.config, chosen, None if sizes is None else sizes.tolist(), len(chosen))
+        starts = np.cumsum([0, *counts]).tolist()
         self._check_prompt_fits(compact, [sum(tokens[a:b]) for a, b in zip(starts[:-1], starts[1:])], max_new_tokens)
         output = generate_at_scale(
-            self.model, self.processor, compact, grids, sizes, chosen, max_new_tokens, **generation_kwargs
-        )
-        answers = [
+            self.model, self.processor, compact, [encoded.grids[i] for i in frames], sizes, chosen, max_new_tokens,
+            **generation_kwargs,
+        )  # fmt: skip
+        return [
             FramesAnswer(
-                answer=output.answers[index],
+                answer=output.answers[row],
                 scales=chosen[start:end],
                 visual_tokens=tokens[start:end],
                 budget=budget,
-                confidence=output.confidences[index],
-                allocation="given" if given is not None else allocation,
-                probabilities=probabilities[start:end],
+                confidence=output.confidences[row],
+                allocation=allocation,
+                probabilities=encoded.probabilities[list(encoded.frames_of(video))],
             )
-            for index, (start, end) in enumerate(zip(starts[:-1], starts[1:]))
+            for row, (video, start, end) in enumerate(zip(videos, starts[:-1], starts[1:]))
         ]
-        return answers[0] if single else answers
 
     def answer_collage(
         self,
