@@ -47,7 +47,8 @@ FINAL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json
 FINAL_FILES += (FINGERPRINT_NAME,)
 # settings that make a checkpoint part of one run: --resume refuses a checkpoint written with other values
 RUN_SETTINGS = (
-    "family", "scales", "scale_sampling", "token_selection", "train_vision_tower", "learning_rate", "weight_decay",
+    "family", "scales", "scale_sampling", "mixed_scale_fraction",
+    "token_selection", "train_vision_tower", "learning_rate", "weight_decay",
     "warmup_ratio", "lr_scheduler", "num_epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
     "max_length", "system_prompt", "max_grad_norm", "mixed_precision", "seed", "skip_bad_images", "tiny_hidden_size",
     "tiny_vision_layers", "tiny_text_layers", "tiny_projector_hidden_act", "tiny_vision_feature_layer",
@@ -113,6 +114,13 @@ class TrainConfig:
             "help": "averaged: every step's loss is the mean over the scales (M3); random: one scale per optimizer "
             "step, drawn uniformly from a generator seeded by (seed, step) (paper Table 8)",
             "choices": SCALE_SAMPLINGS,
+        },
+    )
+    mixed_scale_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "multi-image rows whose images take different scales in a pass (drawn per row and step; over the "
+            "passes every image still meets every scale once); 0: every image of a pass at one scale, as M3"
         },
     )
     token_selection: str = field(
@@ -200,10 +208,11 @@ PRESETS: dict[str, dict] = {
         eval_images=100,
         eval_samples=100,
         learning_rate=5e-4,
-        max_steps=180,  # about 30 min of one core (10 s a step: every scale of 4-frame prompts)
-        save_steps=90,
-        eval_steps=90,
+        max_steps=240,  # under 30 min of one core (about 6 s of CPU a step)
+        save_steps=120,
+        eval_steps=120,
         max_length=4096,  # 4 frames at 576 tokens each, and the text
+        mixed_scale_fraction=0.5,  # half the videos also see frames at different scales, as allocations make them
     ),
     "llava-1.5-7b": dict(
         _PAPER, model="checkpoints/llava-1.5-7b-hf", output_dir="runs/llava-1.5-7b-m3", learning_rate=2e-5
@@ -225,6 +234,34 @@ def sampled_scale(scales: Sequence[int], seed: int, step: int) -> int:
     of how many draws came before, so a resumed run (and every process of a distributed one) draws the same scale.
     """
     return int(scales[np.random.default_rng([seed, step]).integers(len(scales))])
+
+
+def mixed_scale_passes(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_token_id: int,
+    scales: Sequence[int],
+    fraction: float,
+    seed: int,
+    step: int,
+) -> list[int] | list[list[int]]:
+    """The passes of one step's multi-scale loss when multi-image rows mix scales (``fraction`` of them).
+
+    Pass k gives image j of the batch (row-major) ``scales[(k + offset_j) % len(scales)]``: a Latin square, so over
+    the passes every image still meets every scale exactly once, as in M3. Single-image rows, and multi-image rows
+    not drawn, keep offset 0 (every image of the pass at ``scales[k]``, the published M3 pass); a drawn row gives
+    each of its images its own offset, so its prompts hold frames at different scales, as a budget allocation
+    builds them. Drawn from a generator seeded by ``(seed, step)``: a resumed run mixes alike. Without any drawn
+    row this returns ``scales`` itself."""
+    per_row = ((input_ids == image_token_id) & attention_mask.bool()).sum(dim=1).tolist()
+    rng = np.random.default_rng([seed, step, 1])
+    offsets: list[int] = []
+    for count in per_row:
+        mixed = count > 1 and rng.random() < fraction
+        offsets += rng.integers(len(scales), size=count).tolist() if mixed else [0] * count
+    if not any(offsets):
+        return list(scales)
+    return [[int(scales[(k + offset) % len(scales)]) for offset in offsets] for k in range(len(scales))]
 
 
 class ScaleLossMeter:
@@ -375,6 +412,10 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"unknown dataset {config.dataset!r}; expected one of {list(DATASETS)}")
     if config.scale_sampling not in SCALE_SAMPLINGS:
         raise ValueError(f"unknown scale_sampling {config.scale_sampling!r}; expected one of {list(SCALE_SAMPLINGS)}")
+    if not 0 <= config.mixed_scale_fraction <= 1:
+        raise ValueError(f"mixed_scale_fraction must be in [0, 1], got {config.mixed_scale_fraction}")
+    if config.mixed_scale_fraction and config.scale_sampling == "random":
+        raise ValueError("mixed_scale_fraction mixes the scales of every pass; it needs scale_sampling='averaged'")
     check_token_selection(config.token_selection)
     if config.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {config.mixed_precision!r}")
@@ -574,8 +615,16 @@ def train(config: TrainConfig) -> Path:
         epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
         for batch in epoch_loader:
             step_scales = [sampled_scale(scales, config.seed, step)] if random_scale else scales
+            passes = step_scales
+            if config.mixed_scale_fraction:
+                image_token_id = accelerator.unwrap_model(model).config.image_token_id
+                passes = mixed_scale_passes(
+                    batch["input_ids"], batch["attention_mask"], image_token_id, scales, config.mixed_scale_fraction,
+                    config.seed, epoch * len(loader) + batches_done,
+                )  # fmt: skip
             with accelerator.accumulate(model):
-                outputs = model(**batch, m3_scales=step_scales)
+                outputs = model(**batch, m3_scales=passes)
+                outputs.per_scale_loss = dict(zip(step_scales, outputs.per_scale_loss.values()))  # a pass by its scale
                 if not torch.isfinite(outputs.loss.detach()):
                     per_scale = ", ".join(f"{s}: {v.item():.4g}" for s, v in outputs.per_scale_loss.items())
                     raise NonFiniteTrainingError(

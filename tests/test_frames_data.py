@@ -144,6 +144,8 @@ def test_the_frames_preset_generates_its_data_and_trains(tmp_path):
         save_steps=0,
         tiny_hidden_size=32,
         max_length=4096,
+        mixed_scale_fraction=1.0,
+        logging_steps=1,
     )
     ensure_granularity_data(config)
     meta = json.loads((tmp_path / "data" / "train.meta.json").read_text())
@@ -151,3 +153,6 @@ def test_the_frames_preset_generates_its_data_and_trains(tmp_path):
     output = train(config)
     history = json.loads((output / "train_summary.json").read_text())["history"]
     assert any("eval_accuracy" in row for row in history)  # evaluated on multi-image validation records
+    assert {"L1", "L9", "L36", "L144", "L576"} <= set(history[0])  # mixed passes are logged by their scale
+    with pytest.raises(ValueError, match="needs scale_sampling='averaged'"):
+        train(TrainConfig(**{**config.__dict__, "scale_sampling": "random", "overwrite": True}))

@@ -148,3 +148,53 @@ def test_scale_evaluation_of_multi_image_items_equals_answer_images(dataset, tok
             expected = answer_images(model, processor, images, question, scale, max_new_tokens=3).answers[0]
             row = next(r for r in rows if r["id"] == item["id"] and r["scale"] == scale)
             assert row["prediction"] == expected
+
+
+def test_mixed_scale_passes_form_a_latin_square(dataset, tokenizer):
+    """Each drawn multi-image row gives its images their own scale in a pass; over the passes every image meets
+    every scale once. Undrawn and single-image rows keep the published pass (every image at the pass's scale)."""
+    from m3.training import mixed_scale_passes
+
+    model = tiny_model("llava", tokenizer=tokenizer)
+    processor = M3Processor(tiny_image_processor("llava"), tokenizer, model.config)
+    batch = M3Collator(processor, max_length=8192)([dataset[i] for i in range(4)])
+    args = (batch["input_ids"], batch["attention_mask"], model.config.image_token_id, SCALES)
+    assert mixed_scale_passes(*args, 0.0, seed=0, step=3) == SCALES
+    passes = mixed_scale_passes(*args, 1.0, seed=0, step=3)
+    assert passes == mixed_scale_passes(*args, 1.0, seed=0, step=3)  # seeded by (seed, step)
+    assert len(passes) == 5 and all(len(p) == 6 for p in passes)  # 3 + 1 + 0 + 2 images
+    for image in range(6):
+        assert sorted(p[image] for p in passes) == SCALES
+    assert [p[3] for p in passes] == SCALES  # the single-image row keeps the published passes
+    steps = [mixed_scale_passes(*args, 1.0, seed=0, step=step) for step in range(20)]
+    assert any(len(set(p[:3])) > 1 for passes in steps for p in passes)  # frames of one prompt at different scales
+    assert len({str(p) for p in steps}) > 1
+
+
+def test_mixed_scale_loss_equals_the_official_design_at_each_passes_scales(dataset, tokenizer, family):
+    """A pass with one scale per image gives the loss of the full forward with each image expanded to its own
+    scale (``m3_scale=[...]``, the vision tower re-run)."""
+    from m3.prompting import expand_image_tokens, image_token_counts
+    from m3.training import mixed_scale_passes
+
+    model = tiny_model(family, tokenizer=tokenizer).eval()
+    processor = M3Processor(tiny_image_processor(family), tokenizer, model.config)
+    batch = M3Collator(processor, max_length=8192)([dataset[i] for i in range(4)])
+    image_token = model.config.image_token_id
+    passes = mixed_scale_passes(batch["input_ids"], batch["attention_mask"], image_token, SCALES, 1.0, 0, 1)
+    with torch.no_grad():
+        ours = model(**batch, m3_scales=passes)
+        losses = []
+        for scales in passes:
+            counts = image_token_counts(model.config, scales, batch.get("image_sizes"), num_images=len(scales))
+            ids, mask, labels = expand_image_tokens(
+                batch["input_ids"], image_token, counts, batch["attention_mask"], batch["labels"]
+            )
+            losses.append(
+                model(input_ids=ids, attention_mask=mask, labels=labels, pixel_values=batch["pixel_values"],
+                      image_sizes=batch.get("image_sizes"), m3_scale=scales).loss
+            )  # fmt: skip
+    assert list(ours.per_scale_loss) == [tuple(p) for p in passes]
+    for loss, reference in zip(ours.per_scale_loss.values(), losses):
+        torch.testing.assert_close(loss, reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.loss, torch.stack(losses).mean(), rtol=0, atol=1e-5)
