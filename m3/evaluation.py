@@ -1,7 +1,8 @@
 """Accuracy of an M3 model at every scale: batched generation (:mod:`m3.inference`), tables and plots.
 
-Items are LLaVA-format dicts (as :class:`m3.data.llava.LlavaDataset` returns them): the question is the
-first human turn without its ``<image>`` marker, the reference answer is ``item["answer"]`` (else the
+Items are LLaVA-format dicts (as :class:`m3.data.llava.LlavaDataset` returns them; an item may hold several
+images, e.g. the frames of a video, asked in one prompt): the question is the first human turn without its
+``<image>`` markers, the reference answer is ``item["answer"]`` (else the
 first gpt turn). :func:`evaluate_scales` runs the vision tower once per batch and generates at every scale
 from the pooled features, scored with :func:`m3.metrics.exact_match`; the result rows feed
 :func:`accuracy_table`, whose output :func:`accuracy_markdown`, :func:`to_csv` and :func:`plot_accuracy` write.
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
+from .data.llava import record_images
 from .inference import answer_at_scales, compact_prompts, encode_images
 from .metrics import OVERALL, exact_match, majority_baseline
 from .pooling import check_scale, check_token_selection
@@ -41,12 +43,14 @@ def _batches(items: Sequence[dict], batch_size: int) -> list[Sequence[dict]]:
     return [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
 
 
-def _prompts(items: Sequence[dict]) -> tuple[list[str], list]:
-    """Single-turn prompts (``llava_prompt``) and images of a batch."""
-    for item in items:
-        if item.get("image") is None:
+def _prompts(items: Sequence[dict]) -> tuple[list[str], list, list[int]]:
+    """Single-turn prompts (``llava_prompt``), the images of a batch in prompt order, and each item's image count."""
+    per_item = [record_images(item.get("image")) for item in items]
+    for item, images in zip(items, per_item):
+        if not images:
             raise ValueError(f"item {item.get('id')} has no image; scale evaluation needs one per item")
-    return [llava_prompt(question_of(item)) for item in items], [item["image"] for item in items]
+    texts = [llava_prompt(question_of(item), num_images=len(images)) for item, images in zip(items, per_item)]
+    return texts, [image for images in per_item for image in images], [len(images) for images in per_item]
 
 
 def _decode_new_tokens(processor: M3Processor, output: torch.Tensor, prompt_length: int) -> list[str]:
@@ -67,7 +71,7 @@ def generate_answers(
     answers = []
     with torch.inference_mode():
         for batch in tqdm(_batches(items, batch_size), desc=f"scale {scale}", disable=not show_progress):
-            texts, images = _prompts(batch)
+            texts, images, _ = _prompts(batch)
             inputs = processor(texts, images, m3_scale=scale).to(model.device)
             output = model.generate(
                 **inputs,
@@ -120,9 +124,9 @@ def evaluate_scales(
 def _evaluate_rows(model, processor, items, scales, batch_size, max_new_tokens, show_progress) -> list[dict]:
     rows = []
     for batch in tqdm(_batches(items, batch_size), desc="evaluate", disable=not show_progress):
-        _, images = _prompts(batch)
+        _, images, counts = _prompts(batch)
         grids, image_sizes = encode_images(model, processor, images)
-        compact = compact_prompts(processor, [question_of(item) for item in batch], image_sizes)
+        compact = compact_prompts(processor, [question_of(item) for item in batch], image_sizes, num_images=counts)
         outputs = answer_at_scales(model, processor, compact, grids, image_sizes, scales, max_new_tokens)
         for index, item in enumerate(batch):
             answer = answer_of(item)

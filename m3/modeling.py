@@ -279,7 +279,8 @@ class M3ForConditionalGenerationMixin:
         **kwargs,
     ):
         """``m3_scale``: visual tokens per image (per crop for NeXT), or a sequence with one scale per image in batch
-        and prompt order; ``m3_scales``: multi-scale loss.
+        and prompt order; ``m3_scales``: multi-scale loss, the mean over its passes; a pass is one scale for every
+        image, or a sequence of one scale per image (mixed-scale prompts, e.g. :func:`m3.training.mixed_scale_passes`).
 
         Everything else (``position_ids``, ``past_key_values``, ``inputs_embeds``, ``logits_to_keep``, ``use_cache``
         ...) goes to the parent's forward unchanged. Without images (a text-only turn, or decoding from a cache)
@@ -339,6 +340,14 @@ class M3ForConditionalGenerationMixin:
             f"{found} image tokens but {images} need {needed}: {problem}; build the prompt {fix}"
         )
 
+    def _check_pass(self, scale: int | Sequence[int]) -> int | tuple[int, ...]:
+        """One pass of the multi-scale loss: a scale for every image, or (a sequence) one scale per image in batch
+        order, kept as a tuple (the pass's key in ``per_scale_loss``)."""
+        if isinstance(scale, Sequence) or hasattr(scale, "tolist"):
+            values = scale.tolist() if hasattr(scale, "tolist") else scale
+            return tuple(check_scale(value, self.config.grid_tokens) for value in values)
+        return check_scale(scale, self.config.grid_tokens)
+
     def _multiscale_forward(
         self, input_ids, pixel_values, attention_mask, labels, image_sizes, scales, vision_kwargs, kwargs
     ) -> M3CausalLMOutputWithPast:
@@ -350,7 +359,7 @@ class M3ForConditionalGenerationMixin:
         logits_to_keep = kwargs.pop("logits_to_keep", 0)
         if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
             raise ValueError("the multi-scale loss needs the logits of every position; do not pass logits_to_keep")
-        scales = [check_scale(scale, self.config.grid_tokens) for scale in scales]
+        scales = [self._check_pass(scale) for scale in scales]
         if pixel_values is None:  # text only: every scale sees the same input, so one forward serves all
             loss = super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs).loss
             return M3CausalLMOutputWithPast(loss=loss, per_scale_loss=dict.fromkeys(scales, loss.detach()))
@@ -358,7 +367,8 @@ class M3ForConditionalGenerationMixin:
         pad_token_id = self.config.text_config.pad_token_id or 0
         per_scale_loss = {}
         for scale in scales:
-            features = self.model.features_at_scale(grids, scale, image_sizes)
+            per_image = list(scale) if isinstance(scale, tuple) else scale
+            features = self.model.features_at_scale(grids, per_image, image_sizes)
             counts = [feature.shape[0] for feature in features]
             scale_ids, scale_mask, scale_labels = expand_image_tokens(
                 input_ids, self.config.image_token_id, counts, attention_mask, labels, pad_token_id, "right"

@@ -166,19 +166,26 @@ def truncate_text(
     labels: list[int] | None,
     max_length: int,
     image_token_id: int,
-    max_image_tokens: int,
+    max_image_tokens: int | Sequence[int],
 ) -> tuple[list[int], list[int] | None]:
     """Cut text from the end of a compact sequence so it fits ``max_length`` once every image
-    placeholder becomes ``max_image_tokens`` tokens (the largest scale). Image tokens are never cut:
-    if they do not fit, this raises instead.
+    placeholder becomes ``max_image_tokens`` tokens (the largest scale; one count for every image, or one per image
+    in placeholder order). Image tokens are never cut: if they do not fit, this raises instead.
     """
     n_images = sum(1 for token in input_ids if token == image_token_id)
-    budget = max_length - n_images * (max_image_tokens - 1)
+    if isinstance(max_image_tokens, Sequence):
+        if len(max_image_tokens) != n_images:
+            raise ValueError(f"{len(max_image_tokens)} image token counts for {n_images} image placeholders")
+        image_tokens = sum(max_image_tokens)
+    else:
+        image_tokens = n_images * max_image_tokens
+    budget = max_length - image_tokens + n_images
     if len(input_ids) <= budget:
         return input_ids, labels
     if budget < 1 or image_token_id in input_ids[budget:]:
+        each = "" if isinstance(max_image_tokens, Sequence) else f" of {max_image_tokens} tokens"
         raise ValueError(
-            f"max_length {max_length} cannot hold {n_images} image(s) of {max_image_tokens} tokens and the "
+            f"max_length {max_length} cannot hold {n_images} image(s){each} ({image_tokens} image tokens) and the "
             "text before them; raise max_length"
         )
     return input_ids[:budget], None if labels is None else labels[:budget]

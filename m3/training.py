@@ -40,13 +40,15 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 SCALE_SAMPLINGS = ("averaged", "random")
+DATASETS = ("granularity", "frames")
 LOSS_WINDOW = 10  # random scale sampling: the progress bar shows each scale's mean over its last 10 draws
 # what a finished run leaves in output_dir besides the tokenizer and image processor files
 FINAL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "train_summary.json")
 FINAL_FILES += (FINGERPRINT_NAME,)
 # settings that make a checkpoint part of one run: --resume refuses a checkpoint written with other values
 RUN_SETTINGS = (
-    "family", "scales", "scale_sampling", "token_selection", "train_vision_tower", "learning_rate", "weight_decay",
+    "family", "scales", "scale_sampling", "mixed_scale_fraction",
+    "token_selection", "train_vision_tower", "learning_rate", "weight_decay",
     "warmup_ratio", "lr_scheduler", "num_epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
     "max_length", "system_prompt", "max_grad_norm", "mixed_precision", "seed", "skip_bad_images", "tiny_hidden_size",
     "tiny_vision_layers", "tiny_text_layers", "tiny_projector_hidden_act", "tiny_vision_feature_layer",
@@ -86,13 +88,24 @@ class TrainConfig:
         default=None, metadata={"help": "column mapping of a dataset data_path (ROLE=COLUMN,...; see m3.data.hf)"}
     )
     eval_data_path: str | None = field(default="runs/granularity/validation.json", metadata={"help": "eval JSON"})
+    dataset: str = field(
+        default="granularity",
+        metadata={
+            "help": "the generated benchmark --generate_data writes: granularity (m3.data.granularity) or frames "
+            "(m3.data.frames: multi-image videos)",
+            "choices": DATASETS,
+        },
+    )
+    num_frames: int = field(default=4, metadata={"help": "frames per video of a generated frames benchmark"})
     eval_samples: int = field(default=200, metadata={"help": "records used by each periodic evaluation"})
     generate_data: bool = field(default=True, metadata={"help": "write the granularity benchmark if missing"})
     train_images: int = field(
-        default=DEFAULT_NUM_IMAGES["train"], metadata={"help": "images in a generated train split (4 questions each)"}
+        default=DEFAULT_NUM_IMAGES["train"],
+        metadata={"help": "images (frames benchmark: videos) in a generated train split (4 questions each)"},
     )
     eval_images: int = field(
-        default=DEFAULT_NUM_IMAGES["validation"], metadata={"help": "images in a generated validation split"}
+        default=DEFAULT_NUM_IMAGES["validation"],
+        metadata={"help": "images (frames benchmark: videos) in a generated validation split"},
     )
     scales: str = field(default="1,9,36,144,576", metadata={"help": "trained scales; '576' = SS baseline"})
     scale_sampling: str = field(
@@ -101,6 +114,13 @@ class TrainConfig:
             "help": "averaged: every step's loss is the mean over the scales (M3); random: one scale per optimizer "
             "step, drawn uniformly from a generator seeded by (seed, step) (paper Table 8)",
             "choices": SCALE_SAMPLINGS,
+        },
+    )
+    mixed_scale_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "multi-image rows whose images take different scales in a pass (drawn per row and step; over the "
+            "passes every image still meets every scale once); 0: every image of a pass at one scale, as M3"
         },
     )
     token_selection: str = field(
@@ -177,6 +197,23 @@ _PAPER = dict(
 )
 PRESETS: dict[str, dict] = {
     "tiny": {},
+    # many frames, one budget: tiny-m3 fine-tuned on multi-image videos of 4 granularity frames (and their collages)
+    "tiny-frames": dict(
+        model="checkpoints/tiny-m3",
+        dataset="frames",
+        data_path="runs/frames/train.chat.json",
+        eval_data_path="runs/frames/validation.json",
+        output_dir="runs/tiny-m3-frames",
+        train_images=2000,
+        eval_images=100,
+        eval_samples=100,
+        learning_rate=5e-4,
+        max_steps=240,  # under 30 min of one core (about 6 s of CPU a step)
+        save_steps=120,
+        eval_steps=120,
+        max_length=4096,  # 4 frames at 576 tokens each, and the text
+        mixed_scale_fraction=0.5,  # half the videos also see frames at different scales, as allocations make them
+    ),
     "llava-1.5-7b": dict(
         _PAPER, model="checkpoints/llava-1.5-7b-hf", output_dir="runs/llava-1.5-7b-m3", learning_rate=2e-5
     ),
@@ -197,6 +234,34 @@ def sampled_scale(scales: Sequence[int], seed: int, step: int) -> int:
     of how many draws came before, so a resumed run (and every process of a distributed one) draws the same scale.
     """
     return int(scales[np.random.default_rng([seed, step]).integers(len(scales))])
+
+
+def mixed_scale_passes(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_token_id: int,
+    scales: Sequence[int],
+    fraction: float,
+    seed: int,
+    step: int,
+) -> list[int] | list[list[int]]:
+    """The passes of one step's multi-scale loss when multi-image rows mix scales (``fraction`` of them).
+
+    Pass k gives image j of the batch (row-major) ``scales[(k + offset_j) % len(scales)]``: a Latin square, so over
+    the passes every image still meets every scale exactly once, as in M3. Single-image rows, and multi-image rows
+    not drawn, keep offset 0 (every image of the pass at ``scales[k]``, the published M3 pass); a drawn row gives
+    each of its images its own offset, so its prompts hold frames at different scales, as a budget allocation
+    builds them. Drawn from a generator seeded by ``(seed, step)``: a resumed run mixes alike. Without any drawn
+    row this returns ``scales`` itself."""
+    per_row = ((input_ids == image_token_id) & attention_mask.bool()).sum(dim=1).tolist()
+    rng = np.random.default_rng([seed, step, 1])
+    offsets: list[int] = []
+    for count in per_row:
+        mixed = count > 1 and rng.random() < fraction
+        offsets += rng.integers(len(scales), size=count).tolist() if mixed else [0] * count
+    if not any(offsets):
+        return list(scales)
+    return [[int(scales[(k + offset) % len(scales)]) for offset in offsets] for k in range(len(scales))]
 
 
 class ScaleLossMeter:
@@ -278,10 +343,20 @@ def unread_tower_modules(model) -> list[torch.nn.Module]:
 
 
 def ensure_granularity_data(config: TrainConfig) -> None:
-    """Write the granularity splits the config names (train, validation) if they are missing; refuse splits of
-    another generator version (see :func:`m3.data.granularity.ensure_split`)."""
-    from .data.granularity import ensure_split
+    """Write the generated splits the config names (train, validation) if they are missing: the granularity
+    benchmark, or with ``dataset="frames"`` the frames one; refuse splits of another generator version (see
+    :func:`m3.data.granularity.ensure_split`, :func:`m3.data.frames.ensure_split`)."""
     from .data.hf import is_hf_location
+
+    if config.dataset == "frames":
+        from functools import partial
+
+        from .data.frames import FramesConfig
+        from .data.frames import ensure_split as ensure_frames
+
+        ensure_split = partial(ensure_frames, config=FramesConfig(num_frames=config.num_frames))
+    else:
+        from .data.granularity import ensure_split
 
     hf_train = config.data_split is not None or is_hf_location(config.data_path)
     for path, split, num_images in (
@@ -333,8 +408,14 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
 def check_config(config: TrainConfig) -> None:
     """Refuse settings that cannot train, before anything is loaded: unknown choices, scales named twice or not
     reachable on the model's grid, and counts that must be positive (``save_steps=0``: no periodic checkpoints)."""
+    if config.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; expected one of {list(DATASETS)}")
     if config.scale_sampling not in SCALE_SAMPLINGS:
         raise ValueError(f"unknown scale_sampling {config.scale_sampling!r}; expected one of {list(SCALE_SAMPLINGS)}")
+    if not 0 <= config.mixed_scale_fraction <= 1:
+        raise ValueError(f"mixed_scale_fraction must be in [0, 1], got {config.mixed_scale_fraction}")
+    if config.mixed_scale_fraction and config.scale_sampling == "random":
+        raise ValueError("mixed_scale_fraction mixes the scales of every pass; it needs scale_sampling='averaged'")
     check_token_selection(config.token_selection)
     if config.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {config.mixed_precision!r}")
@@ -539,8 +620,16 @@ def train(config: TrainConfig) -> Path:
         epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
         for batch in epoch_loader:
             step_scales = [sampled_scale(scales, config.seed, step)] if random_scale else scales
+            passes = step_scales
+            if config.mixed_scale_fraction:
+                image_token_id = accelerator.unwrap_model(model).config.image_token_id
+                passes = mixed_scale_passes(
+                    batch["input_ids"], batch["attention_mask"], image_token_id, scales, config.mixed_scale_fraction,
+                    config.seed, epoch * len(loader) + batches_done,
+                )  # fmt: skip
             with accelerator.accumulate(model):
-                outputs = model(**batch, m3_scales=step_scales)
+                outputs = model(**batch, m3_scales=passes)
+                outputs.per_scale_loss = dict(zip(step_scales, outputs.per_scale_loss.values()))  # a pass by its scale
                 if not torch.isfinite(outputs.loss.detach()):
                     per_scale = ", ".join(f"{s}: {v.item():.4g}" for s, v in outputs.per_scale_loss.items())
                     raise NonFiniteTrainingError(

@@ -7,8 +7,9 @@ landscape frames. Other counts follow the same rule: 1 -> 1x1, 2 -> 2 rows x 1, 
 7 and 8 -> 3x3 ... (rows x cols); pass ``rows``/``cols`` for any other layout (e.g. ``rows=2, cols=3``).
 
 A collage is just one image, so it is answered at a scale like any image, with either family
-(:func:`answer_collage`): LLaVA-1.5 resizes it to one 24x24 grid (``scale`` tokens), LLaVA-NeXT cuts it into anyres
-crops (``m3.image_token_counts(config, scale, [(height, width)])`` tokens).
+(:func:`answer_collage`): LLaVA-1.5 resizes it to one 24x24 grid (``scale`` tokens; the collage is padded to a
+square first, or its image processor would crop the outer frames), LLaVA-NeXT cuts it into anyres crops
+(``m3.image_token_counts(config, scale, [(height, width)])`` tokens).
 """
 
 from __future__ import annotations
@@ -46,12 +47,15 @@ def collage(
     cell_size: tuple[int, int] | None = None,
     keep_aspect: bool = False,
     background: tuple[int, int, int] = WHITE,
+    square: bool = False,
 ) -> Image.Image:
     """Tile ``frames`` row-major (frame 0 top left, then left to right, top to bottom) into one RGB image.
 
     Every cell is ``cell_size`` = (height, width), by default the smallest frame height and the smallest frame width
     (as IG-VLM). Frames are stretched to the cell (IG-VLM), or with ``keep_aspect`` scaled to fit and centred on
     ``background``. Cells left over when the frames do not fill the grid are ``background`` (IG-VLM: white).
+    ``square`` centres the grid on a square ``background`` canvas (LLaVA-1.5's "pad" aspect mode): LLaVA-1.5's image
+    processor crops the centre square of an oblong image, which would cut the outer frames away.
     """
     frames = [frame.convert("RGB") for frame in frames]
     rows, cols = collage_shape(len(frames), rows, cols)
@@ -68,7 +72,17 @@ def collage(
             canvas.paste(frame.resize((fit_width, fit_height), Image.BILINEAR), offset)
         else:
             canvas.paste(frame.resize((width, height), Image.BILINEAR), (left, top))
+    if square and canvas.width != canvas.height:
+        side = max(canvas.size)
+        padded = Image.new("RGB", (side, side), background)
+        padded.paste(canvas, ((side - canvas.width) // 2, (side - canvas.height) // 2))
+        return padded
     return canvas
+
+
+def is_square_only(config) -> bool:
+    """Whether a model reads images through one square crop (LLaVA-1.5), not anyres tiles (LLaVA-NeXT)."""
+    return getattr(config, "image_grid_pinpoints", None) is None
 
 
 def answer_collage(
@@ -82,6 +96,7 @@ def answer_collage(
     **generate_kwargs,
 ) -> ScaleOutput:
     """Answer ``question`` about ``frames`` tiled into one :func:`collage` (``collage_kwargs``) at ``scale``: one
-    image, one placeholder, either family."""
-    image = collage(frames, **(collage_kwargs or {}))
+    image, one placeholder, either family. LLaVA-1.5 gets a square collage unless ``collage_kwargs`` says otherwise
+    (its image processor would crop an oblong one)."""
+    image = collage(frames, **{"square": is_square_only(model.config), **(collage_kwargs or {})})
     return answer_images(model, processor, [image], question, scale, max_new_tokens, **generate_kwargs)

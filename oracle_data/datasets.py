@@ -199,7 +199,10 @@ def read_llava_json(path: Path, image_root: Path, default_metric: str) -> tuple[
             skipped.append(record_id)
             continue
         if not isinstance(image, str):
-            raise ValueError(f"{where}: image must be one path (a string), got {image!r}")
+            raise ValueError(
+                f"{where}: image must be one path (a string), got {image!r}; for records of several images (video "
+                "frames) scripts/build_frame_oracle.py builds a per-frame oracle"
+            )
         try:
             turns = normalize_conversations(record.get("conversations"), True, record_id)
         except ValueError as error:

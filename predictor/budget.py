@@ -123,3 +123,21 @@ def budget_routing(
             return None
         chosen[rows] = allocate_scales(probabilities[rows], budget, scales=scales, tokens=costs[rows])
     return chosen
+
+
+def uniform_scale(tokens: np.ndarray | Sequence[Sequence[int]], budget: int, *, scales: Sequence[int]) -> int:
+    """The largest scale that every frame can take at once within ``budget`` visual tokens: the uniform baseline.
+
+    ``tokens``: ``(frames, scales)`` visual tokens of each frame at each scale (columns follow ``scales``). A budget
+    below the smallest scale's total raises ``ValueError``, as :func:`allocate_scales` does."""
+    cost = np.asarray(tokens, dtype=np.int64)
+    if cost.ndim != 2 or cost.shape[1] != len(scales):
+        raise ValueError(f"tokens must be (frames, {len(scales)} scales), got shape {cost.shape}")
+    totals = cost.sum(axis=0)
+    fits = np.flatnonzero(totals <= budget)
+    if not len(fits):
+        raise ValueError(
+            f"a budget of {budget} visual tokens cannot give each of the {len(cost)} frames its cheapest scale "
+            f"({int(totals.min())} tokens in all): sample fewer frames"
+        )
+    return int(np.asarray(scales)[fits[np.argmax(totals[fits])]])

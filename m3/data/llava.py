@@ -6,6 +6,8 @@ A record (one entry of e.g. ``llava_v1_5_mix665k.json``)::
      "conversations": [{"from": "human", "value": "<image>\\nWhat is ..."}, {"from": "gpt", "value": "..."}]}
 
 ``image`` is absent for text-only records; any extra keys (``family``, ``answer``, ``image_id`` ...) are kept.
+A multi-image record (the frames of a video, several pictures) lists its files, ``"image": ["a.png", "b.png"]``,
+with one ``<image>`` placeholder per file in its text, in file order.
 
 Conversation format (LLaVA-1.5, ``vicuna_v1``)::
 
@@ -106,14 +108,20 @@ def check_image_files(images: Sequence[tuple[Path, str]], hint: str = "") -> Non
         raise BadImageError(f"{message}{more}{hint}") from bad[path].__cause__
 
 
-def normalize_conversations(conversations: Sequence[dict], has_image: bool, record_id: str | None) -> list[dict]:
-    """Check a conversation and put the image placeholder where LLaVA puts it.
+def normalize_conversations(
+    conversations: Sequence[dict], has_image: bool | int, record_id: str | None
+) -> list[dict]:
+    """Check a conversation and put the image placeholders where LLaVA puts them.
 
-    Turns must alternate ``human`` / ``gpt``, starting with ``human`` and ending with ``gpt``. A record with
-    an image gets exactly one ``<image>``, moved to the front of the first human turn (``"<image>\\n"`` +
-    text, as LLaVA's ``preprocess_multimodal`` does; prepended when the text has none). A text-only record
-    must hold no ``<image>``. Returns new turn dicts; raises ``ValueError`` naming the record.
+    ``has_image``: whether the record has an image, or how many it has (a multi-image record). Turns must
+    alternate ``human`` / ``gpt``, starting with ``human`` and ending with ``gpt``. A record with one image gets
+    exactly one ``<image>``, moved to the front of the first human turn (``"<image>\\n"`` + text, as LLaVA's
+    ``preprocess_multimodal`` does; prepended when the text has none). A record with n > 1 images needs exactly n
+    placeholders in its human turns, kept where they stand (interleaved text keeps its meaning), or none: then n
+    ``"<image>\\n"`` lines are prepended to the first human turn (the layout of :func:`m3.processing.llava_prompt`).
+    A text-only record must hold no ``<image>``. Returns new turn dicts; raises ``ValueError`` naming the record.
     """
+    num_images = int(has_image)
     if not conversations or len(conversations) % 2:
         raise ValueError(
             f"record {record_id}: a conversation needs human/gpt pairs, got {len(conversations or ())} turn(s)"
@@ -128,9 +136,18 @@ def normalize_conversations(conversations: Sequence[dict], has_image: bool, reco
             )
         turns.append(dict(turn))
     placeholders = [turn["value"].count(IMAGE_PLACEHOLDER) for turn in turns]
-    if not has_image:
+    if not num_images:
         if any(placeholders):
             raise ValueError(f"record {record_id} has no image but its text holds {IMAGE_PLACEHOLDER}")
+        return turns
+    if num_images > 1:
+        if sum(placeholders[1::2]) or sum(placeholders) not in (0, num_images):
+            raise ValueError(
+                f"record {record_id}: a record of {num_images} images needs {num_images} {IMAGE_PLACEHOLDER} "
+                f"placeholders in its human turns (or none); found {placeholders} per turn"
+            )
+        if not sum(placeholders):
+            turns[0]["value"] = f"{IMAGE_PLACEHOLDER}\n" * num_images + turns[0]["value"].strip()
         return turns
     if sum(placeholders) > 1 or sum(placeholders[1:]):
         raise ValueError(
@@ -140,6 +157,14 @@ def normalize_conversations(conversations: Sequence[dict], has_image: bool, reco
     question = turns[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
     turns[0]["value"] = f"{IMAGE_PLACEHOLDER}\n{question}"
     return turns
+
+
+def record_images(value) -> list:
+    """A record's (or item's) ``image`` entry as a list: ``[]`` for none, ``[x]`` for one, the list itself for
+    several: the one place that knows both forms."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def format_conversation(conversations: Sequence[dict], system_prompt: str = "") -> tuple[str, list[tuple[int, int]]]:
@@ -188,15 +213,17 @@ class LlavaDataset(Dataset):
         for index, record in enumerate(records):
             record = dict(record)
             record["id"] = str(record.get("id", index))
+            if isinstance(record.get("image"), (list, tuple)) and not record["image"]:
+                raise ValueError(f"record {record['id']}: its image list is empty (leave 'image' out for text only)")
             record["conversations"] = normalize_conversations(
-                record.get("conversations"), record.get("image") is not None, record["id"]
+                record.get("conversations"), len(record_images(record.get("image"))), record["id"]
             )
             self.records.append(record)
         self.skipped_ids: list[str] = []
         if skip_bad_images:
             self._drop_bad_images()
         elif check_images:
-            located = [(self.image_path(r), f"record {r['id']}") for r in self.records if r.get("image") is not None]
+            located = [(path, f"record {r['id']}") for r in self.records for path in self.image_files(r)]
             check_image_files(located, "; --skip_bad_images drops such records")
 
     @property
@@ -204,14 +231,15 @@ class LlavaDataset(Dataset):
         return len(self.skipped_ids)
 
     def _drop_bad_images(self) -> None:
-        bad = find_bad_images([self.image_path(r) for r in self.records if r.get("image") is not None])
+        bad = find_bad_images([path for record in self.records for path in self.image_files(record)])
         kept = []
         for record in self.records:
-            if record.get("image") is None or self.image_path(record) not in bad:
+            broken = [path for path in self.image_files(record) if path in bad]
+            if not broken:
                 kept.append(record)
             else:
                 self.skipped_ids.append(record["id"])
-                logger.debug("skipping record %s: image %s", record["id"], self.image_path(record))
+                logger.debug("skipping record %s: image %s", record["id"], broken[0])
         if self.skipped_ids:
             logger.warning(
                 "%s: skipped %d record(s) with missing or corrupt images (first: %s)",
@@ -221,26 +249,33 @@ class LlavaDataset(Dataset):
             )
         self.records = kept
 
-    def image_path(self, record: dict) -> Path | None:
-        image = record.get("image")
-        return None if image is None else self.image_root / image
+    def image_files(self, record: dict) -> list[Path]:
+        """Every image file of a record, in placeholder order (none for a text-only record)."""
+        return [self.image_root / image for image in record_images(record.get("image"))]
 
-    def load_image(self, record: dict) -> Image.Image | None:
-        """The record's image as PIL RGB (None for a text-only record); raises :class:`BadImageError`."""
-        path = self.image_path(record)
-        return None if path is None else open_rgb(path, f"record {record['id']}")
+    def image_path(self, record: dict) -> Path | list[Path] | None:
+        """The record's image file (a list for a multi-image record; None for a text-only one)."""
+        files = self.image_files(record)
+        return files if isinstance(record.get("image"), (list, tuple)) else (files[0] if files else None)
+
+    def load_image(self, record: dict) -> Image.Image | list[Image.Image] | None:
+        """The record's image as PIL RGB (a list for a multi-image record; None for a text-only record); raises
+        :class:`BadImageError`."""
+        images = [open_rgb(path, f"record {record['id']}") for path in self.image_files(record)]
+        return images if isinstance(record.get("image"), (list, tuple)) else (images[0] if images else None)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        """``id``, ``image`` (PIL RGB or None), ``image_path`` (str or None), ``conversations`` + extra keys."""
+        """``id``, ``image`` (PIL RGB, a list of them for a multi-image record, or None), ``image_path`` (str, list or
+        None), ``conversations`` + extra keys."""
         record = self.records[index]
         path = self.image_path(record)
         item = dict(record)
         item.update(
             image=self.load_image(record),
-            image_path=None if path is None else str(path),
+            image_path=[str(p) for p in path] if isinstance(path, list) else (None if path is None else str(path)),
             conversations=[dict(turn) for turn in record["conversations"]],
         )
         return item
@@ -250,15 +285,16 @@ class M3Collator:
     """Items of :class:`LlavaDataset` -> a compact, right-padded M3 training batch.
 
     Returns ``input_ids`` (ONE image token per image), ``attention_mask``, ``labels`` and, when some item
-    has an image, ``pixel_values`` (plus ``image_sizes`` for LLaVA-NeXT): what
-    ``model(**batch, m3_scales=[...])`` takes. Labels are ``-100`` except on the assistant answers and
+    has an image, ``pixel_values`` (plus ``image_sizes`` for LLaVA-NeXT) of every image in item and placeholder
+    order: what ``model(**batch, m3_scales=[...])`` takes. Items may hold several images (a list, one
+    placeholder each). Labels are ``-100`` except on the assistant answers and
     their closing ``</s>`` (every turn). The conversation is tokenized once, with character offsets, and
     each token is labelled by the segment its first character lies in, so the masks are exact and the
     tokens are those of the whole text (as at inference). This needs a fast (``tokenizers``) tokenizer.
 
-    Text is cut from the end so that the sequence fits ``max_length`` once its image placeholder is
+    Text is cut from the end so that the sequence fits ``max_length`` once its image placeholders are
     expanded to the most tokens any scale can need (the full grid; for NeXT the count at the full grid
-    for the image's size). Image tokens are never cut: an item whose image alone does not fit raises
+    for each image's size). Image tokens are never cut: an item whose images alone do not fit raises
     ``ValueError`` naming the item.
 
     system_prompt: put before the first turn; "" (default) for the tiny models, :data:`LLAVA_SYSTEM_PROMPT`
@@ -270,13 +306,14 @@ class M3Collator:
         self.max_length = max_length
         self.system_prompt = system_prompt
 
-    def encode(self, item: dict, max_image_tokens: int) -> tuple[list[int], list[int]]:
-        """Compact ``(input_ids, labels)`` of one item, truncated to fit ``max_length``."""
+    def encode(self, item: dict, max_image_tokens: int | Sequence[int]) -> tuple[list[int], list[int]]:
+        """Compact ``(input_ids, labels)`` of one item, truncated to fit ``max_length`` (``max_image_tokens``: the
+        most tokens any scale gives each of its images, or one count for all)."""
         tokenizer = self.processor.tokenizer
         image_token_id = self.processor.config.image_token_id
-        has_image = item.get("image") is not None
+        num_images = len(record_images(item.get("image")))
         item_id = item.get("id")
-        conversations = normalize_conversations(item["conversations"], has_image, item_id)
+        conversations = normalize_conversations(item["conversations"], num_images, item_id)
         text, spans = format_conversation(conversations, self.system_prompt)
         encoded = tokenizer(text, return_offsets_mapping=True)
         input_ids = list(encoded["input_ids"])
@@ -285,9 +322,9 @@ class M3Collator:
             if end > start and any(span_start <= start < span_end for span_start, span_end in spans):
                 labels[index] = input_ids[index]
         found = input_ids.count(image_token_id)
-        if found != int(has_image):
+        if found != num_images:
             raise ValueError(
-                f"item {item_id}: its text tokenizes to {found} image token(s) but it has {int(has_image)} image(s)"
+                f"item {item_id}: its text tokenizes to {found} image token(s) but it has {num_images} image(s)"
             )
         try:
             return truncate_text(input_ids, labels, self.max_length, image_token_id, max_image_tokens)
@@ -296,7 +333,8 @@ class M3Collator:
 
     def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
         config = self.processor.config
-        images = [item["image"] for item in items if item.get("image") is not None]
+        per_item = [record_images(item.get("image")) for item in items]
+        images = [image for item_images in per_item for image in item_images]
         batch: dict[str, torch.Tensor] = {}
         image_sizes = None
         if images:
@@ -306,12 +344,16 @@ class M3Collator:
                 image_sizes = pixels["image_sizes"]
                 batch["image_sizes"] = image_sizes
         # the most image tokens any scale needs for each image: the full grid
-        max_counts = iter(
+        max_counts = (
             image_token_counts(config, config.grid_tokens, image_sizes=image_sizes, num_images=len(images))
             if images
             else []
         )
-        rows = [self.encode(item, next(max_counts) if item.get("image") is not None else 1) for item in items]
+        rows, start = [], 0
+        for item, item_images in zip(items, per_item):
+            counts = max_counts[start : start + len(item_images)]
+            start += len(item_images)
+            rows.append(self.encode(item, counts if len(counts) > 1 else (counts[0] if counts else 1)))
         length = max(len(ids) for ids, _ in rows)
         pad_token_id = self.processor.tokenizer.pad_token_id
         if pad_token_id is None:
