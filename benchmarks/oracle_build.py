@@ -167,8 +167,11 @@ def format_report(result: OracleBenchResult, goal: float = 1.6) -> str:
         f"batch {s['batch_size']}, max_new_tokens {s['max_new_tokens']}; machine: {s['machine']}; "
         f"{s['repeats']} interleaved repeats per design (medians)",
         f"answers that ended with EOS: {result.eos_answers}/{result.total_answers}"
-        + ("" if result.eos_answers == result.total_answers else f" (the others ran to the {s['max_new_tokens']}-"
-           "token cap; a random-weight model rarely emits EOS)"),
+        + (
+            ""
+            if result.eos_answers == result.total_answers
+            else f" (the others ran to the {s['max_new_tokens']}-token cap; a random-weight model rarely emits EOS)"
+        ),
         f"check: the oracle's answers at scale {s['scales'][-1]} equal the plain pass's for "
         f"{result.agreeing_answers}/{n} samples",
         "",

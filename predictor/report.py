@@ -322,10 +322,12 @@ def pipeline_report(
     best: str,
     adaptive_dir: str | os.PathLike,
     timings: dict[str, float],
+    shift_dir: str | os.PathLike | None = None,
 ) -> str:
     """The quickstart's report, to be saved in ``report_dir``: the run's setup, then the oracle report of the test
-    oracle (``oracle_dir``, with its ``report.png`` from :func:`oracle_data.write_report`) and the routing report
-    of ``evaluation`` (written to ``routing_dir`` by :func:`write_evaluation`), each as a section."""
+    oracle (``oracle_dir``, with its ``report.png`` from :func:`oracle_data.write_report`), the routing report
+    of ``evaluation`` (written to ``routing_dir`` by :func:`write_evaluation`) and, with ``shift_dir``, the shifted
+    split's comparison (``shift.md`` from :func:`write_shift`), each as a section."""
     from oracle_data import load_oracle, read_manifest
     from oracle_data.report import oracle_markdown, pope_by_scale, summarize_oracle
 
@@ -356,6 +358,16 @@ def pipeline_report(
         f"![accuracy vs visual tokens]({_relative(routing_dir / 'curves.png', report_dir)})",
         "",
     ]
+    if shift_dir is not None:
+        shift_dir = Path(shift_dir)
+        lines += [
+            "## Routing under a shift (shifted test split)",
+            "",
+            nest_markdown((shift_dir / "shift.md").read_text(encoding="utf-8"), 2).rstrip("\n"),
+            "",
+            f"![routing under the shift]({_relative(shift_dir / 'shift.png', report_dir)})",
+            "",
+        ]
     return "\n".join(lines)
 
 

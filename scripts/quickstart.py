@@ -10,8 +10,10 @@ Steps, each skipped when its output already exists (so a killed run continues wh
 3. the oracle of the model on part of the train split (the predictors' teacher) and on the test split;
 4. the scale predictors (MLP and LightGBM, tuned with optuna on grouped train splits; OUT/predictors/NAME), each
    also CERTIFIED on the held-out calibration images of the train oracle (drop <= 0.02 below 576 tokens with
-   probability >= 0.9; OUT/predictors/NAME-certified), the question-only and attribute reference routers, and the routing
-   evaluation on the test oracle (OUT/router);
+   probability >= 0.9; OUT/predictors/NAME-certified), the question-only and attribute reference routers, and
+   the routing evaluation on the test oracle (OUT/router) and on the shifted test split (smaller squares, closer
+   together: m3.data.granularity.SHIFTED_CONFIG; OUT/router-shift, with thresholds re-certified on 200 labelled
+   shifted queries);
 5. an AdaptiveM3 folder (the model with the best predictor at its certified threshold; OUT/adaptive) and
    OUT/report.md with the per-scale table, the oracle table, the router tables and the accuracy-vs-tokens plot.
 """
@@ -36,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="granularity benchmark folder (default: OUT/granularity)")
     parser.add_argument("--reuse-checkpoint", action="store_true", help=f"use {CHECKPOINT.relative_to(REPO)}")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes everywhere: checks the chain, learns nothing")
-    parser.add_argument("--oracle-train-images", type=int, default=1000, help="train images for the oracle (one question per family each)")
+    parser.add_argument("--oracle-train-images", type=int, default=1000, help="train images for the oracle")
     parser.add_argument("--trials", type=int, default=10, help="optuna trials per predictor")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for the tiny model)")
     return parser.parse_args(argv)
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from m3.data.granularity import DEFAULT_NUM_IMAGES, ensure_split
+    from m3.data.granularity import DEFAULT_NUM_IMAGES, FAMILIES, SHIFTED_CONFIG, ensure_split
     from m3.training import TrainConfig, latest_checkpoint, train
 
     torch.set_num_threads(args.threads)
@@ -68,8 +70,11 @@ def run(args: argparse.Namespace) -> None:
     timings = {}
 
     start = stage("1/5 granularity benchmark")
-    for split, num_images in (SMOKE_NUM_IMAGES if args.smoke else DEFAULT_NUM_IMAGES).items():
+    sizes = SMOKE_NUM_IMAGES if args.smoke else DEFAULT_NUM_IMAGES
+    for split, num_images in sizes.items():
         ensure_split(data / f"{split}.json", split, num_images, seed=0, progress=True)
+    shifted = out / "granularity-shifted"  # the documented shift: smaller squares, closer together
+    ensure_split(shifted / "test.json", "test", sizes["test"], seed=0, progress=True, config=SHIFTED_CONFIG)
     timings["benchmark"] = time.perf_counter() - start
 
     start = stage("2/5 tiny M3 model")
@@ -96,16 +101,17 @@ def run(args: argparse.Namespace) -> None:
     start = stage("3/5 oracle labels (train part and test split)")
     from oracle_data import build_oracle, write_report
 
-    from m3.data.granularity import FAMILIES
-
     train_questions = len(FAMILIES) * (2 if args.smoke else args.oracle_train_images)
     build_oracle(model_dir, data / "train.json", out / "oracle-train", limit=train_questions, max_new_tokens=4)
     build_oracle(model_dir, data / "test.json", out / "oracle-test", max_new_tokens=4)
+    build_oracle(model_dir, shifted / "test.json", out / "oracle-shift", max_new_tokens=4)
     write_report(out / "oracle-test")
     timings["oracle"] = time.perf_counter() - start
 
     start = stage("4/5 scale predictors and routing evaluation")
     from predictor import best_predictor, evaluate_routing, summarize_routing, write_evaluation
+    from predictor.report import write_shift
+    from predictor.shift import DEFAULT_SHIFT_CALIBRATION, evaluate_shift
     from predictor.training import calibration_split, certify_routers, fit_predictors
 
     predictors = fit_predictors(
@@ -119,6 +125,11 @@ def run(args: argparse.Namespace) -> None:
     certified = certify_routers(predictors, calibration, MAX_DROP, DELTA, save_dir=out / "predictors")
     evaluation = evaluate_routing(out / "oracle-test", predictors, certified=certified)
     write_evaluation(evaluation, out / "router")
+    shift_calibration = 2 * len(FAMILIES) if args.smoke else DEFAULT_SHIFT_CALIBRATION
+    shift = evaluate_shift(
+        out / "oracle-shift", predictors, shift_calibration, MAX_DROP, DELTA, train_certified=certified
+    )  # thresholds from train, certified on train, and certified on labelled shifted queries
+    write_shift(shift, out / "router-shift", title="the shifted test split")
     timings["predictors"] = time.perf_counter() - start
 
     start = stage("5/5 AdaptiveM3 and the report")
@@ -133,7 +144,10 @@ def run(args: argparse.Namespace) -> None:
     adaptive.save_pretrained(adaptive_dir)
     timings["adaptive"] = time.perf_counter() - start
     report = out / "report.md"
-    text = pipeline_report(out, evaluation, out / "router", out / "oracle-test", model_dir, best, adaptive_dir, timings)
+    text = pipeline_report(
+        out, evaluation, out / "router", out / "oracle-test", model_dir, best, adaptive_dir, timings,
+        shift_dir=out / "router-shift",
+    )  # fmt: skip
     report.write_text(text, encoding="utf-8")
     print(f"\nwrote {report}")
 

@@ -41,7 +41,7 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +134,8 @@ class GranularityConfig:
 
 
 DEFAULT_CONFIG = GranularityConfig()
+# The documented shifted split that routing is checked under: smaller squares, closer together (``--shifted``).
+SHIFTED_CONFIG = GranularityConfig(side_max=8, gap_max=12)
 
 
 def _log_uniform_int(rng: np.random.Generator, low: int, high: int) -> int:
@@ -369,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m m3.data.granularity",
         description=__doc__.split("\n\n")[0],
-        epilog="A shifted split (smaller squares, closer together): --split test --side-max 8 --gap-max 12",
+        epilog="The documented shifted split (smaller squares, closer together): --split test --shifted, the same as "
+        f"--side-max {SHIFTED_CONFIG.side_max} --gap-max {SHIFTED_CONFIG.gap_max}",
         allow_abbrev=False,
     )
     parser.add_argument("--out", type=Path, required=True, help="dataset directory")
@@ -379,14 +382,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="base seed; each split derives its own stream")
     distribution = parser.add_argument_group("image distribution (defaults: the training distribution)")
+    distribution.add_argument(
+        "--shifted", action="store_true", help="start from the documented shifted split's settings, not the defaults"
+    )
     for spec in fields(GranularityConfig):
         distribution.add_argument(
-            _config_flag(spec.name), dest=spec.name, type=int, default=spec.default,
+            _config_flag(spec.name), dest=spec.name, type=int, default=None,
             help=f"{spec.metadata['help']} (default: {spec.default})",
         )  # fmt: skip
     args = parser.parse_args(argv)
+    base = SHIFTED_CONFIG if args.shifted else DEFAULT_CONFIG
     try:
-        config = GranularityConfig(**{spec.name: getattr(args, spec.name) for spec in fields(GranularityConfig)})
+        given = {spec.name: getattr(args, spec.name) for spec in fields(GranularityConfig)}
+        config = replace(base, **{name: value for name, value in given.items() if value is not None})
     except ValueError as error:
         parser.error(str(error))
     for split in SPLITS if args.split == "all" else (args.split,):

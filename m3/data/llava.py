@@ -108,9 +108,7 @@ def check_image_files(images: Sequence[tuple[Path, str]], hint: str = "") -> Non
         raise BadImageError(f"{message}{more}{hint}") from bad[path].__cause__
 
 
-def normalize_conversations(
-    conversations: Sequence[dict], has_image: bool | int, record_id: str | None
-) -> list[dict]:
+def normalize_conversations(conversations: Sequence[dict], has_image: bool | int, record_id: str | None) -> list[dict]:
     """Check a conversation and put the image placeholders where LLaVA puts them.
 
     ``has_image``: whether the record has an image, or how many it has (a multi-image record). Turns must
