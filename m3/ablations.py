@@ -57,7 +57,7 @@ class AblationSettings:
     limit: int | None = None  # evaluate only the first N test questions
     max_steps: int | None = None  # override the preset's optimizer steps (a shorter run)
     batch_size: int = 16  # evaluation batch size
-    m3_model: str | None = None  # Table 4: evaluate this M3 model instead of training the m3-avg_pool run
+    m3_model: str | None = None  # every table: this M3 model stands for the m3-avg_pool run (not trained then)
     ss_model: str | None = None  # Table 4: evaluate this SS-576 model instead of training the ss-576 run
     smoke: bool = False
 
@@ -137,7 +137,9 @@ def table_markdown(title: str, tables: dict[str, list[dict]], notes: Sequence[st
 
 
 def _train_runs(names: Sequence[str], settings: AblationSettings) -> dict[str, Path]:
-    return {name: trained_model(run_config(name, settings)) for name in names}
+    """The runs' model folders, trained when needed; ``settings.m3_model`` stands for ``m3-avg_pool``."""
+    given = {"m3-avg_pool": settings.m3_model, "ss-576": settings.ss_model}
+    return {name: Path(given[name]) if given.get(name) else trained_model(run_config(name, settings)) for name in names}
 
 
 def run_table(table: int, settings: AblationSettings) -> Path:
@@ -147,18 +149,20 @@ def run_table(table: int, settings: AblationSettings) -> Path:
     notes = [f"preset `{settings.preset}`, {steps} optimizer steps per trained model" + (" (smoke)" * settings.smoke)]
     if table == 4:
         models = {}
-        m3 = Path(settings.m3_model) if settings.m3_model else _train_runs(["m3-avg_pool"], settings)["m3-avg_pool"]
-        ss = Path(settings.ss_model) if settings.ss_model else _train_runs(["ss-576"], settings)["ss-576"]
+        runs = _train_runs(["m3-avg_pool", "ss-576"], settings)
+        m3, ss = runs["m3-avg_pool"], runs["ss-576"]
         for name, model_dir in (("M3", m3), ("SS-576", ss)):
             models.update({f"{name} + {selection}": (model_dir, selection) for selection in TOKEN_SELECTIONS})
         notes.append(f"models: M3 = `{m3}`, SS-576 = `{ss}`; the selection is applied at inference only")
     elif table == 6:
         runs = _train_runs([f"m3-{selection}" for selection in TOKEN_SELECTIONS], settings)
         models = {f"M3 trained with {name[3:]}": (path, None) for name, path in runs.items()}
+        notes.append(f"models: {', '.join(f'`{path}`' for path in runs.values())}")
     elif table == 8:
         runs = _train_runs(["m3-avg_pool", "m3-random"], settings)
         models = {"averaged (every scale each step)": (runs["m3-avg_pool"], None)}
         models["random (one scale per step)"] = (runs["m3-random"], None)
+        notes.append(f"models: averaged = `{runs['m3-avg_pool']}`, random = `{runs['m3-random']}`")
     else:
         raise ValueError(f"unknown table {table}; expected one of {sorted(TABLE_TITLES)}")
     start = time.perf_counter()

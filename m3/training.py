@@ -136,7 +136,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     lr_scheduler: str = "cosine"
     num_epochs: float = 1.0
-    max_steps: int = field(default=1400, metadata={"help": "optimizer steps; overrides num_epochs when > 0"})
+    max_steps: int = field(default=2000, metadata={"help": "optimizer steps; overrides num_epochs when > 0"})
     batch_size: int = field(default=8, metadata={"help": "per device"})
     gradient_accumulation_steps: int = 1
     max_length: int = 2048

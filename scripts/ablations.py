@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, help="optimizer steps per trained model (default: the preset's)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N test questions")
     parser.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
-    parser.add_argument("--m3-model", help="Table 4: an M3 model to evaluate instead of training one")
+    parser.add_argument(
+        "--m3-model", help="an M3 model (the tiny preset) that stands for the m3-avg_pool run in every table"
+    )
     parser.add_argument("--ss-model", help="Table 4: an SS-576 model to evaluate instead of training one")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and 2 steps: check the commands end to end")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for tiny)")

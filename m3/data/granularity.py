@@ -103,8 +103,8 @@ class GranularityConfig:
     likely, so every pooled scale sees pairs it separates and pairs it does not.
     """
 
-    side_min: int = field(default=4, metadata={"help": "smallest side of a square (px)"})
-    side_max: int = field(default=14, metadata={"help": "largest side of a square (px)"})
+    side_min: int = field(default=6, metadata={"help": "smallest side of a square (px)"})
+    side_max: int = field(default=16, metadata={"help": "largest side of a square (px)"})
     gap_min: int = field(default=2, metadata={"help": "fewest free px between the squares, along each axis"})
     gap_max: int = field(default=60, metadata={"help": "most free px between the squares, along each axis"})
     noise: int = field(default=8, metadata={"help": "per-pixel, per-channel uniform noise in [-noise, noise]"})
