@@ -25,7 +25,7 @@ from predictor.base import ScalePredictor
 from .synthetic_oracle import write_synthetic_oracle
 
 HIDDEN = 32
-QUESTION = "what color is the small square ?"
+QUESTION = "what color is the left square ?"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -126,7 +126,7 @@ def test_predictor_allocation_is_the_knapsack_of_allocate_frames(adaptive):
 
 def test_one_vision_pass_per_call_and_a_batch_equals_each_video_alone(adaptive):
     videos = [video(4, MIXED_SHAPES), video(5, ((96, 96), (120, 100)))]
-    questions = [QUESTION, "where is the big shape ?"]
+    questions = [QUESTION, "what color is the top square ?"]
     passes, hook = vision_passes(adaptive.model)
     try:
         batch = adaptive.answer_frames(videos, questions, budget=300, max_new_tokens=3)

@@ -141,7 +141,7 @@ def test_ask_answers_every_scale_from_one_vision_pass_as_generate_does(shipped, 
     for threshold, cap in ((0.0, None), (1.0, None), (1.0, 36), (0.5, 9)):
         expected = shipped.adaptive.generate(str(image), question, threshold=threshold, max_tokens=cap).scale
         assert shipped.route(asked, threshold, cap) == expected
-    assert asked.answers[0] != asked.answers[-1]  # this example: the small square is lost at 1 token
+    assert asked.answers[0] != asked.answers[-1]  # this example: the left square is lost at 1 token
 
 
 def test_ask_matches_generate_on_llava_next_too(tmp_path, monkeypatch):
@@ -223,7 +223,7 @@ def test_certificates_come_from_the_menu_file_or_the_saved_predictor(shipped, tm
 
 def _asked() -> Asked:
     return Asked(
-        question="what color is the small square ?",
+        question="what color is the left square ?",
         pixels=_random_pixels(96),
         scales=list(SCALES),
         answers=["red", "red", "<green>", "green", "green"],
@@ -260,7 +260,7 @@ def test_page_handlers_turn_every_user_error_into_a_message(shipped, tmp_path):
     shown, message = page.upload(str(broken))
     assert shown is None and "broken.png is not an image the demo can read" in message and "Traceback" not in message
     assert page.upload(image) == (image, "")
-    state, message, *cards, summary = page.ask(image, "what color is the small square ?", 0.919, 576, "LLaVA-1.5-7B")
+    state, message, *cards, summary = page.ask(image, "what color is the left square ?", 0.919, 576, "LLaVA-1.5-7B")
     assert message == "" and state["truth"] == "green" and len(cards) == 5
     assert 'data-routed-scale="36"' in summary and "certified at ε = 0.02" in summary
     message, *cards, summary = page.reroute(state, 0.919, 9, "LLaVA-1.5-13B")
