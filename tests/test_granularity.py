@@ -12,10 +12,12 @@ from PIL import Image
 from m3.data.granularity import (
     ANSWERS,
     BACKGROUND_COLORS,
+    DEFAULT_CONFIG,
     DIFFICULTY_ATTRIBUTES,
     FAMILIES,
     PALETTE,
     QUESTIONS,
+    SHIFTED_CONFIG,
     SQUARE_COLORS,
     VOCABULARY,
     GranularityConfig,
@@ -186,7 +188,7 @@ def test_ensure_split_refuses_a_split_drawn_with_another_config(tmp_path):
     shifted = GranularityConfig(side_max=8)
     path = ensure_split(tmp_path / "test.json", "test", 2, config=shifted)  # written
     assert ensure_split(path, "test", 2, config=shifted) == path  # the same config is reused
-    with pytest.raises(ValueError, match=r"another config.*'side_max': \(8, 14\)"):
+    with pytest.raises(ValueError, match=rf"another config.*'side_max': \(8, {DEFAULT_CONFIG.side_max}\)"):
         ensure_split(path, "test", 2)  # the default (training) config must not silently get the shifted split
     meta = tmp_path / "test.meta.json"
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "generator_version": "4"}))
@@ -223,6 +225,21 @@ def test_cli_help_and_a_real_run(tmp_path):
     assert len(list((tmp_path / "images" / "validation").glob("*.png"))) == 5
     meta = json.loads((tmp_path / "validation.meta.json").read_text())
     assert meta["config"] == GranularityConfig(side_max=9).to_dict()
+
+
+def test_the_shifted_flag_draws_the_documented_shift_and_other_flags_refine_it(tmp_path):
+    from m3.data.granularity import main
+
+    assert SHIFTED_CONFIG.side_max < DEFAULT_CONFIG.side_max and SHIFTED_CONFIG.gap_max < DEFAULT_CONFIG.gap_max
+    main(["--out", str(tmp_path / "a"), "--split", "test", "--num-images", "3", "--shifted"])
+    meta = json.loads((tmp_path / "a" / "test.meta.json").read_text())
+    assert meta["config"] == SHIFTED_CONFIG.to_dict()
+    main(["--out", str(tmp_path / "b"), "--split", "test", "--num-images", "3", "--shifted", "--noise", "2"])
+    meta = json.loads((tmp_path / "b" / "test.meta.json").read_text())
+    assert meta["config"] == {**SHIFTED_CONFIG.to_dict(), "noise": 2}
+    for record in json.loads((tmp_path / "a" / "test.json").read_text()):
+        attributes = record["attributes"]
+        assert attributes["left_side"] <= SHIFTED_CONFIG.side_max and attributes["gap_x"] <= SHIFTED_CONFIG.gap_max
 
 
 def test_chat_split_asks_every_question_of_an_image_in_one_record(tmp_path):
