@@ -150,9 +150,11 @@ def test_sides_and_gaps_are_log_uniform_over_the_configured_range():
     config = GranularityConfig()
     sides = np.array([a["left_side"] for a in attrs] + [a["right_side"] for a in attrs])
     assert sides.min() == config.side_min and sides.max() == config.side_max
-    # each doubling is about equally likely: 4-7 and 8-14 px (log widths 0.76 and 0.66 of 1.42)
-    shares = [np.mean((sides >= lo) & (sides <= hi)) for lo, hi in ((4, 7), (8, 14))]
-    expected = np.array([np.log(7.5 / 3.5), np.log(14.5 / 7.5)]) / np.log(14.5 / 3.5)
+    # equal log widths are about equally likely: split the range at its geometric middle
+    low, high = config.side_min - 0.5, config.side_max + 0.5
+    middle = int(round(np.sqrt(low * high)))  # sides up to `middle` vs above it
+    shares = [np.mean(sides <= middle), np.mean(sides > middle)]
+    expected = np.array([np.log((middle + 0.5) / low), np.log(high / (middle + 0.5))]) / np.log(high / low)
     np.testing.assert_allclose(shares, expected, atol=0.05)
     gaps = np.array([a["gap_x"] for a in attrs])
     assert gaps.min() == config.gap_min and np.mean(gaps < 8) > 0.3 and np.mean(gaps >= 32) > 0.1
