@@ -97,3 +97,24 @@ def json_safe(value):
 def dumps_json(value, **kwargs) -> str:
     """``json.dumps`` of :func:`json_safe` (``value``): null where a number is not finite, never ``NaN``."""
     return json.dumps(json_safe(value), allow_nan=False, **kwargs)
+
+
+def atomic_write(path: str | os.PathLike, write, durable: bool = True) -> None:
+    """``write(tmp_path)``, flush it to disk (``durable``), then rename over ``path``: readers see the old or the
+    new file. Files that can be regenerated (benchmark images) skip the flush."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        if durable:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | os.PathLike, value, durable: bool = True) -> None:
+    """``value`` as indented JSON, written with :func:`atomic_write`."""
+    text = json.dumps(value, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), durable)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from m3.files import DamagedFileError, read_json
+from m3.files import DamagedFileError, atomic_write, read_json
 from m3.fingerprint import file_sha256, model_fingerprint  # noqa: F401 (the manifest's hashes, used as store.*)
 
 logger = logging.getLogger(__name__)
@@ -111,18 +111,6 @@ def oracle_schema(scales: Sequence[int], hidden_scales: Sequence[int] = ()) -> p
 
 # ----------------------------------------------------------------------------------------------------
 # atomic writes, manifest
-
-
-def atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)``, flush it to disk, then rename over ``path``: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def manifest_path(out_dir: str | os.PathLike) -> Path:

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..files import atomic_write, write_json_atomic
 from ..metrics import majority_baseline
 from ..processing import IMAGE_PLACEHOLDER
 from ..video import collage
@@ -176,22 +177,8 @@ def iter_videos(
         yield frames, make_records(split, f"{split}_{index:06d}", attributes)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary name in the same folder, then rename: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, value) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
-
-
 def _save_png(out_dir: Path, relative: str, image: Image.Image) -> None:
-    _atomic_write(out_dir / relative, lambda tmp: image.save(tmp, format="PNG"))
+    atomic_write(out_dir / relative, lambda tmp: image.save(tmp, format="PNG"), durable=False)
 
 
 def write_split(
@@ -221,8 +208,8 @@ def write_split(
         targets.append(video_records[0]["target_frame"])
         chats.extend(chat_records(split, video_records, chat_rng, config.collage))
     json_path = out_dir / f"{split}.json"
-    _write_json(json_path, records)
-    _write_json(out_dir / f"{split}.chat.json", chats)
+    write_json_atomic(json_path, records)
+    write_json_atomic(out_dir / f"{split}.chat.json", chats)
     families = [r["family"] for r in records]
     meta = {
         "generator": "frames",
@@ -239,7 +226,7 @@ def write_split(
         "target_frame_counts": {str(f): targets.count(f) for f in range(config.num_frames)},
         "majority_baseline": majority_baseline(families, [r["answer"] for r in records]),
     }
-    _write_json(out_dir / f"{split}.meta.json", meta)
+    write_json_atomic(out_dir / f"{split}.meta.json", meta)
     return json_path
 
 

@@ -36,11 +36,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -48,6 +47,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from ..files import atomic_write, write_json_atomic
 from ..metrics import majority_baseline
 
 GENERATOR_VERSION = "5"
@@ -258,20 +258,6 @@ def generate_records(
     return list(iter_records(split, num_images, seed, config))
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary name in the same directory, then rename: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
 def write_split(
     out_dir: str | Path,
     split: str,
@@ -292,15 +278,16 @@ def write_split(
     records: list[dict] = []
     stream = iter_records(split, num_images, seed, config)
     for image, image_records in tqdm(stream, total=num_images, desc=split, disable=not progress):
-        _atomic_write(out_dir / image_records[0]["image"], lambda tmp, im=image: im.save(tmp, format="PNG"))
+        save = lambda tmp, im=image: im.save(tmp, format="PNG")  # noqa: E731
+        atomic_write(out_dir / image_records[0]["image"], save, durable=False)
         records.extend(image_records)
     json_path = out_dir / f"{split}.json"
-    _write_json(json_path, records)
+    write_json_atomic(json_path, records)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(zlib.crc32(split.encode()), 2**31)))
     by_image: dict[str, list[dict]] = {}
     for record in records:
         by_image.setdefault(record["image_id"], []).append(record)
-    _write_json(out_dir / f"{split}.chat.json", [chat_record(group, rng) for group in by_image.values()])
+    write_json_atomic(out_dir / f"{split}.chat.json", [chat_record(group, rng) for group in by_image.values()])
     answers = {f: dict(Counter(r["answer"] for r in records if r["family"] == f)) for f in FAMILIES}
     meta = {
         "generator_version": GENERATOR_VERSION,
@@ -313,7 +300,7 @@ def write_split(
         "answer_counts": answers,
         "majority_baseline": majority_baseline([r["family"] for r in records], [r["answer"] for r in records]),
     }
-    _write_json(out_dir / f"{split}.meta.json", meta)
+    write_json_atomic(out_dir / f"{split}.meta.json", meta)
     return json_path
 
 
