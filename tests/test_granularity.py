@@ -266,3 +266,12 @@ def test_chat_split_asks_every_question_of_an_image_in_one_record(tmp_path):
         assert asked == expected
         orders.add(tuple(turns[i]["value"] for i in range(0, len(turns), 2)))
     assert len(orders) > 1  # question order is shuffled per image
+
+
+def test_a_damaged_meta_file_is_named_not_a_traceback(tmp_path):
+    from m3.files import DamagedFileError
+
+    path = ensure_split(tmp_path / "test.json", "test", 2)
+    (tmp_path / "test.meta.json").write_text('{"generator_version": "5", "con')  # a truncated write
+    with pytest.raises(DamagedFileError, match="test.meta.json"):
+        ensure_split(path, "test", 2)

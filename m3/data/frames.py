@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..files import atomic_write, write_json_atomic
+from ..files import atomic_write, read_json, write_json_atomic
 from ..metrics import majority_baseline
 from ..processing import IMAGE_PLACEHOLDER
 from ..video import collage
@@ -235,7 +235,7 @@ def check_version(meta_path: str | os.PathLike, config: FramesConfig | None = No
     meta_path = Path(meta_path)
     if not meta_path.exists():
         return  # not a generated split: the user's own data
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "delete that folder to regenerate the split")
     written = (meta.get("frames_version"), meta.get("granularity_version"))
     if written != (FRAMES_VERSION, granularity.GENERATOR_VERSION):
         raise ValueError(

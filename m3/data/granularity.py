@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..files import atomic_write, write_json_atomic
+from ..files import atomic_write, read_json, write_json_atomic
 from ..metrics import majority_baseline
 
 GENERATOR_VERSION = "5"
@@ -310,7 +310,7 @@ def check_generator_version(meta_path: str | Path, config: GranularityConfig | N
     meta_path = Path(meta_path)
     if not meta_path.exists():
         return  # not a generated split: the user's own data
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "delete that folder to regenerate the split")
     version = meta.get("generator_version")
     if version != GENERATOR_VERSION:
         raise ValueError(
