@@ -32,7 +32,7 @@ from m3.inference import ScaleOutput, compact_prompts, encode_images, generate_a
 from m3.loading import load_m3_model
 from m3.pooling import check_scale
 from m3.processing import IMAGE_PLACEHOLDER, M3Processor
-from m3.prompting import image_token_counts
+from m3.prompting import check_prompt_fits, image_token_counts
 from m3.video import collage, is_square_only
 from predictor import (
     CalibratedRouter,
@@ -348,20 +348,11 @@ class AdaptiveM3:
 
     def check_context(self, compact: dict, chosen: Sequence[int], sizes, max_new_tokens: int) -> None:
         """Refuse a query whose prompt - its text, the visual tokens of its chosen scale and ``max_new_tokens`` -
-        does not fit the model's context (it would overrun the position embeddings and answer garbage)."""
-        context = getattr(self.model.config.text_config, "max_position_embeddings", None)
-        if not context:
-            return
+        does not fit the model's context (:func:`m3.prompting.check_prompt_fits`)."""
         for row, (length, value) in enumerate(zip(compact["attention_mask"].sum(dim=1).tolist(), chosen)):
             size = None if sizes is None else sizes[row : row + 1].tolist()
-            visual = image_token_counts(self.model.config, value, size, num_images=1)[0]
-            need = length - 1 + visual + max_new_tokens  # the compact prompt holds one image token
-            if need > context:
-                raise ValueError(
-                    f"question {row} is {length - 1} text tokens; with {visual} visual tokens (scale {value}) and "
-                    f"max_new_tokens={max_new_tokens} it needs {need} positions, more than the model's context of "
-                    f"{context} tokens. Shorten the question"
-                )
+            # the compact prompt holds one image token
+            check_prompt_fits(self.model.config, length - 1, value, max_new_tokens, size, what=f"question {row}")
 
     # ---- answering
     def generate(

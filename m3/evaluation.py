@@ -23,6 +23,7 @@ from .inference import answer_at_scales, compact_prompts, encode_images
 from .metrics import OVERALL, exact_match, majority_baseline
 from .pooling import check_scale, check_token_selection
 from .processing import IMAGE_PLACEHOLDER, M3Processor, llava_prompt
+from .prompting import check_prompt_fits
 
 
 def question_of(item: dict) -> str:
@@ -51,6 +52,21 @@ def _prompts(items: Sequence[dict]) -> tuple[list[str], list, list[int]]:
             raise ValueError(f"item {item.get('id')} has no image; scale evaluation needs one per item")
     texts = [llava_prompt(question_of(item), num_images=len(images)) for item, images in zip(items, per_item)]
     return texts, [image for images in per_item for image in images], [len(images) for images in per_item]
+
+
+def check_item_lengths(processor, config, items: Sequence[dict], scale: int, max_new_tokens: int) -> None:
+    """Refuse an item whose prompt at ``scale`` and ``max_new_tokens`` overruns the model's context
+    (:func:`m3.prompting.check_prompt_fits`), naming it."""
+    texts, images, counts = _prompts(items)
+    lengths = [len(ids) for ids in processor.tokenizer(texts)["input_ids"]]
+    next_style = getattr(config, "image_grid_pinpoints", None) is not None
+    start = 0
+    for item, length, count in zip(items, lengths, counts):
+        mine = images[start : start + count]
+        start += count
+        sizes = [(image.height, image.width) for image in mine] if next_style else None
+        what = f"item {item.get('id')}"
+        check_prompt_fits(config, length - count, scale, max_new_tokens, sizes, num_images=count, what=what)
 
 
 def _decode_new_tokens(processor: M3Processor, output: torch.Tensor, prompt_length: int) -> list[str]:
@@ -282,11 +298,11 @@ def run_evaluation(
         overrides = {} if token_selection is None else {"m3_token_selection": token_selection}
         if image_grid_pinpoints is not None:
             overrides["image_grid_pinpoints"] = image_grid_pinpoints
+        config = load_m3_config(model_dir, **overrides)
+        processor = M3Processor.from_pretrained(model_dir, config=config, image_grid_pinpoints=image_grid_pinpoints)
+        model_scales = list(scales) if scales else nested_scales(config.grid_tokens)
+        check_item_lengths(processor, config, items, max(model_scales), max_new_tokens)  # before the model loads
         model = load_m3_model(model_dir, **overrides).eval()
-        processor = M3Processor.from_pretrained(
-            model_dir, config=model.config, image_grid_pinpoints=image_grid_pinpoints
-        )
-        model_scales = list(scales) if scales else nested_scales(model.config.grid_tokens)
         rows = evaluate_scales(model, processor, items, model_scales, batch_size, max_new_tokens)
         table = accuracy_table(rows)
         tables[name] = table

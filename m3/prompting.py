@@ -16,6 +16,33 @@ from .pooling import check_scale
 IGNORE_INDEX = -100
 
 
+def check_prompt_fits(
+    config,
+    text_tokens: int,
+    scale: int,
+    max_new_tokens: int,
+    image_sizes: Sequence[Sequence[int]] | None = None,
+    num_images: int = 1,
+    what: str = "the question",
+) -> None:
+    """Refuse a prompt whose text tokens (image placeholders not counted), the visual tokens of its images at
+    ``scale`` and ``max_new_tokens`` overrun the model's context: past its position embeddings it answers garbage,
+    silently. ``image_sizes`` ((height, width) per image) are needed for LLaVA-NeXT configs; ``what`` names the
+    prompt in the error."""
+    context = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+    if not context:
+        return
+    count = num_images if image_sizes is None else len(image_sizes)
+    visual = sum(image_token_counts(config, scale, image_sizes, num_images=count))
+    need = text_tokens + visual + max_new_tokens
+    if need > context:
+        raise ValueError(
+            f"{what} is {text_tokens} text tokens; with {visual} visual tokens (scale {scale}) and "
+            f"max_new_tokens={max_new_tokens} it needs {need} positions, more than the model's context of "
+            f"{context} tokens. Shorten the question"
+        )
+
+
 def per_image_scales(scale: int | Sequence[int], num_images: int, grid_tokens: int) -> list[int]:
     """One checked scale per image: a scalar applies to every image, a sequence gives each image its own (images in
     batch and prompt order: row 0's images first). The lengths must agree, so no image silently takes another's

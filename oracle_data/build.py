@@ -146,6 +146,9 @@ def build_oracle(
     check_image_files([(s.image_path, f"sample {s.sample_id}") for s in pending if s.dataset_image is None])
     for sample in {s.image_key: s for s in pending if s.dataset_image is not None}.values():
         sample.dataset_image.open()  # raises BadImageError naming the dataset, split, row and column
+    if pending:  # and every prompt must fit the context at the largest scale
+        processor = processor or M3Processor.from_pretrained(model_dir, config=config)
+        check_prompt_lengths(processor, config, pending, max(scales), max_new_tokens)
     manifest = {
         "schema_version": store.SCHEMA_VERSION,
         "complete": False,
@@ -216,6 +219,25 @@ def build_oracle(
         store.update_manifest(out_dir, manifest, complete=True)
     state.wait_for_everyone()
     return store.manifest_path(out_dir)
+
+
+def check_prompt_lengths(processor, config, samples: Sequence, scale: int, max_new_tokens: int) -> None:
+    """Refuse, before the model loads, a sample whose prompt with ``scale``'s visual tokens and
+    ``max_new_tokens`` overruns the model's context (:func:`m3.prompting.check_prompt_fits`)."""
+    from PIL import Image
+
+    from m3.processing import llava_prompt
+    from m3.prompting import check_prompt_fits
+
+    next_style = getattr(config, "image_grid_pinpoints", None) is not None
+    lengths = [len(ids) for ids in processor.tokenizer([llava_prompt(s.prompt) for s in samples])["input_ids"]]
+    for sample, length in zip(samples, lengths):
+        size = None
+        if next_style:  # LLaVA-NeXT token counts follow the image size (the header is enough)
+            image = sample.dataset_image.open() if sample.dataset_image is not None else Image.open(sample.image_path)
+            size = [(image.height, image.width)]
+        # the prompt holds one image placeholder token
+        check_prompt_fits(config, length - 1, scale, max_new_tokens, size, what=f"sample {sample.sample_id}")
 
 
 def _now() -> str:

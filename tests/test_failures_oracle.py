@@ -91,6 +91,17 @@ def test_question_text_scales_and_limits_are_checked_before_the_model_loads(tmp_
     assert not any((tmp_path / name).exists() for name in "abc")
 
 
+def test_a_question_longer_than_the_context_is_found_before_the_model_loads(tmp_path, model, no_model_loading):
+    data = write_split(tmp_path / "data", "test", num_images=2, seed=0)
+    records = json.loads(data.read_text())
+    records[1]["conversations"][0]["value"] = "<image>\n" + " ".join(["what"] * 5000) + " ?"
+    data.write_text(json.dumps(records))
+    with pytest.raises(ValueError, match=f"sample {records[1]['id']} is 50.. text tokens.*context") as error:
+        build_oracle(model, data, tmp_path / "oracle", **SETTINGS)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "oracle").exists()
+
+
 def test_build_script_gives_one_line_errors(tmp_path, model, capsys):
     code, err = run_script("build_oracle", ["--model", str(model), "--data", "missing.json", "--out", "x"], capsys)
     assert code == 2 and "missing.json" in one_line_error(err)

@@ -1,5 +1,7 @@
 """Every script answers a user error with one ``error:`` line and exit code 2 (the shared ``m3.cli`` helper)."""
 
+import json
+
 import pytest
 
 from m3.data.granularity import write_split
@@ -27,6 +29,11 @@ def test_evaluate_script(tmp_path, capsys):
     assert code == 2 and "limit" in one_line_error(err)
     code, err = run_script("evaluate", [*argv, "--data", str(data), "--scales", "9,9"], capsys)
     assert code == 2 and "9" in one_line_error(err)
+    records = json.loads(data.read_text())
+    records[0]["conversations"][0]["value"] = "<image>\n" + " ".join(["what"] * 5000) + " ?"
+    data.write_text(json.dumps(records))
+    code, err = run_script("evaluate", [*argv, "--data", str(data)], capsys)
+    assert code == 2 and f"item {records[0]['id']} is" in one_line_error(err) and "context" in one_line_error(err)
 
 
 def test_quickstart_script(tmp_path, capsys):
