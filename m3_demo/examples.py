@@ -48,3 +48,31 @@ def load_examples(folder: str | os.PathLike = EXAMPLES_DIR) -> Examples:
     images = [folder / item["image"] for item in record["images"]]
     answers = {file_sha256(path): item["answers"] for path, item in zip(images, record["images"])}
     return Examples(images=images, questions=dict(record["questions"]), answers=answers)
+
+
+def write_examples(folder: str | os.PathLike = EXAMPLES_DIR, num_images: int = 5, seed: int = 0) -> Path:
+    """Regenerate the bundled examples: the first ``num_images`` granularity *test* images (never in a train
+    oracle) and each one's answer per question family. Returns ``examples.json``."""
+    from m3.data.granularity import FAMILIES, GENERATOR_VERSION, QUESTIONS, iter_records
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    items = []
+    for image, records in iter_records("test", num_images, seed):
+        name = f"{records[0]['image_id']}.png"
+        image.save(folder / name, format="PNG")
+        items.append({"image": name, "answers": {r["family"]: r["answer"] for r in records}})
+    record = {
+        "about": f"granularity test images (python -m m3.data.granularity --out DIR --split test --num-images "
+        f"{num_images}), never seen by the demo predictor; answers per question family",
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "split": "test",
+        "questions": {family: QUESTIONS[family] for family in FAMILIES},
+        "images": items,
+    }
+    index = folder / "examples.json"
+    index.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return index

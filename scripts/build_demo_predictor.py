@@ -4,8 +4,9 @@
     python scripts/build_demo_predictor.py --model DIR --out DIR
 
 Writes the granularity train/validation splits and the model's oracle on them under --work, fits an MLP predictor
-on the train oracle and certifies a threshold per epsilon on the validation oracle (see m3_demo/router.py). Rebuild it
-whenever the tiny model is retrained: the demo refuses a predictor fitted on other weights.
+on the train oracle and certifies a threshold per epsilon on the validation oracle (see m3_demo/router.py), and
+rewrites the page's example images (examples/granularity: the first granularity test images and their answers).
+Rebuild it whenever the tiny model is retrained: the demo refuses a predictor fitted on other weights.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration-images", type=int, default=200, help="validation images")
     parser.add_argument("--delta", type=float, default=0.1, help="certificate failure probability")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--examples", default="examples/granularity", help="also rewrite the page's example images here ('' : no)"
+    )
     args = parser.parse_args(argv)
     import torch
 
+    from m3_demo.examples import write_examples
     from m3_demo.router import build_demo_predictor
 
     torch.set_num_threads(args.threads)
@@ -32,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         args.model, args.out, args.work, args.train_images, args.calibration_images, delta=args.delta
     )
     print(f"wrote {out}")
+    if args.examples:
+        print(f"wrote {write_examples(args.examples)}")
 
 
 if __name__ == "__main__":

@@ -268,3 +268,20 @@ def test_page_handlers_turn_every_user_error_into_a_message(shipped, tmp_path):
     assert page.certified_at(0.919).epsilon == 0.02 and page.certified_at(0.5) is None
     threshold, certificate = page.epsilon_changed(0.1)
     assert threshold["value"] == 0.453 and "ε = 0.1" in certificate
+
+
+def test_write_examples_regenerates_the_bundled_examples_from_the_generator(tmp_path):
+    from m3.data.granularity import iter_records
+    from m3_demo.examples import write_examples
+
+    index = write_examples(tmp_path / "examples", num_images=2)
+    examples = load_examples(index.parent)
+    assert [p.name for p in examples.images] == ["test_000000.png", "test_000001.png"]
+    for path, (image, records) in zip(examples.images, iter_records("test", 2, 0)):
+        for record in records:
+            assert examples.truth(path, record["conversations"][0]["value"].split("\n")[-1]) == record["answer"]
+    bundled = load_examples()  # the committed examples are what the generator writes today
+    assert bundled.questions == examples.questions
+    assert bundled.truth(bundled.images[0], bundled.questions["background"]) == examples.truth(
+        examples.images[0], examples.questions["background"]
+    )
