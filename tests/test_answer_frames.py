@@ -14,6 +14,7 @@ from PIL import Image
 from adaptive import AdaptiveM3, uniform_scale
 from adaptive.frames import build_frame_oracle, evaluate_frames, fit_frame_predictor, known_frame_scales
 from m3.data import frames as frames_data
+from m3.data.granularity import FAMILIES
 from m3.data.llava import LlavaDataset
 from m3.inference import answer_images
 from m3.processing import M3Processor
@@ -221,7 +222,7 @@ def test_frame_oracle_rows_answer_each_frame_in_its_video(frames_split, tmp_path
     from oracle_data import load_oracle_dataframe
 
     table = load_oracle_dataframe(tmp_path / "oracle")
-    assert len(table) == 4 * 3 and table["image_id"].nunique() == 1  # 4 questions of one 3-frame video
+    assert len(table) == len(FAMILIES) * 3 and table["image_id"].nunique() == 1  # each question, 3 frames
     dataset = LlavaDataset(frames_split, frames_split.parent)
     for _, row in table.iloc[[0, 4, 8, 11]].iterrows():
         record_id, frame = row["sample_id"].split("#frame")

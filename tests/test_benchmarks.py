@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from m3.data.granularity import FAMILIES
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 if str(BENCHMARKS) not in sys.path:  # benchmarks/ is a folder of scripts that import each other, not a package
@@ -179,8 +181,9 @@ def test_oracle_build_benchmark_smoke(tmp_path):
     seconds = result.timings.seconds
     assert set(seconds) == set(oracle_build.DESIGNS) and all(len(times) == 1 for times in seconds.values())
     assert all(times[0] > 0 for times in seconds.values())
-    assert result.setup["samples"] == 4 and result.total_answers == 4 * 5
-    assert result.agreeing_answers == 4  # the oracle's full-scale answers are the plain pass's
+    questions = len(FAMILIES)  # one image, a question per family
+    assert result.setup["samples"] == questions and result.total_answers == questions * 5
+    assert result.agreeing_answers == questions  # the oracle's full-scale answers are the plain pass's
     report = oracle_build.format_report(result)
     assert "oracle / plain" in report and "naive / oracle" in report and "ended with EOS" in report
     assert list(tmp_path.iterdir()) == []  # the temporary data, model and oracle folders are removed

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from adaptive import AdaptiveM3
+from m3.data.granularity import FAMILIES
 from m3.flops import estimate_prefill, llava_15_config
 from m3.pooling import pool_tokens
 from m3.processing import M3Processor
@@ -211,7 +212,7 @@ def test_a_stale_shipped_predictor_falls_back_to_the_quickstart_or_says_how_to_b
 def test_certificates_come_from_the_menu_file_or_the_saved_predictor(shipped, tmp_path):
     menu = load_certificates(shipped.adaptive.predictor, ROOT / SHIPPED_PREDICTOR)
     assert [c.epsilon for c in menu] == [0.01, 0.02, 0.05, 0.1]
-    assert all(c.delta == 0.1 and c.n == 800 for c in menu)
+    assert all(c.delta == 0.1 and c.n == 200 * len(FAMILIES) for c in menu)  # 200 validation images
     thresholds = [c.threshold for c in menu]
     assert thresholds == sorted(thresholds, reverse=True)  # a larger tolerated drop certifies a lower threshold
     assert [c.epsilon for c in load_certificates(shipped.adaptive.predictor, tmp_path)] == [0.02]
@@ -260,14 +261,18 @@ def test_page_handlers_turn_every_user_error_into_a_message(shipped, tmp_path):
     shown, message = page.upload(str(broken))
     assert shown is None and "broken.png is not an image the demo can read" in message and "Traceback" not in message
     assert page.upload(image) == (image, "")
-    state, message, *cards, summary = page.ask(image, "what color is the left square ?", 0.919, 576, "LLaVA-1.5-7B")
+    certified = {c.epsilon: c.threshold for c in shipped.certificates}
+    state, message, *cards, summary = page.ask(
+        image, "what color is the top square ?", certified[0.02], 576, "LLaVA-1.5-7B"
+    )
     assert message == "" and state["truth"] == "green" and len(cards) == 5
-    assert 'data-routed-scale="36"' in summary and "certified at ε = 0.02" in summary
-    message, *cards, summary = page.reroute(state, 0.919, 9, "LLaVA-1.5-13B")
+    routed = shipped.adaptive.generate(image, "what color is the top square ?").scale  # at the certified threshold
+    assert f'data-routed-scale="{routed}"' in summary and "certified at ε = 0.02" in summary
+    message, *cards, summary = page.reroute(state, certified[0.02], 9, "LLaVA-1.5-13B")
     assert 'data-routed-scale="9"' in summary and "LLaVA-1.5-13B" in summary
-    assert page.certified_at(0.919).epsilon == 0.02 and page.certified_at(0.5) is None
+    assert page.certified_at(certified[0.02]).epsilon == 0.02 and page.certified_at(0.5) is None
     threshold, certificate = page.epsilon_changed(0.1)
-    assert threshold["value"] == 0.453 and "ε = 0.1" in certificate
+    assert threshold["value"] == certified[0.1] and "ε = 0.1" in certificate
 
 
 def test_write_examples_regenerates_the_bundled_examples_from_the_generator(tmp_path):
@@ -277,7 +282,7 @@ def test_write_examples_regenerates_the_bundled_examples_from_the_generator(tmp_
     index = write_examples(tmp_path / "examples", num_images=2)
     examples = load_examples(index.parent)
     assert [p.name for p in examples.images] == ["test_000000.png", "test_000001.png"]
-    for path, (image, records) in zip(examples.images, iter_records("test", 2, 0)):
+    for path, (_, records) in zip(examples.images, iter_records("test", 2, 0)):
         for record in records:
             assert examples.truth(path, record["conversations"][0]["value"].split("\n")[-1]) == record["answer"]
     bundled = load_examples()  # the committed examples are what the generator writes today

@@ -6,7 +6,7 @@ import datasets
 import pytest
 import torch
 
-from m3.data.granularity import VOCABULARY, write_split
+from m3.data.granularity import FAMILIES, VOCABULARY, write_split
 from m3.data.hf import HFInstructionDataset, load_hf
 from m3.data.llava import LlavaDataset, M3Collator
 from m3.processing import M3Processor
@@ -36,8 +36,9 @@ def test_dataset_items_collate_to_the_batches_of_the_json(split_and_dataset):
     collate = M3Collator(M3Processor(tiny_image_processor("llava"), tokenizer, model.config))
     from_json = LlavaDataset(split_json, split_json.parent)
     from_hf = HFInstructionDataset(load_hf(location, columns=hf_layouts.GRANULARITY_COLUMNS))
-    assert len(from_hf) == len(from_json) == 8
-    json_batch, hf_batch = collate([from_json[i] for i in range(8)]), collate([from_hf[i] for i in range(8)])
+    n = 2 * len(FAMILIES)
+    assert len(from_hf) == len(from_json) == n
+    json_batch, hf_batch = collate([from_json[i] for i in range(n)]), collate([from_hf[i] for i in range(n)])
     assert json_batch.keys() == hf_batch.keys()
     for key in json_batch:
         assert torch.equal(json_batch[key], hf_batch[key]), key
@@ -82,4 +83,4 @@ def test_a_bad_dataset_image_is_found_before_the_model_is_built(tmp_path, split_
     assert not built
     config.skip_bad_images = True
     kept = open_training_data(config)
-    assert len(kept) == 7 and kept.skipped_ids == ["5"]
+    assert len(kept) == 2 * len(FAMILIES) - 1 and kept.skipped_ids == ["5"]

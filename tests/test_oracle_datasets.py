@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from m3.data.granularity import write_split
+from m3.data.granularity import FAMILIES, write_split
 from oracle_data.datasets import CHOICE_INSTRUCTION, image_runs, load_samples
 
 from .conftest import random_image
@@ -102,7 +102,7 @@ def test_granularity_split_as_llava_json(tmp_path):
     path = write_split(tmp_path, "test", num_images=2, seed=0)
     data = load_samples(path)
     records = json.loads(path.read_text())
-    assert data.format == "llava" and len(data.samples) == 8
+    assert data.format == "llava" and len(data.samples) == 2 * len(FAMILIES)
     for sample, record in zip(data.samples, records):
         assert sample.sample_id == record["id"] and sample.image_id == record["image_id"]
         assert sample.family == record["family"] and sample.answers == (record["answer"],)
@@ -141,11 +141,12 @@ def test_llava_json_first_turn_answers_text_only_and_errors(tmp_path, image_dir)
 
 
 def test_image_runs_keep_an_images_questions_together(tmp_path):
-    data = load_samples(write_split(tmp_path, "test", num_images=3, seed=0))  # 4 adjacent questions per image
-    groups = image_runs(data.samples, 6)
-    assert [len(g) for g in groups] == [4, 4, 4]  # 4 + 4 > 6: never cut an image's run
-    assert [len(g) for g in image_runs(data.samples, 8)] == [8, 4]
-    assert [len(g) for g in image_runs(data.samples, 3)] == [3, 1, 3, 1, 3, 1]  # a run longer than the size is cut
+    data = load_samples(write_split(tmp_path, "test", num_images=3, seed=0))  # q adjacent questions per image
+    q = len(FAMILIES)
+    groups = image_runs(data.samples, 2 * q - 1)
+    assert [len(g) for g in groups] == [q, q, q]  # q + q > 2q - 1: never cut an image's run
+    assert [len(g) for g in image_runs(data.samples, 2 * q)] == [2 * q, q]
+    assert [len(g) for g in image_runs(data.samples, q - 1)] == [q - 1, 1] * 3  # a run longer than the size is cut
     assert [s for g in image_runs(data.samples, 5) for s in g] == data.samples
     with pytest.raises(ValueError, match="at least 1"):
         image_runs(data.samples, 0)

@@ -7,7 +7,7 @@ import datasets
 import numpy as np
 import pytest
 
-from m3.data.granularity import write_split
+from m3.data.granularity import FAMILIES, write_split
 from oracle_data import (
     build_oracle,
     dataset_image_reader,
@@ -33,8 +33,8 @@ def datasets_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def oracles(tmp_path_factory):
-    """The oracle of 3 granularity images (12 questions) built from the JSON split and from the same split as a
-    save_to_disk dataset (column mapping, split 'test')."""
+    """The oracle of 3 granularity images (a question per family each) built from the JSON split and from the same
+    split as a save_to_disk dataset (column mapping, split 'test')."""
     root = tmp_path_factory.mktemp("oracle-hf")
     split_json = write_split(root / "data", "test", num_images=3, seed=5)
     location = root / "granularity-hf"
@@ -48,13 +48,14 @@ def oracles(tmp_path_factory):
 def test_a_dataset_gives_the_rows_its_files_give(oracles):
     from_json, from_hf, location = oracles
     files, rows = load_oracle(from_json).to_pylist(), load_oracle(from_hf).to_pylist()
-    assert len(rows) == 12
+    assert len(rows) == 3 * len(FAMILIES)
     for a, b in zip(files, rows):
         for scale in (1, 9, 576):
             assert a[f"answer_{scale}"] == b[f"answer_{scale}"] and a[f"score_{scale}"] == b[f"score_{scale}"]
         assert all(a[key] == b[key] for key in PER_SAMPLE) and a["image_id"] == b["image_id"]
-    assert [row["image"] for row in rows] == [f"test[{i}]" for i in range(12)]  # the dataset row of each image
-    assert [row["sample_id"] for row in rows] == [str(i) for i in range(12)]
+    questions = 3 * len(FAMILIES)
+    assert [row["image"] for row in rows] == [f"test[{i}]" for i in range(questions)]  # each image's dataset row
+    assert [row["sample_id"] for row in rows] == [str(i) for i in range(questions)]
     data = read_manifest(from_hf)["data"]
     assert (data["format"], data["split"], data["layout"], data["image_root"]) == ("hf", "test", "custom", None)
     assert data["path"] == str(location.resolve()) and data["columns"]["image"] == "image"
@@ -73,7 +74,8 @@ def test_oracle_tables_load_as_datasets_and_pandas(oracles):
     _, from_hf, _ = oracles
     table = load_oracle(from_hf)
     dataset, frame = load_oracle_dataset(from_hf), load_oracle_dataframe(from_hf)
-    assert isinstance(dataset, datasets.Dataset) and dataset.num_rows == 12 and frame.shape[0] == 12
+    questions = 3 * len(FAMILIES)
+    assert isinstance(dataset, datasets.Dataset) and dataset.num_rows == questions and frame.shape[0] == questions
     assert dataset["sample_id"] == frame["sample_id"].tolist() == table.column("sample_id").to_pylist()
     assert frame.attrs["manifest"] == read_manifest(from_hf)
     reference = as_oracle_set(from_hf)
