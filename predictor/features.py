@@ -298,15 +298,9 @@ class FeatureBuilder(BaseEstimator):
         n = len(queries)
         parts = []
         if self.use_embedding:
-            if queries.embeddings is None:
-                raise ValueError("this predictor uses the scale-1 embedding, but the queries carry none")
+            missing = "this predictor uses the scale-1 embedding, but the queries carry none"
             dim = getattr(self, "embedding_dim_", None)
-            if dim is not None and queries.embeddings.shape[1] != dim:
-                raise ValueError(
-                    f"the features were fitted on {dim}-dimensional embeddings, these queries have "
-                    f"{queries.embeddings.shape[1]}: the predictor was built for another model"
-                )
-            parts.append(queries.embeddings.astype(np.float64))
+            parts.append(_model_matrix(queries.embeddings, dim, "embeddings", missing))
         if self.use_question:
             parts.append(
                 np.stack([question_features(q) for q in queries.questions])
@@ -320,15 +314,9 @@ class FeatureBuilder(BaseEstimator):
                 raise ValueError("this predictor reads a probe answer's confidence, but the queries carry none")
             parts.append(np.stack([queries.probe_confidence, np.exp(queries.probe_confidence)], axis=1))
         if self.use_probe_hidden:
-            if queries.probe_hidden is None:
-                raise ValueError("this predictor reads a probe answer's hidden state, but the queries carry none")
+            missing = "this predictor reads a probe answer's hidden state, but the queries carry none"
             dim = getattr(self, "probe_hidden_dim_", None)
-            if dim is not None and queries.probe_hidden.shape[1] != dim:
-                raise ValueError(
-                    f"the features were fitted on {dim}-dimensional hidden states, these queries have "
-                    f"{queries.probe_hidden.shape[1]}: the predictor was built for another model"
-                )
-            parts.append(queries.probe_hidden.astype(np.float64))
+            parts.append(_model_matrix(queries.probe_hidden, dim, "hidden states", missing))
         return np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
 
     # ---- transforming
@@ -437,3 +425,16 @@ def _block_of(feature_name: str) -> str:
     if feature_name.startswith("probe_"):
         return "probe"
     return "image" if feature_name in IMAGE_FEATURE_NAMES else "question"
+
+
+def _model_matrix(values, fitted_dim: int | None, what: str, missing: str) -> np.ndarray:
+    """A block read from the model (embeddings, hidden states) as float64, refused when absent or when its width
+    differs from the one the features were fitted on (a predictor built for another model)."""
+    if values is None:
+        raise ValueError(missing)
+    if fitted_dim is not None and values.shape[1] != fitted_dim:
+        raise ValueError(
+            f"the features were fitted on {fitted_dim}-dimensional {what}, these queries have {values.shape[1]}: "
+            "the predictor was built for another model"
+        )
+    return values.astype(np.float64)
