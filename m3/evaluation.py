@@ -14,6 +14,7 @@ import csv
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import accumulate
 
 import torch
 from tqdm.auto import tqdm
@@ -23,7 +24,7 @@ from .inference import answer_at_scales, compact_prompts, encode_images
 from .metrics import OVERALL, exact_match, majority_baseline
 from .pooling import check_scale, check_token_selection
 from .processing import IMAGE_PLACEHOLDER, M3Processor, llava_prompt
-from .prompting import check_prompt_fits
+from .prompting import check_prompts_fit
 
 
 def question_of(item: dict) -> str:
@@ -56,17 +57,14 @@ def _prompts(items: Sequence[dict]) -> tuple[list[str], list, list[int]]:
 
 def check_item_lengths(processor, config, items: Sequence[dict], scale: int, max_new_tokens: int) -> None:
     """Refuse an item whose prompt at ``scale`` and ``max_new_tokens`` overruns the model's context
-    (:func:`m3.prompting.check_prompt_fits`), naming it."""
+    (:func:`m3.prompting.check_prompts_fit`), naming it."""
     texts, images, counts = _prompts(items)
-    lengths = [len(ids) for ids in processor.tokenizer(texts)["input_ids"]]
-    next_style = getattr(config, "image_grid_pinpoints", None) is not None
-    start = 0
-    for item, length, count in zip(items, lengths, counts):
-        mine = images[start : start + count]
-        start += count
-        sizes = [(image.height, image.width) for image in mine] if next_style else None
-        what = f"item {item.get('id')}"
-        check_prompt_fits(config, length - count, scale, max_new_tokens, sizes, num_images=count, what=what)
+    sizes = None
+    if getattr(config, "image_grid_pinpoints", None) is not None:  # NeXT counts follow the image sizes
+        starts = [0, *accumulate(counts)][:-1]
+        sizes = [[(im.height, im.width) for im in images[a : a + n]] for a, n in zip(starts, counts)]
+    names = [f"item {item.get('id')}" for item in items]
+    check_prompts_fit(processor.tokenizer, config, texts, counts, names, scale, max_new_tokens, sizes)
 
 
 def _decode_new_tokens(processor: M3Processor, output: torch.Tensor, prompt_length: int) -> list[str]:

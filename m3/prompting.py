@@ -43,6 +43,25 @@ def check_prompt_fits(
         )
 
 
+def check_prompts_fit(
+    tokenizer,
+    config,
+    texts: Sequence[str],
+    image_counts: Sequence[int],
+    names: Sequence[str],
+    scale: int,
+    max_new_tokens: int,
+    image_sizes: Sequence[Sequence[Sequence[int]]] | None = None,
+) -> None:
+    """:func:`check_prompt_fits` for many prompts at once, before any model runs: ``texts`` hold one image
+    placeholder per image (``image_counts``), tokenized once; ``image_sizes`` (per prompt, per image) for
+    LLaVA-NeXT configs; ``names`` name each prompt in the error."""
+    lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
+    for index, (length, count, name) in enumerate(zip(lengths, image_counts, names)):
+        sizes = None if image_sizes is None else image_sizes[index]
+        check_prompt_fits(config, length - count, scale, max_new_tokens, sizes, num_images=count, what=name)
+
+
 def per_image_scales(scale: int | Sequence[int], num_images: int, grid_tokens: int) -> list[int]:
     """One checked scale per image: a scalar applies to every image, a sequence gives each image its own (images in
     batch and prompt order: row 0's images first). The lengths must agree, so no image silently takes another's

@@ -223,21 +223,19 @@ def build_oracle(
 
 def check_prompt_lengths(processor, config, samples: Sequence, scale: int, max_new_tokens: int) -> None:
     """Refuse, before the model loads, a sample whose prompt with ``scale``'s visual tokens and
-    ``max_new_tokens`` overruns the model's context (:func:`m3.prompting.check_prompt_fits`)."""
+    ``max_new_tokens`` overruns the model's context (:func:`m3.prompting.check_prompts_fit`)."""
     from PIL import Image
 
     from m3.processing import llava_prompt
-    from m3.prompting import check_prompt_fits
+    from m3.prompting import check_prompts_fit
 
-    next_style = getattr(config, "image_grid_pinpoints", None) is not None
-    lengths = [len(ids) for ids in processor.tokenizer([llava_prompt(s.prompt) for s in samples])["input_ids"]]
-    for sample, length in zip(samples, lengths):
-        size = None
-        if next_style:  # LLaVA-NeXT token counts follow the image size (the header is enough)
-            image = sample.dataset_image.open() if sample.dataset_image is not None else Image.open(sample.image_path)
-            size = [(image.height, image.width)]
-        # the prompt holds one image placeholder token
-        check_prompt_fits(config, length - 1, scale, max_new_tokens, size, what=f"sample {sample.sample_id}")
+    sizes = None
+    if getattr(config, "image_grid_pinpoints", None) is not None:  # NeXT counts follow the size (the header is enough)
+        images = [s.dataset_image.open() if s.dataset_image is not None else Image.open(s.image_path) for s in samples]
+        sizes = [[(image.height, image.width)] for image in images]
+    texts = [llava_prompt(sample.prompt) for sample in samples]
+    names = [f"sample {sample.sample_id}" for sample in samples]
+    check_prompts_fit(processor.tokenizer, config, texts, [1] * len(samples), names, scale, max_new_tokens, sizes)
 
 
 def _now() -> str:
