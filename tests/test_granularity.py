@@ -15,22 +15,26 @@ from m3.data.granularity import (
     DEFAULT_CONFIG,
     DIFFICULTY_ATTRIBUTES,
     FAMILIES,
+    FRAME_COLORS,
+    OBJECT_COLORS,
     PALETTE,
     QUESTIONS,
     SHIFTED_CONFIG,
-    SQUARE_COLORS,
     VOCABULARY,
     GranularityConfig,
+    GranularityConfigV5,
     draw_sample,
     ensure_split,
     generate_records,
     write_split,
 )
+from m3.data.granularity import v5 as generator_v5
 from m3.metrics import majority_baseline
 from m3.tiny import build_tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 PALETTE_RGB = np.array(list(PALETTE.values()), dtype=np.int32)
+V5_DIGESTS = ["5d98f6f67660d196", "e3572341cce79bca", "8f8ebbac437681b3"]  # sha256 of test_00000{0,1,2}.png, seed 0
 
 
 def colour_names(pixels: np.ndarray) -> np.ndarray:
@@ -93,7 +97,7 @@ def test_json_schema_paths_and_meta(tmp_path):
     by_image = Counter(r["image_id"] for r in records)
     assert set(by_image.values()) == {len(FAMILIES)}
     meta = json.loads((tmp_path / "validation.meta.json").read_text())
-    assert meta["seed"] == 0 and meta["num_images"] == 5 and meta["generator_version"] == "5"
+    assert meta["seed"] == 0 and meta["num_images"] == 5 and meta["generator_version"] == "6"
     assert meta["config"] == GranularityConfig().to_dict()
     assert meta["counts"] == dict.fromkeys(FAMILIES, 5)
 
@@ -111,8 +115,14 @@ def test_answers_are_balanced_over_600_images():
 
 
 def test_the_palettes_do_not_overlap():
-    assert not set(BACKGROUND_COLORS) & set(SQUARE_COLORS)
-    assert set(PALETTE) == {*BACKGROUND_COLORS, *SQUARE_COLORS}
+    assert not set(BACKGROUND_COLORS) & set(OBJECT_COLORS) and not set(FRAME_COLORS) & {
+        *BACKGROUND_COLORS,
+        *OBJECT_COLORS,
+    }
+    assert set(PALETTE) == {*BACKGROUND_COLORS, *OBJECT_COLORS, *FRAME_COLORS}
+    rgb = np.array(list(PALETTE.values()))
+    distances = np.sqrt(((rgb[:, None] - rgb[None]) ** 2).sum(-1))
+    assert distances[~np.eye(len(rgb), dtype=bool)].min() > 60  # far apart beyond the +-8 (or 16 shifted) noise
 
 
 def test_majority_baseline_counts_the_most_common_answer():
@@ -127,61 +137,96 @@ def test_attributes_are_in_the_pixels(seed):
     image, attrs = draw_sample(np.random.default_rng(seed))
     names = colour_names(np.asarray(image))
     assert Counter(names.ravel().tolist()).most_common(1)[0][0] == attrs["background"]
-    # disjoint palettes: whether a patch shows a square is a property of that patch alone
     assert attrs["background"] in BACKGROUND_COLORS
-    colours = attrs["left_color"], attrs["right_color"]
-    assert colours[0] != colours[1] and set(colours) <= set(SQUARE_COLORS)
     config = GranularityConfig()
-    for side in ("left", "right"):
-        x0, y0, x1, y1 = attrs[f"{side}_box"]
-        assert config.side_min <= attrs[f"{side}_side"] == x1 - x0 + 1 == y1 - y0 + 1 <= config.side_max
-        assert (names[y0 : y1 + 1, x0 : x1 + 1] == attrs[f"{side}_color"]).all()
-        assert (names == attrs[f"{side}_color"]).sum() == attrs[f"{side}_side"] ** 2  # nothing else has its colour
-    left, right = attrs["left_box"], attrs["right_box"]
-    assert right[0] - left[2] - 1 == attrs["gap_x"] >= config.gap_min  # free columns between them
-    upper, lower = (left, right) if left[1] < right[1] else (right, left)
-    assert lower[1] - upper[3] - 1 == attrs["gap_y"] >= config.gap_min  # free rows between them
-    assert attrs["top_color"] == (attrs["left_color"] if upper is left else attrs["right_color"])
-    assert attrs["min_side"] == min(attrs["left_side"], attrs["right_side"])
+    frames = {}
+    for frame in FRAME_COLORS:
+        x0, y0, x1, y1 = frames[frame] = attrs[f"{frame}_frame_box"]
+        side = attrs[f"{frame}_frame_side"]
+        assert config.side_min <= side == x1 - x0 + 1 == y1 - y0 + 1 <= config.side_max
+        box = names[y0 : y1 + 1, x0 : x1 + 1]
+        border = np.concatenate([box[0], box[-1], box[1:-1, 0], box[1:-1, -1]])
+        assert (border == frame).all()  # the 1 px frame
+        assert (box[1:-1, 1:-1] == attrs[f"{frame}_frame_color"]).all()  # the colour it holds
+        assert (names == frame).sum() == 4 * (side - 1)  # nothing else is drawn in a frame colour
+        assert attrs[f"{frame}_frame_gap"] >= max(attrs["gap"], config.gap_min)  # neighbours at least a patch away
+    assert frames["white"] != frames["black"]
+    assert attrs["num_objects"] >= 4 and 0 < attrs["object_fraction"] < 0.6
+    squares = (np.isin(names, OBJECT_COLORS) | np.isin(names, FRAME_COLORS)).sum()
+    assert squares == round(attrs["object_fraction"] * 96 * 96)
+
+
+def test_no_two_squares_share_a_patch_so_576_tokens_separate_every_pair():
+    """The finest scale resolves every image: squares are at least 4 px (one patch) apart, so no 4x4 patch holds
+    two of them (and no patch holds a frame and another square's colour)."""
+    for seed in range(200):
+        image, attrs = draw_sample(np.random.default_rng(seed), SHIFTED_CONFIG if seed % 2 else DEFAULT_CONFIG)
+        names = colour_names(np.asarray(image))
+        # label every square's pixels by connected component of non-background pixels, then check patches
+        from scipy import ndimage
+
+        labels, count = ndimage.label(~np.isin(names, BACKGROUND_COLORS))
+        assert count == attrs["num_objects"], seed
+        patches = labels.reshape(24, 4, 24, 4).transpose(0, 2, 1, 3).reshape(576, 16)
+        assert max(len(set(p.tolist()) - {0}) for p in patches) == 1, seed
 
 
 def test_sides_and_gaps_are_log_uniform_over_the_configured_range():
     attrs = [draw_sample(np.random.default_rng(s))[1] for s in range(1500)]
     config = GranularityConfig()
-    sides = np.array([a["left_side"] for a in attrs] + [a["right_side"] for a in attrs])
+    sides = np.array([a["white_frame_side"] for a in attrs] + [a["black_frame_side"] for a in attrs])
     assert sides.min() == config.side_min and sides.max() == config.side_max
-    # equal log widths are about equally likely: split the range at its geometric middle
-    low, high = config.side_min - 0.5, config.side_max + 0.5
-    middle = int(round(np.sqrt(low * high)))  # sides up to `middle` vs above it
-    shares = [np.mean(sides <= middle), np.mean(sides > middle)]
-    expected = np.array([np.log((middle + 0.5) / low), np.log(high / (middle + 0.5))]) / np.log(high / low)
-    np.testing.assert_allclose(shares, expected, atol=0.05)
-    gaps = np.array([a["gap_x"] for a in attrs])
-    assert gaps.min() == config.gap_min and np.mean(gaps < 8) > 0.3 and np.mean(gaps >= 32) > 0.1
+    gaps = np.array([a["gap"] for a in attrs])
+    assert gaps.min() == config.gap_min and gaps.max() == config.gap_max
+    # equal log widths are about equally likely: each of the four octaves 4-7, 8-15, 16-31, 32-48 px
+    edges = [config.gap_min - 0.5, 7.5, 15.5, 31.5, config.gap_max + 0.5]
+    shares = np.histogram(gaps, bins=edges)[0] / len(gaps)
+    expected = np.diff(np.log(edges)) / np.log(edges[-1] / edges[0])
+    np.testing.assert_allclose(shares, expected, atol=0.04)
+    # a smaller gap packs more squares: what a router can read from the whole image
+    counts = np.array([a["num_objects"] for a in attrs])
+    assert np.corrcoef(np.log(gaps), counts)[0, 1] < -0.8
 
 
-def test_a_shifted_config_changes_the_attribute_distribution_and_only_it():
-    shifted = GranularityConfig(side_max=8, gap_max=12)
-    default = [attrs for _, attrs in (draw_sample(np.random.default_rng(s)) for s in range(300))]
-    moved = [attrs for _, attrs in (draw_sample(np.random.default_rng(s), shifted) for s in range(300))]
-    assert max(a["left_side"] for a in moved) <= 8 < max(a["left_side"] for a in default)
-    assert all(2 <= a["gap_x"] <= 12 and 2 <= a["gap_y"] <= 12 for a in moved)
-    assert np.median([a["gap_x"] for a in default]) > np.median([a["gap_x"] for a in moved])
-    for key in ("background", "left_color", "right_color", "top_color"):  # answers are drawn first, never redrawn
-        assert [a[key] for a in moved] == [a[key] for a in default]
+def test_a_shifted_config_changes_the_attribute_distribution():
+    default = [draw_sample(np.random.default_rng(s))[1] for s in range(300)]
+    moved = [draw_sample(np.random.default_rng(s), SHIFTED_CONFIG)[1] for s in range(300)]
+    assert max(a["white_frame_side"] for a in moved) <= SHIFTED_CONFIG.side_max < DEFAULT_CONFIG.side_max
+    assert all(SHIFTED_CONFIG.gap_min <= a["gap"] <= SHIFTED_CONFIG.gap_max for a in moved)
+    assert np.median([a["gap"] for a in default]) > 1.5 * np.median([a["gap"] for a in moved])
+    assert np.mean([a["num_objects"] for a in moved]) > np.mean([a["num_objects"] for a in default])
+    assert SHIFTED_CONFIG.noise > DEFAULT_CONFIG.noise  # noisier too
+
+
+def test_version_5_stays_reproducible(tmp_path):
+    """Splits of generator v5 (the earlier benchmark, and the figures measured on it) are drawn byte for byte as
+    before: these digests were written by the v5 code before version 6 existed."""
+    path = write_split(tmp_path, "test", 3, seed=0, config=GranularityConfigV5())
+    meta = json.loads((tmp_path / "test.meta.json").read_text())
+    assert meta["generator_version"] == "5" and meta["config"] == GranularityConfigV5().to_dict()
+    records = json.loads(path.read_text())
+    assert [r["family"] for r in records[:3]] == list(generator_v5.FAMILIES)
+    digests = [
+        hashlib.sha256((tmp_path / f"images/test/test_{i:06d}.png").read_bytes()).hexdigest()[:16] for i in range(3)
+    ]
+    assert digests == V5_DIGESTS
+    with pytest.raises(ValueError, match="generator version 5, but version 6"):
+        ensure_split(path, "test", 3)  # a v5 split never passes for the default (v6) one
+    assert ensure_split(path, "test", 3, config=GranularityConfigV5()) == path
 
 
 def test_config_round_trip_and_validation(tmp_path):
-    config = GranularityConfig(side_min=3, side_max=10, gap_max=6, noise=4)
+    config = GranularityConfig(side_min=4, side_max=10, gap_max=6, noise=4)
     assert GranularityConfig.from_dict(config.to_dict()) == config
     write_split(tmp_path, "test", 3, seed=0, config=config)
     meta = json.loads((tmp_path / "test.meta.json").read_text())
     assert GranularityConfig.from_dict(meta["config"]) == config
     records = json.loads((tmp_path / "test.json").read_text())
-    assert all(3 <= r["attributes"]["min_side"] <= 10 and r["attributes"]["gap_x"] <= 6 for r in records)
+    assert all(4 <= r["attributes"]["white_frame_side"] <= 10 and r["attributes"]["gap"] <= 6 for r in records)
     with pytest.raises(ValueError, match="unknown GranularityConfig field"):
         GranularityConfig.from_dict({**config.to_dict(), "colour": 1})
-    for bad in (dict(side_min=9, side_max=8), dict(side_max=33), dict(gap_min=0), dict(gap_max=90), dict(noise=-1)):
+    bad_configs = (dict(side_min=9, side_max=8), dict(side_max=17), dict(side_min=3), dict(gap_min=3), dict(gap_max=90))
+    for bad in (*bad_configs, dict(noise=-1)):
         with pytest.raises(ValueError, match="invalid GranularityConfig"):
             GranularityConfig(**bad)
 
@@ -241,7 +286,7 @@ def test_the_shifted_flag_draws_the_documented_shift_and_other_flags_refine_it(t
     assert meta["config"] == {**SHIFTED_CONFIG.to_dict(), "noise": 2}
     for record in json.loads((tmp_path / "a" / "test.json").read_text()):
         attributes = record["attributes"]
-        assert attributes["left_side"] <= SHIFTED_CONFIG.side_max and attributes["gap_x"] <= SHIFTED_CONFIG.gap_max
+        assert attributes["white_frame_side"] <= SHIFTED_CONFIG.side_max and attributes["gap"] <= SHIFTED_CONFIG.gap_max
 
 
 def test_chat_split_asks_every_question_of_an_image_in_one_record(tmp_path):
@@ -272,6 +317,6 @@ def test_a_damaged_meta_file_is_named_not_a_traceback(tmp_path):
     from m3.files import DamagedFileError
 
     path = ensure_split(tmp_path / "test.json", "test", 2)
-    (tmp_path / "test.meta.json").write_text('{"generator_version": "5", "con')  # a truncated write
+    (tmp_path / "test.meta.json").write_text('{"generator_version": "6", "con')  # a truncated write
     with pytest.raises(DamagedFileError, match="test.meta.json"):
         ensure_split(path, "test", 2)

@@ -1,0 +1,3 @@
+from .splits import main
+
+main()
