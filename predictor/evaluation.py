@@ -28,6 +28,7 @@ from .baselines import (
     cascade_cutoffs,
     cascade_processed_tokens,
     cascade_routing,
+    fixed_hull_weights,
     fixed_routing,
     random_routing_weights,
 )
@@ -42,6 +43,8 @@ from .thresholds import candidate_thresholds, route_by_threshold
 Router = ScalePredictor | CalibratedRouter  # what evaluate_routing (and AdaptiveM3) route with
 CPT_FRACTIONS = (0.5, 0.8, 0.95)
 BUDGET_SHARES = (0.02, 0.05, 0.1, 0.15, 0.25, 0.5)  # token budgets, as shares of the largest scale's tokens
+HULL_RANGE = (0.05, 0.5)  # where a router's curve is compared with the fixed-scale hull (shares of the largest scale)
+HULL = "fixed-scale hull"
 KNAPSACK_BATCH = None  # budget routing in the equal-budget table: the test set as one batch (a mean over all, as the
 # sweep's); with batches of b queries each leaves at most one query's worth of its budget unused
 SINGLE_POINT_KINDS = ("fixed", "oracle", "classifier")
@@ -53,7 +56,7 @@ class RouterResult:
     ``tokens``, ``accuracy`` and ``processed_tokens``; ``routings[i]`` is its routing (scales or weights)."""
 
     name: str
-    kind: str  # predictor | classifier | cascade | cascade-processed | random | fixed | oracle
+    kind: str  # predictor | classifier | cascade | cascade-processed | random | hull | fixed | oracle
     points: list[dict]
     routings: list[np.ndarray]
     description: str = ""
@@ -160,7 +163,8 @@ def predictor_routers(
 
 
 def baseline_routers(data: OracleSet, values, tokens, random_points_per_segment: int = 20) -> list[RouterResult]:
-    """Fixed scales, both oracles, random routing at matched mean tokens and the confidence cascade."""
+    """Fixed scales, both oracles, random routing and the fixed-scale hull at matched mean tokens, and the
+    confidence cascade."""
     scales, n = data.scales, len(data)
     routers = [
         _sweep(f"fixed {s}", "fixed", [(fixed_routing(n, s), None)], values, tokens, scales, f"every query at {s}")
@@ -184,6 +188,12 @@ def baseline_routers(data: OracleSet, values, tokens, random_points_per_segment:
         _sweep(
             "random", "random", [(random_routing_weights(tokens, b), b) for b in budgets], values, tokens, scales,
             "random scale per query at the same mean tokens (expected value: mixes the two bracketing scales)",
+        )
+    )  # fmt: skip
+    routers.append(
+        _sweep(
+            HULL, "hull", [(fixed_hull_weights(tokens, values, b), b) for b in budgets], values, tokens, scales,
+            "the best mix of two fixed scales at the same mean tokens (upper concave envelope of the fixed points)",
         )
     )  # fmt: skip
     confidences = data.confidences()
@@ -290,6 +300,7 @@ def summarize_routing(evaluation: RoutingEvaluation) -> list[dict]:
     weak, strong = evaluation.weak, evaluation.strong
     cascade = evaluation.router("confidence cascade").curve()
     random = evaluation.router("random").curve()
+    hull = evaluation.router(HULL).curve()
     rows = []
     for router in evaluation.routers:
         index = operating_index(router, strong[1])
@@ -314,6 +325,8 @@ def summarize_routing(evaluation: RoutingEvaluation) -> list[dict]:
             "over_monotone": at["over_monotone"],
             "cascade_accuracy_same_tokens": float(cascade.at(point["tokens"])),
             "random_accuracy_same_tokens": float(random.at(point["tokens"])),
+            "hull_accuracy_same_tokens": float(hull.at(point["tokens"])),
+            **({} if router.single_point else hull_margin(router, hull, strong[0])),
             "description": router.description,
         }
         if router.calibrated_index is not None:
@@ -324,6 +337,7 @@ def summarize_routing(evaluation: RoutingEvaluation) -> list[dict]:
                 calibrated_accuracy=calibrated["accuracy"],
                 calibrated_cascade_accuracy=float(cascade.at(calibrated["tokens"])),
                 calibrated_random_accuracy=float(random.at(calibrated["tokens"])),
+                calibrated_hull_accuracy=float(hull.at(calibrated["tokens"])),
             )
         if router.certified_index is not None:
             point, certificate = router.points[router.certified_index], router.certificate
@@ -335,10 +349,25 @@ def summarize_routing(evaluation: RoutingEvaluation) -> list[dict]:
                 certified_drop=drop,
                 certified_holds=bool(drop <= certificate.epsilon + 1e-12),
                 certified_random_accuracy=float(random.at(point["tokens"])),
+                certified_hull_accuracy=float(hull.at(point["tokens"])),
                 **{f"certificate_{key}": value for key, value in certificate.to_dict().items()},
             )
         rows.append(row)
     return rows
+
+
+def hull_margin(router: RouterResult, hull: Curve, largest_tokens: float, span=HULL_RANGE, points: int = 91) -> dict:
+    """How far ``router``'s curve lies above the fixed-scale hull over ``span`` (shares of the largest scale's
+    tokens): the smallest and the mean accuracy margin on an even grid of token counts, and the share of the grid
+    where the router is strictly above. A per-query router worth running has a positive minimum."""
+    grid = np.linspace(span[0] * largest_tokens, span[1] * largest_tokens, points)
+    curve = router.curve()
+    margins = np.asarray(curve.at(grid) - hull.at(grid), dtype=np.float64)
+    return {
+        "hull_margin_min": float(margins.min()),
+        "hull_margin_mean": float(margins.mean()),
+        "hull_share_above": float((margins > 0).mean()),
+    }
 
 
 def budget_rows(
@@ -419,6 +448,55 @@ def _subset(router: RouterResult, mask, values, tokens, scales) -> RouterResult:
     routings = [r[mask] for r in router.routings]
     points = [_point(r, values, tokens, scales, p["param"]) for r, p in zip(routings, router.points)]
     return RouterResult(router.name, router.kind, points, routings)
+
+
+SCORECARD_SHARES = (0.05, 0.1, 0.25)  # the batch budgets a scorecard compares knapsack routing at
+
+
+def scorecard_rows(
+    evaluation: RoutingEvaluation, reference: str = "question-only", shares=SCORECARD_SHARES
+) -> list[dict]:
+    """What a routing claim rests on, one row per predictor (reference routers included), each against the
+    ``reference`` router (the question-only one: what a router gains by looking at the image): tokens to match
+    full-scale accuracy on the test curve, tokens at the certified threshold, whether the per-query curve lies above
+    the fixed-scale hull from 5 to 50 % of the tokens, and knapsack accuracy at equal batch budgets."""
+    rows = summarize_routing(evaluation)
+    knapsack = {row["router"]: row for row in budget_rows(evaluation, shares) if row["kind"] == "knapsack"}
+    by_name = {row["router"]: row for row in rows}
+    base = by_name.get(reference)
+    base_knapsack = knapsack.get(f"{reference} (knapsack)")
+
+    def ratio(value, base_value):
+        return value / base_value if base_value else float("nan")
+
+    card = []
+    for row in rows:
+        if row["kind"] != "predictor":
+            continue
+        match = row["tokens_at_match"] if row["matches_full"] else float("nan")
+        base_match = base["tokens_at_match"] if base and base["matches_full"] else float("nan")
+        entry = {
+            "router": row["router"],
+            "tokens_to_match": match,
+            "tokens_to_match_vs_reference": ratio(match, base_match),
+            "certified_tokens": row.get("certified_tokens", float("nan")),
+            "certified_accuracy": row.get("certified_accuracy", float("nan")),
+            "certified_drop": row.get("certified_drop", float("nan")),
+            "certified_tokens_vs_reference": ratio(
+                row.get("certified_tokens", float("nan")), (base or {}).get("certified_tokens", float("nan"))
+            ),
+            "hull_margin_min": row["hull_margin_min"],
+            "above_hull": bool(row["hull_margin_min"] > 0),
+        }
+        own = knapsack.get(f"{row['router']} (knapsack)", {})
+        for share in shares:
+            key = f"accuracy_at_{share:g}"
+            entry[f"knapsack_{share:g}"] = own.get(key, float("nan"))
+            entry[f"knapsack_{share:g}_vs_reference"] = own.get(key, float("nan")) - (base_knapsack or {}).get(
+                key, float("nan")
+            )
+        card.append(entry)
+    return card
 
 
 def best_predictor(rows: list[dict], names) -> str:

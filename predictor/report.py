@@ -15,7 +15,16 @@ from pathlib import Path
 
 from m3.files import dumps_json
 
-from .evaluation import BUDGET_SHARES, KNAPSACK_BATCH, RoutingEvaluation, budget_rows, family_rows, summarize_routing
+from .evaluation import (
+    BUDGET_SHARES,
+    KNAPSACK_BATCH,
+    SCORECARD_SHARES,
+    RoutingEvaluation,
+    budget_rows,
+    family_rows,
+    scorecard_rows,
+    summarize_routing,
+)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -24,6 +33,15 @@ def _fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _hull_cell(row: dict) -> str:
+    """'yes' / 'no' for a swept router's curve being above the fixed-scale hull all over 5-50 % of the largest
+    scale's tokens, with its smallest margin there; '-' for single-point routers."""
+    if "hull_margin_min" not in row:
+        return "-"
+    above = "yes" if row["hull_margin_min"] > 0 else "no"
+    return f"{above} ({row['hull_margin_min']:+.3f})"
 
 
 def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: list[dict], title: str = "") -> str:
@@ -45,6 +63,9 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
         "so each doubling of tokens weighs the same; CPT(x) = fewest mean tokens recovering x of the gap",
         "- 'match full' = the cheapest realised operating point whose accuracy is at least the strong accuracy "
         "(read off the test curve, as CPT is); under / over = share routed below / above the paper-oracle label there",
+        "- the fixed-scale hull = the best mix of any two fixed scales at the same mean tokens (the strongest "
+        "query-blind routing); 'above hull 5-50 %' = the router's curve is above it at every mean token count from 5 "
+        "to 50 % of the largest scale's (the smallest margin in brackets)",
     ]
     if strong[1] <= weak[1]:
         lines += [
@@ -56,8 +77,8 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
         "",
         "| router | APGR | APGR (log tokens) | AUC | CPT(50%) | CPT(80%) | CPT(95%) | tokens at match full "
         "| % of largest | accuracy there | under | over | cascade acc. same tokens | random acc. same tokens "
-        "| best accuracy (tokens) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| hull acc. same tokens | above hull 5-50 % (min margin) | best accuracy (tokens) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         match = _fmt(row["tokens_at_match"], 1) + ("" if row["matches_full"] else " (never)")
@@ -67,8 +88,8 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
             f"{_fmt(row['cpt80'], 1)} | {_fmt(row['cpt95'], 1)} | {match} | "
             f"{_fmt(100 * row['token_share_at_match'], 1)} | {_fmt(row['accuracy_at_match'])} | {_fmt(row['under'])} | "
             f"{_fmt(row['over'])} | {_fmt(row['cascade_accuracy_same_tokens'])} | "
-            f"{_fmt(row['random_accuracy_same_tokens'])} | "
-            f"{_fmt(row['best_accuracy'])} ({_fmt(row['tokens_at_best'], 1)}) |"
+            f"{_fmt(row['random_accuracy_same_tokens'])} | {_fmt(row['hull_accuracy_same_tokens'])} | "
+            f"{_hull_cell(row)} | {_fmt(row['best_accuracy'])} ({_fmt(row['tokens_at_best'], 1)}) |"
         )
     calibrated = [row for row in rows if "calibrated_threshold" in row]
     if calibrated:
@@ -78,14 +99,15 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
             "full-scale accuracy there), i.e. without looking at the test labels:",
             "",
             "| router | threshold | tokens | % of largest | accuracy | cascade acc. same tokens "
-            "| random acc. same tokens |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| random acc. same tokens | hull acc. same tokens |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in calibrated:
             lines.append(
                 f"| {row['router']} | {_fmt(row['calibrated_threshold'], 4)} | {_fmt(row['calibrated_tokens'], 1)} | "
                 f"{_fmt(100 * row['calibrated_tokens'] / strong[0], 1)} | {_fmt(row['calibrated_accuracy'])} | "
-                f"{_fmt(row['calibrated_cascade_accuracy'])} | {_fmt(row['calibrated_random_accuracy'])} |"
+                f"{_fmt(row['calibrated_cascade_accuracy'])} | {_fmt(row['calibrated_random_accuracy'])} | "
+                f"{_fmt(row['calibrated_hull_accuracy'])} |"
             )
     lines += certified_markdown(rows, strong)
     cascade = next(row for row in rows if row["kind"] == "cascade")
@@ -136,6 +158,43 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
     return "\n".join(lines) + "\n"
 
 
+def scorecard_markdown(evaluation: RoutingEvaluation, reference: str = "question-only", title: str = "") -> str:
+    """The routing scorecard (:func:`predictor.evaluation.scorecard_rows`) as a markdown table."""
+    card = scorecard_rows(evaluation, reference)
+    strong = evaluation.strong
+    shares = " | ".join(f"knapsack {100 * share:g} % (vs {reference})" for share in SCORECARD_SHARES)
+    lines = [
+        f"Routing scorecard{': ' + title if title else ''} ({len(evaluation.data)} queries; {strong[0]:.0f} tokens: "
+        f"accuracy {strong[1]:.3f}). Ratios and differences are against the `{reference}` router.",
+        "",
+        f"| router | tokens to match full (vs {reference}) | certified: tokens (vs {reference}), accuracy "
+        f"| above hull 5-50 % (min margin) | {shares} |",
+        "|---|---:|---:|---|" + "---:|" * len(SCORECARD_SHARES),
+    ]
+    for row in card:
+        match = "never" if math.isnan(row["tokens_to_match"]) else f"{row['tokens_to_match']:.1f}"
+        match += f" ({_percent(row['tokens_to_match_vs_reference'])})"
+        certified = (
+            f"{_fmt(row['certified_tokens'], 1)} ({_percent(row['certified_tokens_vs_reference'])}), "
+            f"{_fmt(row['certified_accuracy'])}"
+        )
+        hull = f"{'yes' if row['above_hull'] else 'no'} ({row['hull_margin_min']:+.3f})"
+        budgets = [
+            f"{_fmt(row[f'knapsack_{share:g}'])} ({_signed(row[f'knapsack_{share:g}_vs_reference'])})"
+            for share in SCORECARD_SHARES
+        ]
+        lines.append(f"| {row['router']} | {match} | {certified} | {hull} | " + " | ".join(budgets) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _percent(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.0f} %"
+
+
+def _signed(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:+.3f}"
+
+
 def certified_markdown(rows: list[dict], strong: tuple[float, float]) -> list[str]:
     """The certified-threshold table (empty when no predictor carries a certificate): what each certificate
     promises and what its threshold does on the test data."""
@@ -149,8 +208,8 @@ def certified_markdown(rows: list[dict], strong: tuple[float, float]) -> list[st
         "'test drop' = the largest scale's test accuracy minus the router's:",
         "",
         "| router | eps | delta | n | p-value (method) | threshold | calibration drop / tokens | test tokens "
-        "| % of largest | test accuracy | test drop | within eps | random acc. same tokens |",
-        "|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---|---:|",
+        "| % of largest | test accuracy | test drop | within eps | random acc. same tokens | hull acc. same tokens |",
+        "|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for row in certified:
         p_value = _fmt(row["certificate_p_value"], 4)
@@ -163,7 +222,7 @@ def certified_markdown(rows: list[dict], strong: tuple[float, float]) -> list[st
             f"{_fmt(row['certified_threshold'], 3)} | {calibration} | {_fmt(row['certified_tokens'], 1)} | "
             f"{_fmt(100 * row['certified_tokens'] / strong[0], 1)} | {_fmt(row['certified_accuracy'])} | "
             f"{_fmt(row['certified_drop'])} | {'yes' if row['certified_holds'] else '**no**'} | "
-            f"{_fmt(row['certified_random_accuracy'])} |"
+            f"{_fmt(row['certified_random_accuracy'])} | {_fmt(row['certified_hull_accuracy'])} |"
         )
     return lines
 
@@ -193,6 +252,8 @@ def plot_curves(evaluation: RoutingEvaluation, path: str | os.PathLike) -> None:
                 axis.plot(processed, accuracy, "--", color=line.get_color(), label=f"{router.name} (tokens processed)")
             elif router.kind == "random":
                 axis.plot(tokens, accuracy, ":", color="gray", label="random (matched tokens)")
+            elif router.kind == "hull":
+                axis.plot(tokens, accuracy, "--", color="black", linewidth=1.2, label=router.name)
             else:
                 curve = router.curve()
                 line = axis.plot(curve.tokens, curve.accuracy, "-", linewidth=1.8, label=router.name)[0]
@@ -226,8 +287,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def write_evaluation(evaluation: RoutingEvaluation, out_dir: str | os.PathLike, title: str = "") -> dict[str, Path]:
-    """Write ``results.md``, ``results.csv``, ``results.json``, ``families.csv``, ``budgets.csv``, ``curves.csv`` and
-    ``curves.png``; returns their paths by name."""
+    """Write ``results.md``, ``results.csv``, ``results.json``, ``families.csv``, ``budgets.csv``, ``curves.csv``,
+    ``curves.png`` and (when the data has a question-only router) ``scorecard.md``; returns their paths by name."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarize_routing(evaluation)
@@ -255,6 +316,9 @@ def write_evaluation(evaluation: RoutingEvaluation, out_dir: str | os.PathLike, 
     }
     paths["results.json"].write_text(dumps_json(summary, indent=2) + "\n", encoding="utf-8")  # null, never NaN
     plot_curves(evaluation, paths["curves.png"])
+    if any(router.name == "question-only" for router in evaluation.routers):
+        paths["scorecard.md"] = out_dir / "scorecard.md"
+        paths["scorecard.md"].write_text(scorecard_markdown(evaluation, title=title), encoding="utf-8")
     return paths
 
 
@@ -345,6 +409,12 @@ def pipeline_report(
         "",
         "Stage times (s): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items()),
         "",
+    ]
+    for where, folder in (("test split", routing_dir), ("shifted test split", shift_dir)):
+        card = None if folder is None else Path(folder) / "scorecard.md"
+        if card is not None and card.exists():
+            lines += [f"## Routing scorecard ({where})", "", card.read_text(encoding="utf-8").rstrip("\n"), ""]
+    lines += [
         "## Oracle and per-scale accuracy (test split)",
         "",
         f"![oracle accuracy per scale]({_relative(oracle_dir / 'report.png', report_dir)})",

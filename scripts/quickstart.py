@@ -149,6 +149,10 @@ def run(args: argparse.Namespace) -> None:
         shift_dir=out / "router-shift",
     )  # fmt: skip
     report.write_text(text, encoding="utf-8")
+    for where, folder in (("test split", out / "router"), ("shifted test split", out / "router-shift")):
+        card = folder / "scorecard.md"
+        if card.exists():
+            print(f"\n--- routing scorecard, {where}\n" + card.read_text(encoding="utf-8"), end="")
     print(f"\nwrote {report}")
 
 

@@ -90,3 +90,33 @@ def test_evaluate_router_cli_fits_saves_and_reevaluates(oracles, tmp_path, capsy
     with pytest.raises(SystemExit) as exit_info:  # a user error: one line, exit code 2
         run_script("--oracle-test", str(other), "--predictor", str(out / "predictors" / "mlp"), "--out", str(again))
     assert exit_info.value.code == 2 and "embedding size 16" in capsys.readouterr().err
+
+
+def test_the_scorecard_sets_every_router_against_the_question_only_one(oracles, tmp_path):
+    from predictor.evaluation import scorecard_rows
+    from predictor.reference import ReferenceRouter
+    from predictor.report import scorecard_markdown
+
+    train, test = oracles
+    predictors = {"lgbm": LGBMScalePredictor().fit(train), "question-only": ReferenceRouter("family").fit(train)}
+    evaluation = evaluate_routing(test, predictors)
+    card = {row["router"]: row for row in scorecard_rows(evaluation)}
+    summary = {row["router"]: row for row in summarize_routing(evaluation)}
+    assert set(card) == {"lgbm", "question-only"}
+    reference, lgbm = card["question-only"], card["lgbm"]
+    assert reference["tokens_to_match_vs_reference"] == pytest.approx(1.0)
+    assert reference["knapsack_0.1_vs_reference"] == 0.0
+    assert lgbm["tokens_to_match"] == summary["lgbm"]["tokens_at_match"]
+    # the image's detail level, which the family does not tell, lets the learned router answer with fewer tokens
+    assert lgbm["tokens_to_match_vs_reference"] < 0.9
+    assert lgbm["hull_margin_min"] == summary["lgbm"]["hull_margin_min"]
+    hull = evaluation.router("fixed-scale hull").curve()
+    assert lgbm["above_hull"] == bool(
+        min(evaluation.router("lgbm").curve().at(x) - hull.at(x) for x in np.linspace(0.05 * 576, 0.5 * 576, 91)) > 0
+    )
+    budgets = {row["router"]: row for row in budget_rows(evaluation, (0.1,))}
+    expected = budgets["lgbm (knapsack)"]["accuracy_at_0.1"] - budgets["question-only (knapsack)"]["accuracy_at_0.1"]
+    assert lgbm["knapsack_0.1_vs_reference"] == pytest.approx(expected)
+    text = scorecard_markdown(evaluation)
+    assert "| lgbm |" in text and "| question-only |" in text and "(100 %)" in text
+    assert "scorecard.md" in write_evaluation(evaluation, tmp_path / "eval")

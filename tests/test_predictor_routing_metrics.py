@@ -8,6 +8,8 @@ from predictor.baselines import (
     cascade_cutoffs,
     cascade_processed_tokens,
     cascade_routing,
+    fixed_hull_scales,
+    fixed_hull_weights,
     random_routing_weights,
 )
 from predictor.routing_metrics import auc, routing_point, selection_rates, tokens_for_accuracy
@@ -133,6 +135,40 @@ def test_random_routing_matches_tokens_and_interpolates_accuracy():
         assert mean_tokens == pytest.approx(min(target, 576))
         fixed = correct.mean(axis=0)
         assert accuracy == pytest.approx(np.interp(min(target, 576), SCALES, fixed))
+
+
+def test_the_fixed_scale_hull_is_the_best_mix_of_two_fixed_scales():
+    tokens = np.tile(np.array(SCALES, float), (4, 1))
+    # 36 tokens (0.25) lies below the chord from 9 (0.5) to 144 (0.75): the hull skips it, random routing does not
+    correct = np.array([[0, 1, 0, 1, 1], [0, 1, 1, 1, 1], [0, 0, 0, 0, 1], [0, 0, 0, 1, 1]], float)
+    assert correct.mean(axis=0).tolist() == [0, 0.5, 0.25, 0.75, 1.0]
+    assert fixed_hull_scales(tokens, correct).tolist() == [0, 1, 3, 4]
+    rng = np.random.default_rng(0)
+    for target in (1, 5, 9, 20, 36, 90, 144, 400, 576):
+        hull = fixed_hull_weights(tokens, correct, target)
+        mean_tokens, accuracy = routing_point(hull, correct, tokens, SCALES)
+        assert mean_tokens == pytest.approx(target)
+        assert accuracy == pytest.approx(np.interp(target, [1, 9, 144, 576], [0, 0.5, 0.75, 1.0]))
+        assert np.count_nonzero(hull[0]) <= 2 and hull[0, 2] == 0  # never the scale under the envelope
+        _, random_accuracy = routing_point(random_routing_weights(tokens, target), correct, tokens, SCALES)
+        assert accuracy >= random_accuracy - 1e-12  # never below random routing, above it around 36
+        # no mix of fixed scales with the same mean tokens does better
+        for _ in range(50):
+            weights = rng.dirichlet(np.ones(5))
+            mixed_tokens = weights @ np.array(SCALES, float)
+            if abs(mixed_tokens - target) < 1e-9:
+                assert weights @ correct.mean(axis=0) <= accuracy + 1e-12
+    _, at_36 = routing_point(fixed_hull_weights(tokens, correct, 36), correct, tokens, SCALES)
+    _, random_36 = routing_point(random_routing_weights(tokens, 36), correct, tokens, SCALES)
+    assert at_36 == pytest.approx(0.55) and random_36 == pytest.approx(0.25)
+
+
+def test_a_concave_fixed_curve_makes_the_hull_random_routing():
+    tokens = np.tile(np.array(SCALES, float), (100, 1))
+    correct = (np.arange(100)[:, None] < np.array([20, 50, 60, 65, 68])).astype(float)  # accuracy 0.2 ... 0.68
+    assert fixed_hull_scales(tokens, correct).tolist() == [0, 1, 2, 3, 4]
+    for target in (3, 20, 100, 300):
+        np.testing.assert_allclose(fixed_hull_weights(tokens, correct, target), random_routing_weights(tokens, target))
 
 
 def test_confidence_cascade():
