@@ -27,7 +27,9 @@ ORACLES = {
 def summarize_oracle(table: pa.Table, scales: list[int]) -> dict[str, dict]:
     """Per family (sorted, then ``"overall"``): ``n``; per scale ``accuracy`` (mean score), ``correct_rate``,
     ``tokens`` (mean visual tokens); per oracle (``paper``, ``monotone``) ``accuracy``, ``correct_rate``,
-    ``tokens``, ``flagged`` (count of none-correct / unreachable samples) and ``labels`` (count per scale)."""
+    ``tokens``, ``flagged`` (count of none-correct / unreachable samples), ``labels`` (count per scale) and
+    ``labels_unflagged`` (count per scale among the samples not flagged: for the monotone oracle, those answered
+    right at the largest scale, whose label says how many tokens they really need)."""
     families = np.array([NO_FAMILY if f is None else f for f in table.column("family").to_pylist()], dtype=object)
     score = {s: table.column(f"score_{s}").to_numpy().astype(float) for s in scales}
     correct = {s: table.column(f"correct_{s}").to_numpy(zero_copy_only=False).astype(bool) for s in scales}
@@ -54,6 +56,7 @@ def summarize_oracle(table: pa.Table, scales: list[int]) -> dict[str, dict]:
                 "tokens": float(picked_tokens.mean()) if n else 0.0,
                 "flagged": int(flagged.sum()),
                 "labels": {s: int((chosen == s).sum()) for s in scales},
+                "labels_unflagged": {s: int(((chosen == s) & ~flagged).sum()) for s in scales},
             }
         summary[family] = entry
     return summary
@@ -130,6 +133,21 @@ def oracle_markdown(summary: dict, scales: list[int], manifest: dict, pope: dict
             entry = summary[family][name]
             cells = [str(entry["labels"][s]) for s in scales] + [str(entry["flagged"])]
             lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"## Label spread: monotone labels of the samples right at {largest} (% per scale)",
+        "",
+        "How many tokens the questions a model can answer really need: the share of each scale among the monotone "
+        f"labels of the samples answered right at {largest} (the others have no label that says so).",
+        "",
+        "| family | right at " + str(largest) + " | " + " | ".join(str(s) for s in scales) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in scales) + " |",
+    ]
+    for family in families:
+        counts = summary[family]["monotone"]["labels_unflagged"]
+        total = sum(counts.values())
+        cells = [f"{100 * counts[s] / total:.0f}" if total else "-" for s in scales]
+        lines.append(f"| {family} | {total} | " + " | ".join(cells) + " |")
     if pope:
         lines += [
             "",

@@ -44,6 +44,10 @@ def test_summary_of_a_hand_made_table():
     assert overall["paper"]["correct_rate"] == 0.75 and overall["paper"]["tokens"] == 3.0
     assert overall["paper"]["flagged"] == 1 and overall["paper"]["labels"] == {1: 3, 9: 1}
     assert overall["monotone"]["flagged"] == 2 and overall["monotone"]["labels"] == {1: 3, 9: 1}
+    # the label spread counts only samples right at the largest scale (r1 needs 9, r2 needs 1; r3, r4 are wrong at 9)
+    assert overall["monotone"]["labels_unflagged"] == {1: 1, 9: 1}
+    assert summary["a"]["monotone"]["labels_unflagged"] == {1: 1, 9: 1}
+    assert summary["b"]["monotone"]["labels_unflagged"] == {1: 0, 9: 0}
     assert summary["a"]["accuracy"] == pytest.approx({1: 0.5, 9: 0.8})
     assert summary["a"]["paper"]["tokens"] == 5.0 and summary["b"]["paper"]["flagged"] == 1
 
@@ -59,6 +63,7 @@ def test_markdown_and_plot(tmp_path):
     assert "| overall | 4 | 0.575 | 0.400 | 0.725 | 0.725 |" in text
     assert "| Oracle (paper: fewest tokens that answer correctly) | 0.725 | 3.0 | 1 none correct |" in text
     assert "| b | 1 | 0 | 1 |" in text  # label counts per family, flagged samples counted at the smallest scale
+    assert "| a | 2 | 50 | 50 |" in text and "| b | 0 | - | - |" in text  # the label spread (% per scale)
     plot_report(summary, SCALES, tmp_path / "report.png")
     assert (tmp_path / "report.png").stat().st_size > 1000
     json.dumps(summary)  # plain numbers only
