@@ -28,7 +28,7 @@ from m3.data.granularity import VOCABULARY, write_split
 from m3.processing import M3Processor
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
 from m3.training import ResumeMismatchError, TrainConfig, train
-from oracle_data import build_oracle, load_oracle, read_manifest
+from oracle_data import build_oracle, compare_oracles, load_oracle, read_manifest
 
 pytestmark = pytest.mark.multiprocess
 
@@ -247,18 +247,21 @@ def one_process_oracle(oracle_inputs, tmp_path_factory) -> Path:
     return out
 
 
-def rows(out: Path) -> list[dict]:
-    return load_oracle(out).replace_schema_metadata(None).to_pylist()
+def check_same_rows(out: Path, reference: Path) -> None:
+    """Row for row: ids, answers, scores and labels equal; confidences, embeddings, hidden states to 1e-5 (a
+    process's earlier batches can move the last bits: 5e-7 on a confidence was seen)."""
+    differing, largest = compare_oracles(out, reference)
+    assert differing == [] and largest < 1e-5, (differing[:5], largest)
 
 
 def test_two_process_oracle_build_writes_the_rows_of_one_process(oracle_inputs, one_process_oracle, tmp_path):
     out = tmp_path / "two"
     check_ok(run(torchrun(ORACLE_SCRIPT, oracle_flags(*oracle_inputs, out))))
     manifest = read_manifest(out)
-    assert manifest["complete"] and manifest["build"]["num_processes"] == 2
-    expected = rows(one_process_oracle)
-    assert len(expected) == len(json.loads(oracle_inputs[1].read_text())) and manifest["num_rows"] == len(expected)
-    assert rows(out) == expected  # row for row: ids, answers, scores, confidences, embeddings
+    assert manifest["complete"] and manifest["build"]["num_processes"] == 2 and manifest["build"]["seconds"] > 0
+    questions = len(json.loads(oracle_inputs[1].read_text()))
+    assert manifest["num_rows"] == load_oracle(one_process_oracle).num_rows == questions
+    check_same_rows(out, one_process_oracle)
 
 
 def test_an_oracle_build_with_a_killed_process_finishes_on_rerun_without_duplicates(
@@ -266,11 +269,13 @@ def test_an_oracle_build_with_a_killed_process_finishes_on_rerun_without_duplica
 ):
     out = tmp_path / "killed"
     command = torchrun(ORACLE_SCRIPT, oracle_flags(*oracle_inputs, out))
-    launcher = subprocess.Popen(command, env=launch_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        launcher = subprocess.Popen(command, env=launch_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + LAUNCH_TIMEOUT
         while not list((out / "shards").glob("shard-*.parquet")):
-            assert launcher.poll() is None, f"the build ended before its first shard: {launcher.stderr.read()[-2000:]}"
+            assert launcher.poll() is None, f"the build ended before its first shard: {log.read_text()[-2000:]}"
             assert time.monotonic() < deadline, "no shard in time"
             time.sleep(0.005)
         workers = [p for p in psutil.Process(launcher.pid).children() if str(ORACLE_SCRIPT) in " ".join(p.cmdline())]
@@ -280,7 +285,6 @@ def test_an_oracle_build_with_a_killed_process_finishes_on_rerun_without_duplica
     finally:
         if launcher.poll() is None:
             launcher.kill()
-        launcher.stderr.close()
     assert launcher.returncode != 0
     written = {path: path.stat().st_mtime_ns for path in (out / "shards").glob("shard-*.parquet")}
     manifest = read_manifest(out)
@@ -290,6 +294,6 @@ def test_an_oracle_build_with_a_killed_process_finishes_on_rerun_without_duplica
     table = load_oracle(out)  # refuses duplicated sample ids, and shards that disagree with the manifest
     ids = table.column("sample_id").to_pylist()
     assert len(ids) == len(set(ids)) == read_manifest(out)["num_rows"]
-    assert rows(out) == rows(one_process_oracle)
+    check_same_rows(out, one_process_oracle)
     for path, mtime in written.items():  # shards written before the kill were kept, not redone
         assert path.stat().st_mtime_ns == mtime
