@@ -345,14 +345,11 @@ def compare_oracles(first: str | os.PathLike, second: str | os.PathLike) -> tupl
         x, y = a.column(name).to_pylist(), b.column(name).to_pylist()
         for sample_id, one, other in zip(ids, x, y):
             if floats and one is not None and other is not None:
-                largest = max(largest, max((abs(u - v) for u, v in zip(*map(_as_list, (one, other)))), default=0.0))
+                pairs = zip(one, other) if isinstance(one, list) else [(one, other)]
+                largest = max([largest, *(abs(u - v) for u, v in pairs)])
             elif one != other:
                 cells.append(f"{sample_id}.{name}")
     return cells, largest
-
-
-def _as_list(value) -> list:
-    return value if isinstance(value, list) else [value]
 
 
 ORACLE_DATASET_NAME = "m3_oracle"
