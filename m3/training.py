@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, set_seed, str_to_bool
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -62,6 +63,11 @@ class OutputDirInUseError(FileExistsError):
 
 class ResumeMismatchError(ValueError):
     """The newest checkpoint was written by a run with other data, batch size, scales, model or settings."""
+
+
+class LaunchError(ValueError):
+    """The launcher started processes that accelerate does not run as asked: they would train copies side by side
+    into one output_dir, or data-parallel where FSDP or DeepSpeed was asked for."""
 
 
 class NonFiniteTrainingError(ValueError):
@@ -527,6 +533,38 @@ def check_resumable(checkpoint: Path, identity: dict) -> dict:
     return state
 
 
+# the launcher's request (set by `accelerate launch --config_file`, or by hand) -> what accelerate must then run
+REQUESTED_BACKENDS = {
+    "ACCELERATE_USE_FSDP": DistributedType.FSDP,
+    "ACCELERATE_USE_DEEPSPEED": DistributedType.DEEPSPEED,
+}
+CPU_LAUNCH = "ACCELERATE_USE_CPU=true torchrun --nproc_per_node N scripts/train_m3.py ..."
+
+
+def check_launch(accelerator: Accelerator, environ: dict | None = None) -> None:
+    """Refuse a launch that accelerate would not run as one job (:class:`LaunchError`), before anything is written.
+
+    Without a GPU, accelerate leaves processes started by ``torchrun`` (or by ``accelerate launch`` with the GPU
+    configs in ``configs/accelerate/``) each on its own, and with ``ACCELERATE_USE_CPU=true`` it runs them as CPU
+    data-parallel even when FSDP or DeepSpeed was asked for: both would train something else than asked, silently."""
+    environ = os.environ if environ is None else environ
+    launched = int(environ.get("WORLD_SIZE", "1"))
+    running = accelerator.distributed_type
+    if launched > accelerator.num_processes:
+        raise LaunchError(
+            f"{launched} processes were launched, but accelerate runs each of them alone ({running.value}): they would "
+            f"train separate copies into the same output_dir. Without a GPU launch with `{CPU_LAUNCH}`; the configs in "
+            "configs/accelerate/ need GPUs"
+        )
+    for flag, backend in REQUESTED_BACKENDS.items():
+        if str_to_bool(environ.get(flag, "false")) and running != backend:
+            raise LaunchError(
+                f"{backend.value} was asked for ({flag}), but accelerate runs {running.value} here: accelerate "
+                f"enables {backend.value} only on GPUs (and other accelerators), not on CPU. On CPU use "
+                f"data-parallel: `{CPU_LAUNCH}`"
+            )
+
+
 def check_finite_weights(model, step: int, config: TrainConfig) -> None:
     """Refuse to save weights that hold NaN or infinities (what too large a learning rate leaves)."""
     bad = non_finite_parameters(model)
@@ -562,6 +600,7 @@ def train(config: TrainConfig) -> Path:
         mixed_precision=config.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    check_launch(accelerator)
     set_seed(config.seed)
     if config.generate_data and accelerator.is_main_process:
         ensure_granularity_data(config)
@@ -615,6 +654,7 @@ def train(config: TrainConfig) -> Path:
     random_scale = config.scale_sampling == "random"
     meter = ScaleLossMeter(LOSS_WINDOW if random_scale else 1)
     stopped_early = False
+    started = time.perf_counter()  # the history's "seconds": wall time since this process's loop began
     while step < total_steps and not stopped_early:
         loader.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
@@ -653,7 +693,7 @@ def train(config: TrainConfig) -> Path:
             losses = {**drawn, "loss": outputs.loss.item(), **{f"L{s}": v for s, v in meter.means().items()}}
             progress.set_postfix({k: f"{v:.3f}" if k != "scale" else v for k, v in losses.items()})  # keeps the order
             if step % config.logging_steps == 0:
-                history.append({"step": step, **losses})
+                history.append({"step": step, **losses, "seconds": round(time.perf_counter() - started, 4)})
             if eval_items and step % config.eval_steps == 0 and accelerator.is_main_process:
                 accuracy = _evaluate(accelerator.unwrap_model(model), processor, eval_items, scales)
                 history.append({"step": step, "eval_accuracy": accuracy})
@@ -674,8 +714,9 @@ def train(config: TrainConfig) -> Path:
         accelerator.print(f"stopped after step {step} (stop_after_steps); resume with --resume")
         return output_dir
     check_finite_weights(model, step, config)
+    state_dict = accelerator.get_state_dict(model)  # every process takes part: FSDP and ZeRO-3 gather the shards
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(output_dir)
+        accelerator.unwrap_model(model).save_pretrained(output_dir, state_dict=state_dict)
         processor.save_pretrained(output_dir)
         summary = {"config": asdict(config), "steps": step, "history": history}
         (output_dir / "train_summary.json").write_text(dumps_json(summary, indent=2))

@@ -12,6 +12,7 @@ from .labels import monotone_oracle, paper_oracle
 from .report import summarize_oracle, write_report
 from .store import (
     OracleMismatchError,
+    compare_oracles,
     load_oracle,
     load_oracle_dataframe,
     load_oracle_dataset,
@@ -24,6 +25,7 @@ __all__ = [
     "OracleMismatchError",
     "Sample",
     "build_oracle",
+    "compare_oracles",
     "dataset_image_reader",
     "load_oracle",
     "load_oracle_dataframe",

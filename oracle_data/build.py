@@ -127,6 +127,7 @@ def build_oracle(
     from m3.pooling import check_scales
     from m3.processing import M3Processor
 
+    started = time.perf_counter()  # the manifest's build "seconds": this call's wall time, on the main process
     if batch_size < 1 or shard_size < 1 or max_new_tokens < 1:
         raise ValueError(
             f"batch_size, shard_size and max_new_tokens must be >= 1, got {batch_size}, {shard_size}, {max_new_tokens}"
@@ -215,7 +216,8 @@ def build_oracle(
         missing = [i for i in range(len(shards)) if not (out_dir / store.shard_file(i)).is_file()]
         if missing:
             raise RuntimeError(f"{out_dir}: shards {missing[:5]} are missing after the build; rerun the command")
-        manifest["build"] = dict(manifest["build"], finished=_now(), num_processes=state.num_processes)
+        seconds = round(time.perf_counter() - started, 3)
+        manifest["build"] = dict(manifest["build"], finished=_now(), seconds=seconds, num_processes=state.num_processes)
         store.update_manifest(out_dir, manifest, complete=True)
     state.wait_for_everyone()
     return store.manifest_path(out_dir)

@@ -330,6 +330,28 @@ def load_oracle(out_dir: str | os.PathLike, allow_incomplete: bool = False) -> p
     return table.replace_schema_metadata({"manifest": json.dumps(manifest)})
 
 
+def compare_oracles(first: str | os.PathLike, second: str | os.PathLike) -> tuple[list[str], float]:
+    """How two builds of one model on one data set differ (e.g. on 1 and on 2 processes): ``(cells, largest)``,
+    ``cells`` naming every ``sample_id.column`` that differs outside the float columns (ids, answers, scores,
+    labels), ``largest`` the largest absolute difference in the float ones (confidences, embeddings, hidden
+    states). Those may differ in the last bits: what a process computed before can change which kernels run."""
+    a, b = load_oracle(first), load_oracle(second)
+    if a.num_rows != b.num_rows or a.schema.names != b.schema.names:
+        return [f"{a.num_rows} rows x {a.num_columns} columns against {b.num_rows} x {b.num_columns}"], 0.0
+    ids = a.column("sample_id").to_pylist()
+    cells, largest = [], 0.0
+    for name, kind in zip(a.schema.names, a.schema.types):
+        floats = pa.types.is_floating(kind) or (pa.types.is_list(kind) and pa.types.is_floating(kind.value_type))
+        x, y = a.column(name).to_pylist(), b.column(name).to_pylist()
+        for sample_id, one, other in zip(ids, x, y):
+            if floats and one is not None and other is not None:
+                pairs = zip(one, other) if isinstance(one, list) else [(one, other)]
+                largest = max([largest, *(abs(u - v) for u, v in pairs)])
+            elif one != other:
+                cells.append(f"{sample_id}.{name}")
+    return cells, largest
+
+
 ORACLE_DATASET_NAME = "m3_oracle"
 
 

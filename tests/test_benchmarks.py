@@ -20,7 +20,7 @@ if str(BENCHMARKS) not in sys.path:  # benchmarks/ is a folder of scripts that i
     sys.path.insert(0, str(BENCHMARKS))
 
 timing = importlib.import_module("timing")
-SCRIPTS = ("train_step", "oracle_build", "router_cost", "adaptive_latency", "gpu_check")
+SCRIPTS = ("train_step", "oracle_build", "router_cost", "adaptive_latency", "gpu_check", "distributed")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -187,6 +187,33 @@ def test_oracle_build_benchmark_smoke(tmp_path):
     report = oracle_build.format_report(result)
     assert "oracle / plain" in report and "naive / oracle" in report and "ended with EOS" in report
     assert list(tmp_path.iterdir()) == []  # the temporary data, model and oracle folders are removed
+
+
+# ----------------------------------------------------------------------------------------------------
+# distributed
+
+
+@pytest.mark.multiprocess
+def test_distributed_benchmark_launches_every_design_and_they_agree(tmp_path):
+    distributed = importlib.import_module("distributed")
+    result = distributed.run_distributed_benchmark(
+        train_images=4, steps=3, warmup_steps=1, batch_size=1, hidden_size=32, oracle_images=2, oracle_batch_size=2,
+        max_new_tokens=2, repeats=1, work_dir=tmp_path,
+    )  # fmt: skip
+    names = ["train, 1 process", "train, 2 processes", "oracle, 1 process", "oracle, 2 processes"]
+    assert list(result.recorded.seconds) == list(result.launches.seconds) == names
+    assert all(len(result.recorded.seconds[name]) == 1 and result.recorded.seconds[name][0] > 0 for name in names)
+    # a recorded figure leaves out the interpreter start and imports that the launch wall time includes
+    assert all(result.recorded.median(name) < result.launches.median(name) for name in names)
+    assert result.max_parameter_difference == 0.0  # 2 processes = 1 process with 2 accumulation steps
+    assert result.oracle_rows == 2 * len(FAMILIES) and result.oracle_differing == []
+    assert result.oracle_float_difference < 1e-5
+    assert all(math.isfinite(result.speedup(task)) and result.speedup(task) > 0 for task in ("train", "oracle"))
+    report = distributed.format_report(result)
+    assert "speed-up with 2 processes" in report and "| oracle, 2 processes |" in report
+    assert list(tmp_path.iterdir()) == []  # the data, model, runs and oracles are removed
+    with pytest.raises(ValueError, match="exceed warmup_steps"):
+        distributed.run_distributed_benchmark(steps=2, warmup_steps=2)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
-"""Training failure behaviour: a used output folder, resuming another run, NaN, bad images, --save_steps 0."""
+"""Training failure behaviour: a used output folder, resuming another run, NaN, bad images, --save_steps 0, launches
+that accelerate would not run as asked."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 import m3.training
 from m3.data.granularity import write_split
 from m3.data.llava import BadImageError
-from m3.training import train
+from m3.training import LaunchError, check_launch, train
 
 from .damage import one_line_error, run_script
 from .test_training import tiny_run
@@ -93,3 +96,19 @@ def test_train_script_gives_one_line_errors(tmp_path, data_6, capsys):
     assert code == 2 and "9" in one_line_error(err)
     code, err = run_script("train_m3", [*args, "--save_steps", "-1"], capsys)
     assert code == 2 and "save_steps" in one_line_error(err)
+
+
+def test_launches_accelerate_would_not_run_as_asked_are_refused():
+    """What accelerate makes of launches on a CPU machine (tests/test_multiprocess.py launches them for real)."""
+    alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
+    data_parallel = SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_CPU)
+    # torchrun without ACCELERATE_USE_CPU=true, or the GPU configs: each process alone, separate copies
+    with pytest.raises(LaunchError, match="2 processes were launched, but accelerate runs each of them alone"):
+        check_launch(alone, {"WORLD_SIZE": "2"})
+    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        with pytest.raises(LaunchError, match=f"{name} was asked for .{flag}., but accelerate runs MULTI_CPU"):
+            check_launch(data_parallel, {"WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "true", flag: "true"})
+    check_launch(data_parallel, {"WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "true", "ACCELERATE_USE_FSDP": "false"})
+    check_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP),
+                 {"WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true"})  # fmt: skip
+    check_launch(alone, {})  # one plain process

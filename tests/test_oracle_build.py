@@ -1,6 +1,7 @@
 import json
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -23,6 +25,7 @@ from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
 from oracle_data import (
     OracleMismatchError,
     build_oracle,
+    compare_oracles,
     load_oracle,
     load_samples,
     oracle_schema,
@@ -150,12 +153,27 @@ def test_resume_after_sigkill_gives_exactly_the_uninterrupted_rows(tmp_path, mod
     questions = 8 * len(FAMILIES)
     assert resumed.num_rows == questions and len(set(resumed.column("sample_id").to_pylist())) == questions
     assert _without_metadata(resumed) == _without_metadata(whole)
+    assert compare_oracles(out, tmp_path / "whole") == ([], 0.0)
     manifest = read_manifest(out)
     shard_rows = [s["rows"] for s in manifest["shards"]]
     assert manifest["complete"] and sum(shard_rows) == questions and max(shard_rows) == 2
     assert not list(out.rglob("*.tmp"))
     for path in written:  # shards written before the kill were kept, not redone
         assert pq.read_table(path).num_rows == 2
+
+
+def test_compare_oracles_names_differing_cells_and_measures_float_ones(tmp_path, model_dir, split_8):
+    build_oracle(model_dir, split_8, tmp_path / "a", shard_size=16, batch_size=4, max_new_tokens=2, progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shard = tmp_path / "b" / "shards" / "shard-000001.parquet"
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    rows[0]["answer_9"] += " changed"
+    rows[1]["confidence_1"] -= 0.25
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard)
+    cells, largest = compare_oracles(tmp_path / "a", tmp_path / "b")
+    assert cells == [f"{rows[0]['sample_id']}.answer_9"] and largest == pytest.approx(0.25)
+    assert compare_oracles(tmp_path / "a", tmp_path / "a") == ([], 0.0)
 
 
 def test_a_different_model_data_or_setting_is_refused(tmp_path, model_dir, split_8):

@@ -63,7 +63,8 @@ def test_short_tiny_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path
 def test_single_scale_baseline_trains_only_its_scale(tmp_path):
     output = train(tiny_run(tmp_path, "ss", scales="576", max_steps=2))
     history = json.loads((output / "train_summary.json").read_text())["history"]
-    assert set(history[0]) == {"step", "loss", "L576"}
+    assert set(history[0]) == {"step", "loss", "L576", "seconds"}
+    assert 0 < history[0]["seconds"] < history[1]["seconds"]  # wall time since the loop began
     assert load_m3_model(output).config.m3_scales == [576]
 
 
@@ -212,7 +213,7 @@ def test_random_scale_run_killed_and_resumed_draws_the_same_scales_and_weights(t
     assert [row["scale"] for row in after_resume] == drawn[4:]
     for row in history:  # one scale per step: the step's loss is that scale's, the others are running means
         assert {"step", "scale", "loss", f"L{row['scale']}"} <= set(row)
-        assert set(row) - {"step", "scale", "loss"} <= {f"L{s}" for s in drawn}
+        assert set(row) - {"step", "scale", "loss", "seconds"} <= {f"L{s}" for s in drawn}
     assert load_m3_model(uninterrupted).config.m3_scales == [1, 9, 36, 144, 576]
 
 
