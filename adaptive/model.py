@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from m3.data.llava import open_rgb
 from m3.files import read_json
 from m3.fingerprint import model_fingerprint, same_weights, short
+from m3.images import open_rgb, to_rgb
 from m3.inference import ScaleOutput, compact_prompts, encode_images, generate_at_scale, scale_one_embedding
 from m3.loading import load_m3_model
 from m3.pooling import check_scale
-from m3.processing import IMAGE_PLACEHOLDER, M3Processor
+from m3.processing import M3Processor, check_question
 from m3.prompting import check_prompt_fits, image_token_counts
 from m3.video import collage, is_square_only
 from predictor import (
@@ -39,6 +39,7 @@ from predictor import (
     PredictorMismatchError,
     Queries,
     ScalePredictor,
+    certificate_at,
     check_compatible,
     check_threshold,
     load_predictor,
@@ -68,6 +69,8 @@ class AdaptiveAnswer:
     processed_tokens: int = 0  # visual tokens processed for this answer: ``visual_tokens`` plus a probe's, if any
     probe_scale: int | None = None  # the scale a probe predictor answered at first (None: no probe)
     reused_probe: bool = False  # the answer is the probe's own (the routed scale is the probe scale)
+    threshold: float | None = None  # the threshold routed at (None: a forced scale or a budget)
+    certificate: dict | None = None  # the certificate that holds for this routing (None: not certified)
 
     def __post_init__(self) -> None:
         self.processed_tokens = self.processed_tokens or self.visual_tokens
@@ -128,15 +131,16 @@ class EncodedFrames:
 
 
 def load_rgb(image) -> Image.Image:
-    """A PIL RGB image from a path, a PIL image or an ``(H, W, 3)`` / ``(H, W)`` uint8 array; clear errors."""
+    """A PIL RGB image from a path, a PIL image (any mode: :func:`m3.images.to_rgb`) or an ``(H, W, 3)`` / ``(H, W)``
+    uint8 array; clear errors."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)) or 0 in image.shape:
             raise ValueError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
         if image.dtype != np.uint8:
             raise ValueError(f"an image array must be uint8 (0-255), got {image.dtype}")
-        return Image.fromarray(image.squeeze(2) if image.ndim == 3 and image.shape[2] == 1 else image).convert("RGB")
+        return to_rgb(Image.fromarray(image.squeeze(2) if image.ndim == 3 and image.shape[2] == 1 else image))
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
@@ -145,22 +149,25 @@ def load_rgb(image) -> Image.Image:
     raise TypeError(f"image must be a path, a PIL image or a numpy array, got {type(image).__name__}")
 
 
-def check_question(question) -> str:
-    """The question, stripped; refused when empty or holding the image marker (the image goes in separately)."""
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"the question must be a non-empty string, got {question!r}")
-    if IMAGE_PLACEHOLDER in question:
-        raise ValueError(
-            f"the question holds {IMAGE_PLACEHOLDER}; pass the image as the image argument and only the text here"
-        )
-    return question.strip()
-
-
 def as_integer(value, what: str) -> int:
     """``value`` as an int; a float (even 576.0), a bool or a string is refused rather than silently converted."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
     return int(value)
+
+
+def check_generation_options(
+    config, threshold=None, max_tokens=None, scale=None, max_new_tokens: int = 32
+) -> int | None:
+    """Refuse :meth:`AdaptiveM3.generate` options that cannot work, from the model's config alone, so that a script
+    can ask before the model loads (``generate`` asks the same). Returns ``scale`` as an int (or None)."""
+    if threshold is not None:
+        check_threshold(threshold)
+    if max_tokens is not None and as_integer(max_tokens, "max_tokens") < 1:
+        raise ValueError(f"max_tokens={max_tokens} is below the smallest scale (1 visual token or more)")
+    if as_integer(max_new_tokens, "max_new_tokens") < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    return None if scale is None else check_scale(as_integer(scale, "scale"), config.grid_tokens)
 
 
 class WeightsMismatchError(PredictorMismatchError):
@@ -198,9 +205,9 @@ class AdaptiveM3:
     ``predictor``: a fitted scale predictor or a :class:`predictor.CalibratedRouter`. ``threshold``: the default
     probability a scale must reach, in [0, 1] (the predictor's own ``threshold_`` when None: the calibrated or
     certified one it was saved with). ``certificate`` is the predictor's certificate, if it has one; it holds at
-    the certified threshold only. ``model_fingerprint`` (:func:`m3.fingerprint.model_fingerprint` of the model's
-    folder; :meth:`from_pretrained` fills it in) lets a predictor fitted on other weights be refused, unless
-    ``allow_other_weights`` (then it is a warning).
+    the certified threshold only (:meth:`certificate_at`). ``model_fingerprint``
+    (:func:`m3.fingerprint.model_fingerprint` of the model's folder; :meth:`from_pretrained` fills it in) lets a
+    predictor fitted on other weights be refused, unless ``allow_other_weights`` (then it is a warning).
     """
 
     def __init__(
@@ -229,6 +236,12 @@ class AdaptiveM3:
     def certificate(self) -> Certificate | None:
         """The predictor's certificate (eps, delta, n, threshold, p-value, calibration data hash), or None."""
         return saved_certificate(self.predictor)
+
+    def certificate_at(self, threshold: float | None = None, max_tokens: int | None = None) -> Certificate | None:
+        """The certificate that holds for threshold routing at ``threshold`` (default: the one :meth:`generate`
+        uses) without a token cap; None when such routing is not certified (another threshold, or a cap, which
+        changes the routing the certificate was computed for)."""
+        return None if max_tokens is not None else certificate_at(self.certificate, self._threshold(threshold))
 
     # ---- loading and saving
     @classmethod
@@ -375,10 +388,7 @@ class AdaptiveM3:
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions")
         questions = [check_question(q) for q in questions]
-        if scale is not None:
-            scale = check_scale(as_integer(scale, "scale"), self.model.config.grid_tokens)
-        if max_tokens is not None:
-            max_tokens = as_integer(max_tokens, "max_tokens")
+        scale = check_generation_options(self.model.config, threshold, max_tokens, scale, max_new_tokens)
         if budget is not None and (scale is not None or threshold is not None or max_tokens is not None):
             raise ValueError(
                 "budget= routes the batch by itself: do not combine it with scale, threshold or max_tokens"
@@ -396,6 +406,8 @@ class AdaptiveM3:
             chosen = self.budget_scales(probabilities, counts, budget)
         else:
             chosen = self.choose_scales(probabilities, counts, threshold, max_tokens)
+        routed_at = None if scale is not None or budget is not None else self._threshold(threshold)
+        certificate = None if routed_at is None else self.certificate_at(routed_at, max_tokens)
         self.check_context(compact, chosen, sizes, max_new_tokens)
         outputs = self._answer(compact, grids, sizes, chosen, probe, max_new_tokens, **generation_kwargs)
         answers = []
@@ -413,6 +425,8 @@ class AdaptiveM3:
                     processed_tokens=output.tokens[position] + probe_tokens,
                     probe_scale=self.probe_scale,
                     reused_probe=reused,
+                    threshold=routed_at,
+                    certificate=None if certificate is None else certificate.to_dict(),
                 )
             )
         return answers[0] if single else answers

@@ -25,6 +25,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {one_line(message)}", file=sys.stderr, flush=True)
 
 
+def _close_progress_bars() -> None:
+    """Close the progress bars a failed loop left open (tqdm tracks them in ``tqdm._instances``): the error line
+    then starts a line of its own instead of trailing the bar."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def use_threads(threads: int) -> None:
+    """Set torch's CPU threads from a script's ``--threads`` (0: leave torch's default); a negative count is a user
+    error (``ValueError``), found before any work, instead of torch's ``RuntimeError`` traceback."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"--threads must be a whole number >= 0 (0: torch's default), got {threads!r}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Run a script's body; a user error becomes ``error: MESSAGE`` on stderr and ``SystemExit(2)``, and a warning
@@ -36,5 +58,6 @@ def user_errors() -> Iterator[None]:
         except USER_ERRORS as error:
             if os.environ.get("M3_TRACEBACK"):
                 raise
+            _close_progress_bars()
             print(f"error: {one_line(error) or type(error).__name__}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None

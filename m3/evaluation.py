@@ -23,7 +23,7 @@ from .data.llava import record_images
 from .inference import answer_at_scales, compact_prompts, encode_images
 from .metrics import OVERALL, exact_match, majority_baseline
 from .pooling import check_scale, check_token_selection
-from .processing import IMAGE_PLACEHOLDER, M3Processor, llava_prompt
+from .processing import IMAGE_PLACEHOLDER, M3Processor, check_question, llava_prompt
 from .prompting import check_prompts_fit
 
 
@@ -269,6 +269,9 @@ def run_evaluation(
     ``token_selection`` replaces each loaded config's ``m3_token_selection`` (the Table 4 spatial and sequential
     baselines); unset, each model uses its own (``avg_pool`` unless it was trained otherwise).
     ``image_grid_pinpoints`` (LLaVA-NeXT) replaces the model's and the image processor's anyres grids.
+    Each model's results go to ``out_dir/NAME``, NAME unique per model (:func:`m3.runs.distinct_names`: ``A/final``
+    and ``B/final`` become ``A-final`` and ``B-final``). Every setting, model folder, question and image is checked
+    before any model loads.
     """
     from pathlib import Path
 
@@ -276,26 +279,27 @@ def run_evaluation(
     from .files import dumps_json
     from .loading import load_m3_config, load_m3_model
     from .pooling import check_scales, nested_scales
-    from .processing import M3Processor
+    from .runs import check_output_dir, distinct_names
 
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of questions, got {limit}")
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}")
-    for model_dir in model_dirs:  # every model's files and the scales, before any model loads
-        grid = load_m3_config(model_dir).grid_tokens
+    names = distinct_names(model_dirs)  # one result folder per model, never shared
+    overrides = {} if token_selection is None else {"m3_token_selection": token_selection}
+    if image_grid_pinpoints is not None:
+        overrides["image_grid_pinpoints"] = image_grid_pinpoints
+    for model_dir in model_dirs:  # every model's files, options and the scales, before any model loads
+        grid = load_m3_config(model_dir, **overrides).grid_tokens
         if scales:
             check_scales(scales, grid)
     dataset = LlavaDataset(data_path, image_root or Path(data_path).parent)
     items = [dataset[i] for i in range(len(dataset) if limit is None else min(limit, len(dataset)))]  # images too
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        check_question(question_of(item), f"item {item.get('id')}")
+    out_dir = check_output_dir(out_dir)
     tables: dict[str, list[dict]] = {}
-    for model_dir in model_dirs:
-        name = Path(model_dir).name
-        overrides = {} if token_selection is None else {"m3_token_selection": token_selection}
-        if image_grid_pinpoints is not None:
-            overrides["image_grid_pinpoints"] = image_grid_pinpoints
+    for name, model_dir in zip(names, model_dirs):
         config = load_m3_config(model_dir, **overrides)
         processor = M3Processor.from_pretrained(model_dir, config=config, image_grid_pinpoints=image_grid_pinpoints)
         model_scales = list(scales) if scales else nested_scales(config.grid_tokens)

@@ -1,17 +1,23 @@
-"""Reading the project's files defensively: a damaged file gives ONE line that names it and says what to do.
+"""Reading and writing the project's files defensively: a damaged file, or a full disk, gives ONE line that names
+the file and says what to do.
 
 A truncated JSON file, safetensors file or LightGBM text model (a full disk, an interrupted copy) would otherwise
 surface as a parser error that names no file, a raw traceback, or - for LightGBM - a segfault. Every reader
 checks the file first and raises :class:`DamagedFileError`. :func:`json_safe` is the other half: what we write
-as JSON never holds NaN or infinities (which are not JSON).
+as JSON never holds NaN or infinities (which are not JSON). A write that runs out of space (:func:`writing`,
+:func:`atomic_write`) removes what it had written and raises :class:`DiskFullError`, one line, not a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SAFETENSORS_DTYPE_BYTES = {
@@ -99,19 +105,73 @@ def dumps_json(value, **kwargs) -> str:
     return json.dumps(json_safe(value), allow_nan=False, **kwargs)
 
 
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_WORDS = ("No space left on device", "Disk quota exceeded", "StorageFull")  # torch and safetensors wrap it
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space; what it had written so far was removed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def out_of_space(error: BaseException | None) -> bool:
+    """Whether ``error``, or one it was raised from, says the disk (or the quota) is full: ``OSError`` ENOSPC or
+    EDQUOT, or the words torch's and safetensors' own errors wrap it in."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+            return True
+        if any(words in str(error) for words in NO_SPACE_WORDS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def writing(what: str, partial: list[str | os.PathLike], fix: str = "free some space and run it again") -> Iterator:
+    """Run a write of ``what``; when it fails, remove ``partial`` (the files or folders it was writing) and, if it
+    failed for lack of space (:func:`out_of_space`, or under 1 MiB left on the device, as torch's "file write
+    failed" says no more), raise :class:`DiskFullError` saying so in one line, with the free space and ``fix``,
+    instead of the library's traceback. Other errors propagate unchanged."""
+    try:
+        yield
+    except BaseException as error:
+        existing = next((p for p in Path(partial[0]).parents if p.exists()), Path("."))  # outlives the partial
+        full = out_of_space(error) or shutil.disk_usage(existing).free < 2**20
+        for path in partial:
+            _remove(Path(path))
+        if not full or not isinstance(error, Exception):
+            raise
+        free = shutil.disk_usage(existing).free / 2**20
+        raise DiskFullError(
+            f"no space left on the device while writing {what} ({free:.0f} MiB free after removing it); the partial "
+            f"files were removed: {fix}"
+        ) from error
+
+
 def atomic_write(path: str | os.PathLike, write, durable: bool = True) -> None:
     """``write(tmp_path)``, flush it to disk (``durable``), then rename over ``path``: readers see the old or the
-    new file. Files that can be regenerated (benchmark images) skip the flush."""
+    new file. Files that can be regenerated (benchmark images) skip the flush. A full disk is one
+    :class:`DiskFullError` line, and no temporary file is left."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with writing(str(path), [tmp]):
         write(tmp)
         if durable:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: str | os.PathLike, value, durable: bool = True) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 
 from .configuration import M3LlavaConfig, M3LlavaNextConfig
@@ -20,13 +21,45 @@ class NonFiniteWeightsError(ValueError):
 
 def check_model_files(path: str | os.PathLike) -> None:
     """Refuse a model folder whose JSON files (config, tokenizer, processor) do not parse or whose safetensors
-    files are truncated, naming the file (:class:`m3.files.DamagedFileError`), before transformers reads them."""
+    files are truncated, naming the file (:class:`m3.files.DamagedFileError`), or whose weights are pickles only
+    (:func:`check_model_weights_format`), before transformers reads them."""
     path = Path(path)
     for file in sorted(path.glob("*.json")):
         if file.name not in UNCHECKED_JSON:
             read_json(file, REPAIR)
     for file in sorted(path.glob("*.safetensors")):
         safetensors_header(file, REPAIR)
+    check_model_weights_format(path)
+
+
+def check_model_weights_format(path: str | os.PathLike) -> None:
+    """Refuse a model folder whose weights are pickles only (``pytorch_model*.bin``, no safetensors): loading a
+    pickle can run code, and this project loads weights from safetensors only."""
+    path = Path(path)
+    pickles = sorted(path.glob("pytorch_model*.bin"))
+    if pickles and not any(path.glob("*.safetensors")):
+        raise ValueError(
+            f"{path} holds its weights only as {pickles[0].name}, a pickle, which this project never loads (a pickle "
+            "can run code): convert it to safetensors where you trust it, e.g. "
+            "LlavaForConditionalGeneration.from_pretrained(path).save_pretrained(path) writes model.safetensors"
+        )
+
+
+@cache
+def _config_fields(model_type: str) -> frozenset[str]:
+    return frozenset(vars(CONFIG_CLASSES[model_type]()))
+
+
+def check_family_options(path: str | os.PathLike, model_type: str, options) -> None:
+    """Refuse an option that belongs to another model family (LLaVA-NeXT's ``image_grid_pinpoints`` for a LLaVA-1.5
+    model), before anything loads: transformers would ignore it, or fail deep inside the model's constructor."""
+    for key in options:
+        others = [t for t in CONFIG_CLASSES if t != model_type and key in _config_fields(t)]
+        if key not in _config_fields(model_type) and others:
+            raise ValueError(
+                f"{key} does not apply to {path}: it is a {model_type} model, and {key} is an option of "
+                f"{' and '.join(others)} models"
+            )
 
 
 def non_finite_parameters(model) -> list[str]:
@@ -80,8 +113,11 @@ def load_m3_config(path: str | os.PathLike, **overrides):
     ``overrides`` replace config fields, e.g. ``m3_token_selection="spatial"`` or (LLaVA-NeXT) other
     ``image_grid_pinpoints``; the M3 fields are validated again after them (transformers only sets them)."""
     model_type = model_type_of(path)
+    check_family_options(path, model_type, overrides)
     check_model_files(path)
-    config = CONFIG_CLASSES[model_type].from_pretrained(path, **overrides)
+    config, unused = CONFIG_CLASSES[model_type].from_pretrained(path, return_unused_kwargs=True, **overrides)
+    if unused:
+        raise ValueError(f"{sorted(unused)} are not settings of the {model_type} model in {path}")
     config._init_m3_fields()
     return config
 
@@ -100,6 +136,7 @@ def load_m3_model(path: str | os.PathLike, allow_non_finite: bool = False, **kwa
 
     classes = {"llava": M3LlavaForConditionalGeneration, "llava_next": M3LlavaNextForConditionalGeneration}
     model_type = model_type_of(path)
+    check_family_options(path, model_type, kwargs)
     check_model_files(path)
     loaded = classes[model_type].from_pretrained(path, **kwargs)
     model = loaded[0] if isinstance(loaded, tuple) else loaded  # a tuple: output_loading_info

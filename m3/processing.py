@@ -18,6 +18,25 @@ from .prompting import expand_image_tokens, image_token_counts
 IMAGE_PLACEHOLDER = "<image>"
 
 
+def check_question(question, what: str = "the question") -> str:
+    """``question``, stripped, if it can be asked: text, not blank, free of the image marker (the image goes in
+    separately) and of characters that are not valid UTF-8 (bytes a command line or a file could not decode, which
+    Python keeps as lone surrogates); ``ValueError`` naming ``what`` otherwise. Every input path asks this."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {question!r}")
+    undecodable = next((i for i, char in enumerate(question) if "\ud800" <= char <= "\udfff"), None)
+    if undecodable is not None:
+        raise ValueError(
+            f"{what} holds bytes that are not valid UTF-8 (at character {undecodable}: {question!r}); give it as UTF-8"
+        )
+    if IMAGE_PLACEHOLDER in question:
+        raise ValueError(
+            f"{what} holds {IMAGE_PLACEHOLDER}: the image goes in separately and the prompt gets exactly one marker; "
+            "give only the text"
+        )
+    return question.strip()
+
+
 def llava_prompt(question: str, answer: str | None = None, num_images: int = 1) -> str:
     """LLaVA-1.5 (vicuna_v1) single-turn prompt; the answer is appended for training text. ``num_images`` > 1 puts
     one placeholder line per image before the question (multi-image prompts, e.g. the frames of a video)."""

@@ -30,11 +30,12 @@ from transformers import get_scheduler
 
 from .data.granularity import DEFAULT_NUM_IMAGES
 from .data.llava import LLAVA_SYSTEM_PROMPT, LlavaDataset, M3Collator
-from .files import dumps_json, read_json
+from .files import dumps_json, read_json, writing
 from .fingerprint import FINGERPRINT_NAME, file_sha256, model_fingerprint
 from .loading import load_m3_config, load_m3_model, non_finite_parameters
 from .pooling import TOKEN_SELECTIONS, check_scales, check_token_selection, parse_scales
 from .processing import M3Processor
+from .runs import check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -399,9 +400,12 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
     if accelerator.is_main_process and temporary.exists():
         shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
+    fix = "free some space, then continue from the last complete checkpoint with --resume"
+    with writing(f"checkpoint {final}", [temporary], fix):
+        accelerator.save_state(str(temporary))
+        if accelerator.is_main_process:
+            (temporary / STATE_FILE).write_text(json.dumps(state, indent=2))
     if accelerator.is_main_process:
-        (temporary / STATE_FILE).write_text(json.dumps(state, indent=2))
         if final.exists():  # never "Directory not empty": a checkpoint of this step is replaced whole
             shutil.rmtree(final)
         os.replace(temporary, final)
@@ -462,8 +466,9 @@ def prepare_output_dir(config: TrainConfig, is_main_process: bool) -> Path | Non
     ``--resume`` needs a checkpoint there. Without it a folder holding checkpoints or a model of an earlier run is
     refused (the old run's later checkpoints would fill the keep limit and delete the new ones), unless
     ``--overwrite``, which deletes them (on the main process). Every process decides alike, so all raise together.
+    A path that cannot be a folder (an existing file) is refused here, not after training, when the model is saved.
     """
-    output_dir = Path(config.output_dir)
+    output_dir = check_output_dir(config.output_dir, "--output_dir")
     checkpoints = output_dir / CHECKPOINTS
     if config.resume:
         last = latest_checkpoint(output_dir)
@@ -592,6 +597,7 @@ def train(config: TrainConfig) -> Path:
     ``resume`` or ``overwrite``; a resumed checkpoint must belong to this run) and every training image (decoded).
     A non-finite loss stops training with :class:`NonFiniteTrainingError`; non-finite weights are never saved."""
     check_config(config)
+    check_output_dir(config.output_dir, "--output_dir")  # before the data is generated and the model trained
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     output_dir = Path(config.output_dir)
@@ -716,9 +722,11 @@ def train(config: TrainConfig) -> Path:
     check_finite_weights(model, step, config)
     state_dict = accelerator.get_state_dict(model)  # every process takes part: FSDP and ZeRO-3 gather the shards
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(output_dir, state_dict=state_dict)
-        processor.save_pretrained(output_dir)
-        summary = {"config": asdict(config), "steps": step, "history": history}
-        (output_dir / "train_summary.json").write_text(dumps_json(summary, indent=2))
+        fix = "free some space, then save it from the last checkpoint with --resume"
+        with writing(f"the model to {output_dir}", [output_dir / name for name in FINAL_FILES], fix):
+            accelerator.unwrap_model(model).save_pretrained(output_dir, state_dict=state_dict)
+            processor.save_pretrained(output_dir)
+            summary = {"config": asdict(config), "steps": step, "history": history}
+            (output_dir / "train_summary.json").write_text(dumps_json(summary, indent=2))
     accelerator.wait_for_everyone()
     return output_dir

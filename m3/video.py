@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from .images import to_rgb
 from .inference import ScaleOutput, answer_images
 
 WHITE = (255, 255, 255)
@@ -57,7 +58,7 @@ def collage(
     ``square`` centres the grid on a square ``background`` canvas (LLaVA-1.5's "pad" aspect mode): LLaVA-1.5's image
     processor crops the centre square of an oblong image, which would cut the outer frames away.
     """
-    frames = [frame.convert("RGB") for frame in frames]
+    frames = [to_rgb(frame, f"frame {index}") for index, frame in enumerate(frames)]
     rows, cols = collage_shape(len(frames), rows, cols)
     if cell_size is None:
         cell_size = (min(frame.height for frame in frames), min(frame.width for frame in frames))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from predictor.calibration import certificate_at, certified_threshold
+
 from .examples import Examples, load_examples
 from .page import CSS, certificate_html, message_html, scale_card_html, summary_html
 from .session import Asked, DemoModel, open_image
@@ -44,15 +46,12 @@ class _Page:
         certificate = self.by_epsilon.get(float(epsilon)) if epsilon is not None else None
         if certificate is None:
             return self.model.default_threshold
-        return 1.0 if certificate.threshold is None else float(certificate.threshold)
+        return certified_threshold(certificate)
 
-    def certified_at(self, threshold: float):
-        """The certificate whose threshold this is (the slider may have moved off every certified one)."""
-        for certificate in self.model.certificates:
-            certified = 1.0 if certificate.threshold is None else certificate.threshold
-            if abs(certified - threshold) < 5e-4:
-                return certificate
-        return None
+    def certified_at(self, threshold: float, cap: int | None = None):
+        """The certificate that holds at this threshold (the slider may have moved off every certified one), and
+        only without a binding token cap (a cap changes the routing the certificate covers)."""
+        return None if cap is not None else certificate_at(self.model.certificates, threshold)
 
     def blank(self, text: str = "", kind: str = "error") -> tuple:
         return (None, message_html(text, kind), *[""] * len(self.model.scales), "")
@@ -102,7 +101,7 @@ class _Page:
             cost = saving(routed, size or DEFAULT_MODEL_SIZE, self.text_tokens)
         except ValueError as error:
             return message_html(f"no FLOPs estimate for scale {routed}: {error}", "info"), cards, ""
-        summary = summary_html(asked, routed, cost, threshold, self.certified_at(threshold), truth)
+        summary = summary_html(asked, routed, cost, threshold, self.certified_at(threshold, cap), truth)
         return message_html(""), cards, summary
 
     def epsilon_changed(self, epsilon):

@@ -129,7 +129,7 @@ def summary_html(
     rule = (
         f"threshold {threshold:.3f}, certified at ε = {certified.epsilon:g} (δ = {certified.delta:g})"
         if certified is not None
-        else f"threshold {threshold:.3f} (not a certified one)"
+        else f"threshold {threshold:.3f}, not certified"
     )
     truth_note = f" (true answer: {escape(truth)})" if truth is not None else ""
     return (

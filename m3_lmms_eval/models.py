@@ -18,6 +18,8 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from PIL import Image
 
+from m3.images import open_rgb, to_rgb
+
 DEFAULT_MAX_NEW_TOKENS = 32  # when a task's generation_kwargs set no max_new_tokens
 
 
@@ -69,11 +71,10 @@ def _image(visuals, where: str) -> Image.Image:
         raise ValueError(f"{where}: M3 answers about exactly one image per question, got {len(visuals)} visuals")
     visual = visuals[0]
     if isinstance(visual, str):
-        with Image.open(visual) as image:
-            return image.convert("RGB")
+        return open_rgb(visual, where)
     if not isinstance(visual, Image.Image):
         raise ValueError(f"{where}: expected a PIL image, got {type(visual).__name__} (videos are not supported)")
-    return visual.convert("RGB")
+    return to_rgb(visual, where)
 
 
 def _truncate(text: str, until) -> str:

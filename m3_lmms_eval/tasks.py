@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from m3.images import open_rgb
 from m3.metrics import score
 from m3.processing import IMAGE_PLACEHOLDER
 
@@ -39,8 +40,7 @@ process_results = llava_process_results
 
 def llava_doc_to_visual(doc: dict, image_root: str) -> list[Image.Image]:
     """The record's image, opened from ``image_root``."""
-    with Image.open(Path(image_root) / doc["image"]) as image:
-        return [image.convert("RGB")]
+    return [open_rgb(Path(image_root) / doc["image"])]
 
 
 def llava_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:

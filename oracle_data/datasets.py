@@ -39,7 +39,7 @@ from pathlib import Path
 from m3.data.hf import CHOICE_INSTRUCTION, DatasetImage, HFData, image_ref, is_hf_location, load_hf, parse_image_ref
 from m3.data.llava import normalize_conversations
 from m3.metrics import LETTERS, METRICS, answer_letter, get_metric
-from m3.processing import IMAGE_PLACEHOLDER
+from m3.processing import IMAGE_PLACEHOLDER, check_question
 
 logger = logging.getLogger(__name__)
 
@@ -134,19 +134,19 @@ def _make_sample(fields: dict, where: str, image_root: Path, default_metric: str
     for key in ("family", "image_id"):
         if fields.get(key) is not None and not isinstance(fields[key], str):
             raise ValueError(f"{where}: {key} must be a string, got {fields[key]!r}")
-    for text in (fields["question"], *(choices or ())):
-        if IMAGE_PLACEHOLDER in text:
-            raise ValueError(
-                f"{where}: the question text holds {IMAGE_PLACEHOLDER}; the image comes from the image field, so "
-                "remove the marker (the prompt gets exactly one)"
-            )
+    try:  # the same rule for every format: text, not blank, valid UTF-8, no image marker
+        question = check_question(fields["question"], "question")
+        for choice in choices or ():
+            check_question(choice, "a choice")
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
     image = fields["image"]
     return Sample(
         sample_id=fields["id"],
         image_id=fields.get("image_id") or image,
         image=image,
         image_path=image_root / image,
-        question=fields["question"].strip(),
+        question=question,
         answers=answers,
         metric=metric,
         choices=choices,
@@ -171,9 +171,8 @@ def read_question_file(path: Path, image_root: Path, default_metric: str) -> lis
             missing = [key for key in ("image", "question", "answers") if key not in record]
             if missing:
                 raise ValueError(f"{where}: missing required key(s) {missing}")
-            for key in ("image", "question"):
-                if not isinstance(record[key], str) or not record[key].strip():
-                    raise ValueError(f"{where}: {key} must be a non-empty string, got {record[key]!r}")
+            if not isinstance(record["image"], str) or not record["image"].strip():
+                raise ValueError(f"{where}: image must be a non-empty string, got {record['image']!r}")
             fields = dict(record, id=str(record.get("id", number)))
             samples.append((_make_sample(fields, where, image_root, default_metric), where))
     return samples

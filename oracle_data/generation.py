@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from m3.data.llava import open_rgb
+from m3.images import open_rgb
 from m3.inference import ScaleOutput, answer_at_scales, compact_prompts, encode_images, scale_one_embedding
 from m3.metrics import CORRECT_THRESHOLD, score
 from m3.processing import M3Processor

@@ -10,7 +10,7 @@ oracles). See docs/predictor.md.
 """
 
 from .base import PredictorMismatchError, ScalePredictor, check_compatible
-from .calibration import CalibratedRouter, CertifiedRouter, saved_certificate
+from .calibration import CalibratedRouter, CertifiedRouter, certificate_at, saved_certificate
 from .data import OracleSet, Queries, as_oracle_set, grouped_split, split_oracle
 from .evaluation import best_predictor, evaluate_routing, summarize_routing
 from .features import FeatureBuilder, image_features, question_features
@@ -38,6 +38,7 @@ __all__ = [
     "apgr",
     "as_oracle_set",
     "best_predictor",
+    "certificate_at",
     "check_compatible",
     "check_threshold",
     "cpt",

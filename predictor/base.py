@@ -14,6 +14,7 @@ of them; ``SomeClass.from_pretrained`` reads a folder of that class.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import warnings
 from pathlib import Path
@@ -37,6 +38,16 @@ PROBES = ("none", "confidence", "hidden")  # what a probe predictor reads of the
 NOT_FITTED = "This %(name)s instance is not fitted yet; call fit(oracle_data) first."
 REFIT = "fit and save the predictor again (scripts/evaluate_router.py --oracle-train ...)"
 CONFIG_KEYS = ("class", "params", "scales", "fingerprint", "threshold", "n_features_in", "model")
+CONFIG_TYPES = {  # what each entry of predictor.json must be: a hand-edited file is named, not a traceback
+    "class": (str, "a class name"),
+    "params": (dict, "an object of hyper-parameters"),
+    "scales": (list, "a list of scales"),
+    "fingerprint": ((dict, type(None)), "an object or null"),
+    "threshold": ((int, float), "a number in [0, 1]"),
+    "calibration": ((dict, type(None)), "an object or null"),
+    "n_features_in": (int, "an integer"),
+    "model": (dict, "an object describing the saved model"),
+}
 
 
 class PredictorMismatchError(ValueError):
@@ -290,18 +301,32 @@ class ScalePredictor(BaseEstimator):
         (config object, dict or model folder), refuse it with :class:`PredictorMismatchError` if it was built for
         other scales or embedding size. :func:`predictor.registry.load_predictor` loads any class."""
         directory = Path(directory)
-        config = read_config(directory)
+        config, path = read_config(directory), directory / CONFIG_NAME
         if config["class"] != cls.__name__:
             raise TypeError(f"{directory} holds a {config['class']}, not a {cls.__name__}; use load_predictor()")
         check_compatible(config["fingerprint"], oracle_data, model_config, where=f"the predictor in {directory}")
+        unknown = sorted(set(config["params"]) - set(cls._get_param_names()))
+        if unknown:
+            raise DamagedFileError(path, f"unknown parameters {unknown} for a {cls.__name__}", REFIT)
         predictor = cls(**_from_jsonable(cls, config["params"]))
         predictor.feature_builder_ = FeatureBuilder.load(directory / FEATURES_NAME)
         predictor.scales_ = list(config["scales"])
         predictor.fingerprint_ = config["fingerprint"]
         predictor.threshold_ = check_threshold(config["threshold"])
         predictor.calibration_ = config.get("calibration")  # how threshold_ was chosen (and its certificate), if known
+        certificate = (predictor.calibration_ or {}).get("certificate")
+        if certificate is not None:
+            from .risk_control import Certificate
+
+            try:
+                Certificate.from_dict(certificate)
+            except TypeError as error:
+                raise DamagedFileError(path, f"its certificate is malformed ({error})", REFIT) from None
         predictor.n_features_in_ = int(config["n_features_in"])
-        predictor._load_model(directory, config["model"])
+        try:
+            predictor._load_model(directory, config["model"])
+        except (KeyError, TypeError) as error:  # an entry missing from, or of another type in, "model"
+            raise DamagedFileError(path, f"its 'model' entry is malformed ({error!r})", REFIT) from None
         return predictor
 
 
@@ -320,6 +345,12 @@ def read_config(directory: str | os.PathLike) -> dict:
     missing = [key for key in CONFIG_KEYS if key not in config]
     if missing:
         raise DamagedFileError(path, f"the entries {missing} are missing", REFIT)
+    for key, (kinds, what) in CONFIG_TYPES.items():
+        value = config.get(key)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise DamagedFileError(path, f"{key!r} should be {what}, not {json.dumps(value)[:60]}", REFIT)
+    if not config["scales"] or not all(isinstance(s, int) and not isinstance(s, bool) for s in config["scales"]):
+        raise DamagedFileError(path, f"'scales' should be a list of integers, not {config['scales']}", REFIT)
     return config
 
 

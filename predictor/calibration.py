@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,25 @@ def saved_certificate(predictor) -> Certificate | None:
         return getattr(predictor, "certificate_", None)
     record = getattr(predictor, "calibration_", None) or {}
     return Certificate.from_dict(record["certificate"]) if record.get("certificate") else None
+
+
+CERTIFIED_MATCH = 1e-6  # a threshold is the certified one within this (JSON, sliders); the grid's step is 0.001
+
+
+def certified_threshold(certificate: Certificate) -> float:
+    """The threshold a certificate holds at: its own, or 1 (every query at the largest scale) when nothing cheaper
+    was certified."""
+    return 1.0 if certificate.threshold is None else float(certificate.threshold)
+
+
+def certificate_at(certificates: Certificate | Sequence[Certificate] | None, threshold: float | None):
+    """The certificate (of one, or of a menu of them) that holds when routing at ``threshold``, else None: not
+    certified. A certificate travels with its threshold and holds there only, so a threshold passed by hand, edited
+    in ``predictor.json`` or ``adaptive_config.json``, or None (a forced scale, a budget) gets None."""
+    if threshold is None or certificates is None:
+        return None
+    menu = [certificates] if isinstance(certificates, Certificate) else list(certificates)
+    return next((c for c in menu if abs(certified_threshold(c) - float(threshold)) <= CERTIFIED_MATCH), None)
 
 
 def calibration_sha256(data: OracleSet) -> str:

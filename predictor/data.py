@@ -23,7 +23,7 @@ import pyarrow as pa
 from PIL import Image
 from tqdm.auto import tqdm
 
-from m3.data.llava import open_rgb
+from m3.images import open_rgb
 
 from .features import IMAGE_FEATURE_NAMES, image_features
 

@@ -33,7 +33,7 @@ from .baselines import (
     random_routing_weights,
 )
 from .budget import budget_routing
-from .calibration import CalibratedRouter, CertifiedRouter, saved_certificate
+from .calibration import CalibratedRouter, CertifiedRouter, certified_threshold, saved_certificate
 from .costs import probe_scale_of, routing_costs
 from .data import OracleSet, accuracy_values, as_oracle_set
 from .risk_control import Certificate
@@ -136,8 +136,8 @@ def predictor_routers(
     proba = predictor.predict_proba(data)
     threshold = getattr(predictor, "threshold_", 0.5)
     certificate = certified.certificate_ if certified is not None else saved_certificate(predictor)
-    certified_threshold = certified.threshold_ if certified is not None else threshold
-    marked = [threshold] + ([certified_threshold] if certificate is not None else [])
+    at = None if certificate is None else certified_threshold(certificate)
+    marked = [threshold] + ([at] if certificate is not None else [])  # a certificate holds at its threshold only
     thresholds = np.unique(np.concatenate([candidate_thresholds(proba), marked]))
     sweep = [(route_by_threshold(proba, scales, t), t) for t in thresholds]
     estimator = predictor.predictor if isinstance(predictor, CalibratedRouter) else predictor
@@ -149,7 +149,7 @@ def predictor_routers(
     router.calibrated_index = int(np.flatnonzero(thresholds == threshold)[0])
     router.costs, router.proba = (None if probe is None else costs), proba
     if certificate is not None:
-        router.certified_index = int(np.flatnonzero(thresholds == certified_threshold)[0])
+        router.certified_index = int(np.flatnonzero(thresholds == at)[0])
         router.certificate = certificate
     routers = [router]
     if target == "oracle":

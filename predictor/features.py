@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from m3.files import DamagedFileError, read_json
+from m3.images import to_rgb
 
 IMAGE_FEATURE_NAMES = (
     "image_width",
@@ -105,7 +106,7 @@ def image_features(image: Image.Image) -> np.ndarray:
     if factor > 1:
         image = image.reduce(factor)
     if image.mode != "RGB":
-        image = image.convert("RGB")
+        image = to_rgb(image)
     grey = image.convert("L")
     edges = grey.filter(ImageFilter.FIND_EDGES)
     if min(grey.size) > 2:  # PIL leaves the 1-pixel border unfiltered (a copy of the image): not edges

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibration import CalibratedRouter, CertifiedRouter, saved_certificate
+from .calibration import CalibratedRouter, CertifiedRouter, certificate_at, saved_certificate
 from .data import OracleSet, as_oracle_set, grouped_sample
 from .evaluation import RoutingEvaluation, evaluate_routing
 from .risk_control import DEFAULT_P_VALUE
@@ -86,8 +86,8 @@ def shift_rows(
     for name, router in routers.items():
         result = by_name[name]
         costs = evaluation.tokens if result.costs is None else result.costs
-        own = saved_certificate(router)
-        points = [("train threshold", getattr(router, "threshold_", 0.5), own)]
+        threshold = getattr(router, "threshold_", 0.5)
+        points = [("train threshold", threshold, certificate_at(saved_certificate(router), threshold))]
         if name in train_certified:
             points.append(("certified on train", train_certified[name].threshold_, train_certified[name].certificate_))
         points.append(("certified on shift", certified[name].threshold_, certified[name].certificate_))

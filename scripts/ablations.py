@@ -31,12 +31,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and 2 steps: check the commands end to end")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for tiny)")
     args = parser.parse_args(argv)
+    from m3.cli import user_errors  # after parsing: --help stays fast
 
-    import torch
+    with user_errors():
+        run(args)
 
+
+def run(args: argparse.Namespace) -> None:
     from m3.ablations import AblationSettings, run_tables
+    from m3.cli import use_threads
 
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     settings = AblationSettings(
         out=args.out,
         preset=args.preset,

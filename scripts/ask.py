@@ -38,10 +38,17 @@ def main(argv: list[str] | None = None) -> None:
     from m3.cli import user_errors  # after parsing: --help stays fast
 
     with user_errors():
+        from pathlib import Path
+
         from adaptive import AdaptiveM3
-        from adaptive.model import check_question, load_rgb
+        from adaptive.model import MODEL_DIR, check_generation_options, check_question, load_rgb
+        from m3.loading import load_m3_config
 
         image, question = load_rgb(args.image), check_question(args.question)  # before the model loads
+        model_dir = Path(args.model) if args.model else Path(args.adaptive) / MODEL_DIR
+        if (model_dir / "config.json").is_file():  # (a missing one: from_pretrained says what is missing)
+            config = load_m3_config(model_dir)
+            check_generation_options(config, args.threshold, args.max_tokens, args.scale, args.max_new_tokens)
         adaptive = AdaptiveM3.from_pretrained(
             args.adaptive or args.model, args.predictor, allow_other_weights=args.allow_other_weights
         )
@@ -62,13 +69,32 @@ def main(argv: list[str] | None = None) -> None:
     if result.probe_scale is not None:
         reuse = "its answer reused" if result.reused_probe else "then answered again"
         print(f"probe: answered first at scale {result.probe_scale}, {reuse}; {result.processed_tokens} tokens in all")
-    if adaptive.certificate is not None and adaptive.certificate.threshold is not None:
-        c = adaptive.certificate
-        print(
-            f"certified threshold {c.threshold:.4f}: drop <= {c.epsilon:g} below the largest scale with probability "
-            f">= {1 - c.delta:g} (n = {c.n}; holds at this threshold only)"
-        )
+    print(certification_line(result, adaptive.certificate, args.max_tokens))
     print("P(correct) per scale: " + ", ".join(f"{s}: {p:.2f}" for s, p in result.probabilities.items()))
+
+
+def certification_line(result, own, max_tokens: int | None) -> str:
+    """Whether this answer's routing is certified: a certificate is shown only at the threshold it holds at."""
+    if result.certificate is not None:
+        c = result.certificate
+        bound = f"drop <= {c['epsilon']:g} below the largest scale with probability >= {1 - c['delta']:g}"
+        bound += f" (n = {c['n']})"
+        if c["threshold"] is None:
+            return f"certified: {bound}, by sending every query to the largest scale (nothing cheaper was certified)"
+        return f"certified threshold {c['threshold']:.4f}: {bound}; holds at this threshold only"
+    if result.forced:
+        return "not certified: the scale was forced (--scale)"
+    if own is None:
+        return "not certified: the predictor carries no certificate (scripts/calibrate_router.py certifies one)"
+    if max_tokens is not None:
+        return "not certified: --max-tokens changes the routing that the predictor's certificate covers"
+    from predictor.calibration import certified_threshold
+
+    at = certified_threshold(own)
+    return (
+        f"not certified: routed at threshold {result.threshold:.4f}; the predictor's certificate (drop <= "
+        f"{own.epsilon:g}, probability >= {1 - own.delta:g}) holds at threshold {at:.4f} only"
+    )
 
 
 if __name__ == "__main__":

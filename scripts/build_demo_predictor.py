@@ -27,12 +27,18 @@ def main(argv: list[str] | None = None) -> None:
         "--examples", default="examples/granularity", help="also rewrite the page's example images here ('' : no)"
     )
     args = parser.parse_args(argv)
-    import torch
+    from m3.cli import user_errors  # after parsing: --help stays fast
 
+    with user_errors():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    from m3.cli import use_threads
     from m3_demo.examples import write_examples
     from m3_demo.router import build_demo_predictor
 
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     out = build_demo_predictor(
         args.model, args.out, args.work, args.train_images, args.calibration_images, delta=args.delta
     )

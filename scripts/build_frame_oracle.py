@@ -39,13 +39,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import torch
-
     from adaptive.frames import build_frame_oracle, fit_frame_predictor
+    from m3.cli import use_threads
     from m3.pooling import parse_scales
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     manifest = build_frame_oracle(
         args.model,
         args.data,

@@ -82,12 +82,10 @@ def run(args: argparse.Namespace) -> None:
     from oracle_data.report import write_report
 
     if not args.report_only:
-        import torch
-
+        from m3.cli import use_threads
         from oracle_data.build import build_oracle
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        use_threads(args.threads)
         manifest = build_oracle(
             args.model,
             args.data,

@@ -78,14 +78,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Fit or load the routers, run the study on each oracle, write the tables and the plot."""
-    import torch
-
+    from m3.cli import use_threads
     from predictor import load_predictor
     from predictor.report import write_validity
     from predictor.training import fit_predictors
     from predictor.validity import validity_study
 
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     out = Path(args.out)
     routers = {}
     if args.predictors:

@@ -29,16 +29,13 @@ def main(argv: list[str] | None = None) -> None:
         import gradio  # noqa: F401
     except ImportError:
         sys.exit('error: the demo needs gradio: pip install -e ".[demo]"')
-    import torch
-
+    from m3.cli import use_threads, user_errors
     from m3_demo.app import build_demo, launch_kwargs
     from m3_demo.session import load_demo_model
 
-    torch.set_num_threads(args.threads)
-    try:
+    with user_errors():
+        use_threads(args.threads)
         model = load_demo_model(args.adaptive, args.model, args.predictor)
-    except (OSError, ValueError) as error:
-        sys.exit(f"error: {error}")
     print(f"using {model.source}")
     blocks = build_demo(model)
     _, url, _ = blocks.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True,

@@ -45,13 +45,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import torch
-
+    from m3.cli import use_threads
     from m3.evaluation import run_evaluation
     from m3.pooling import parse_scales
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     scales = parse_scales(args.scales) if args.scales else None
     run_evaluation(
         args.model,

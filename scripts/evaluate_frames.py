@@ -47,14 +47,12 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    import torch
-
     from adaptive import AdaptiveM3
     from adaptive.frames import evaluate_frames, write_frames_report
+    from m3.cli import use_threads
     from m3.data.llava import LlavaDataset
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a positive number of questions, got {args.limit}")
     adaptive = AdaptiveM3.from_pretrained(args.model, args.predictor, allow_other_weights=args.allow_other_weights)

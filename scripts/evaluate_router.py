@@ -15,7 +15,9 @@ Writes OUT/results.md (tables), results.csv, results.json, families.csv, budgets
 with --oracle-train also OUT/predictors/NAME (save_pretrained folders, at the calibrated threshold) and
 OUT/predictors/NAME-certified (at the threshold certified on the same held-out train images); with --oracle-shift
 the same report of the shifted oracle's evaluation part in OUT/shift/, plus shift.md, shift.json and shift.png.
-Tuning, calibration and certification use grouped splits of the training oracle only. See docs/predictor.md.
+Tuning, calibration and certification use grouped splits of the training oracle only. OUT/run.json records the
+settings; a used OUT of other settings is refused (its predictors would stay beside the new ones). See
+docs/predictor.md.
 """
 
 from __future__ import annotations
@@ -76,6 +78,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def made_by(args: argparse.Namespace) -> dict:
+    """What makes the outputs of an --out folder (OUT/run.json): the oracles, the predictors fitted or loaded, and
+    the settings of fitting, certifying and evaluating them."""
+
+    def where(path):
+        return None if path is None else str(Path(path).resolve())
+
+    return {
+        "oracle_train": where(args.oracle_train),
+        "oracle_test": where(args.oracle_test),
+        "oracle_shift": where(args.oracle_shift),
+        "predictors": args.predictors if args.oracle_train else [],
+        "predictor": [where(path) for path in args.predictor],
+        **{key: getattr(args, key) for key in ("trials", "calibration_fraction", "max_drop", "delta", "p_value")},
+        **{key: getattr(args, key) for key in ("shift_calibration", "accuracy", "seed")},
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from m3.cli import user_errors  # after parsing: --help stays fast
@@ -87,21 +107,22 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace) -> dict:
     """Fit and certify (with --oracle-train), load (--predictor), evaluate, and with --oracle-shift evaluate under
     the shift; prints the reports and returns the paths written."""
-    import torch
-
+    from m3.cli import use_threads
+    from m3.runs import claim_run_folder
     from predictor import evaluate_routing, load_predictor, write_evaluation
     from predictor.data import check_matching_oracles
     from predictor.report import write_shift
     from predictor.shift import evaluate_shift
     from predictor.training import calibration_split, certify_routers, fit_predictors
 
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     out = Path(args.out)
     if args.oracle_train:
         check_matching_oracles(args.oracle_train, args.oracle_test)  # before fitting, not after
     if args.oracle_train and args.oracle_shift:
         check_matching_oracles(args.oracle_train, args.oracle_shift)
     saved = {directory: load_predictor(directory, oracle_data=args.oracle_test) for directory in args.predictor}
+    claim_run_folder(out, made_by(args))  # a used --out of other settings is refused: its predictors would stay
     predictors, certified = {}, {}
     if args.oracle_train:
         fitted = fit_predictors(

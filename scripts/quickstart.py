@@ -4,7 +4,9 @@
     python scripts/quickstart.py --reuse-checkpoint   # starts from the committed checkpoints/tiny-m3 instead
     python scripts/quickstart.py --smoke              # a shrunken run of every stage (CI; about a minute)
 
-Steps, each skipped when its output already exists (so a killed run continues where it stopped):
+OUT/run.json records what made the folder (smoke or full run, data, model); a rerun with the same settings continues
+it, another is refused (use another --out). Steps, each skipped when its output already exists (so a killed run
+continues where it stopped; what is reused is printed):
 1. the granularity benchmark (train / validation / test splits) in OUT/granularity or --data-dir;
 2. the tiny M3 model (`python scripts/train_m3.py --preset tiny`), or the committed checkpoint;
 3. the oracle of the model on part of the train split (the predictors' teacher) and on the test split;
@@ -49,6 +51,18 @@ def stage(title: str) -> float:
     return time.perf_counter()
 
 
+def say_if_reused(split_json: Path, num_images: int) -> None:
+    """Print that an existing split is reused, and its size when it differs from what this run would write."""
+    if not split_json.exists():
+        return
+    from m3.files import read_json
+
+    meta = split_json.with_name(split_json.name.replace(".json", ".meta.json"))
+    held = read_json(meta, "delete that folder to regenerate the split").get("num_images") if meta.is_file() else None
+    differs = "" if held in (None, num_images) else f" ({held} images; this run would write {num_images})"
+    print(f"reusing {split_json}{differs}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from m3.cli import user_errors  # after parsing: --help stays fast
@@ -58,20 +72,29 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import torch
-
+    from m3.cli import use_threads
     from m3.data.granularity import DEFAULT_NUM_IMAGES, FAMILIES, SHIFTED_CONFIG, ensure_split
+    from m3.runs import check_output_dir, claim_run_folder
     from m3.training import TrainConfig, latest_checkpoint, train
 
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data_dir) if args.data_dir else out / "granularity"
+    data = check_output_dir(args.data_dir, "--data-dir") if args.data_dir else out / "granularity"
+    sizes = SMOKE_NUM_IMAGES if args.smoke else DEFAULT_NUM_IMAGES
+    train_questions = len(FAMILIES) * (2 if args.smoke else args.oracle_train_images)
+    made_by = {
+        "run": "smoke" if args.smoke else "full",
+        "data": str(data.resolve()),
+        "model": str(CHECKPOINT) if args.reuse_checkpoint else "trained in OUT/m3",
+        "oracle_train_questions": train_questions,
+    }
+    if claim_run_folder(out, made_by) == "continued":
+        print(f"continuing the {made_by['run']} run in {out} (run.json): its finished stages are reused")
     timings = {}
 
     start = stage("1/5 granularity benchmark")
-    sizes = SMOKE_NUM_IMAGES if args.smoke else DEFAULT_NUM_IMAGES
     for split, num_images in sizes.items():
+        say_if_reused(data / f"{split}.json", num_images)
         ensure_split(data / f"{split}.json", split, num_images, seed=0, progress=True)
     shifted = out / "granularity-shifted"  # the documented shift: smaller squares, closer together
     ensure_split(shifted / "test.json", "test", sizes["test"], seed=0, progress=True, config=SHIFTED_CONFIG)
@@ -84,7 +107,9 @@ def run(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"--reuse-checkpoint: {CHECKPOINT} does not exist; run without the flag to train")
         model_dir = CHECKPOINT
         print(f"reusing {model_dir}")
-    elif not (model_dir / "config.json").exists():
+    elif (model_dir / "config.json").exists():
+        print(f"reusing the model in {model_dir}")
+    else:
         config = TrainConfig(
             output_dir=str(model_dir),
             data_path=str(data / "train.chat.json"),
@@ -101,7 +126,6 @@ def run(args: argparse.Namespace) -> None:
     start = stage("3/5 oracle labels (train part and test split)")
     from oracle_data import build_oracle, write_report
 
-    train_questions = len(FAMILIES) * (2 if args.smoke else args.oracle_train_images)
     build_oracle(model_dir, data / "train.json", out / "oracle-train", limit=train_questions, max_new_tokens=4)
     build_oracle(model_dir, data / "test.json", out / "oracle-test", max_new_tokens=4)
     build_oracle(model_dir, shifted / "test.json", out / "oracle-shift", max_new_tokens=4)

@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .damage import one_line_error
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -23,4 +25,9 @@ def test_quickstart_smoke_runs_the_whole_chain_and_resumes(tmp_path):
     weights = (tmp_path / "qs" / "m3" / "model.safetensors").read_bytes()
     second = subprocess.run(command, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert (tmp_path / "qs" / "m3" / "model.safetensors").read_bytes() == weights
+    assert "continuing the smoke run" in second.stdout and "reusing the model" in second.stdout
+    # a full run into the smoke run's folder would reuse its 12-image data and untrained model: refused before any work
+    full = subprocess.run(command[:2] + command[3:], capture_output=True, text=True, timeout=600)
+    assert full.returncode == 2 and '"smoke" there, "full" now' in one_line_error(full.stderr)
     assert (tmp_path / "qs" / "m3" / "model.safetensors").read_bytes() == weights

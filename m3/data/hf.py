@@ -29,9 +29,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..images import BadImageError, to_rgb
 from ..metrics import LETTERS, METRICS, answer_letter
 from ..processing import IMAGE_PLACEHOLDER
-from .llava import BadImageError
 
 CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
@@ -533,16 +533,19 @@ def image_key(value, column: str, where: str) -> str:
 
 
 def decode_image(value, where: str) -> Image.Image:
-    """A cell of an image column (PIL, or ``{"bytes", "path"}``) as PIL RGB; :class:`BadImageError` naming it."""
+    """A cell of an image column (PIL, or ``{"bytes", "path"}``) as PIL RGB (:func:`m3.images.to_rgb`);
+    :class:`BadImageError` naming it."""
     try:
         if isinstance(value, Image.Image):
-            return value.convert("RGB")
+            return to_rgb(value, where)
         if isinstance(value, dict) and value.get("bytes"):
             with Image.open(io.BytesIO(value["bytes"])) as image:
-                return image.convert("RGB")
+                return to_rgb(image, where)
         if isinstance(value, dict) and value.get("path") and Path(value["path"]).is_file():
             with Image.open(value["path"]) as image:
-                return image.convert("RGB")
+                return to_rgb(image, where)
+    except BadImageError:
+        raise
     except Exception as error:  # re-raised with the row and column named
         raise BadImageError(f"{where}: cannot decode the image: {error}") from error
     raise BadImageError(f"{where}: holds no image (got {type(value).__name__})")

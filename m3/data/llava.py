@@ -32,6 +32,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..files import read_json
+from ..images import BadImageError, check_image, open_rgb  # the one image loader
 from ..processing import IMAGE_PLACEHOLDER, M3Processor
 from ..prompting import IGNORE_INDEX, image_token_counts, truncate_text
 
@@ -43,39 +44,6 @@ LLAVA_SYSTEM_PROMPT = (
 )
 ROLES = {"human": "USER", "gpt": "ASSISTANT"}
 END_OF_TURN = "</s>"
-
-
-class BadImageError(OSError):
-    """An image file of a record is missing or cannot be decoded; the message names the file and the record."""
-
-
-def open_rgb(path: Path, owner: str = "") -> Image.Image:
-    """The image file at ``path`` as PIL RGB; :class:`BadImageError` naming the file (and ``owner``, e.g.
-    ``"record 42"``) when it is missing or unreadable."""
-    where = f" of {owner}" if owner else ""
-    if not path.is_file():
-        raise BadImageError(f"image file {path}{where} does not exist")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as error:  # re-raised with the file named
-        raise BadImageError(f"cannot read image file {path}{where}: {error}") from error
-
-
-def check_image(path: Path, owner: str = "") -> None:
-    """Raise :class:`BadImageError` (as :func:`open_rgb` words it) unless the file exists and decodes completely.
-
-    ``Image.verify`` is not enough (it does not decode a JPEG at all); a JPEG is decoded at 1/8 size instead,
-    which still reads every byte of it, so a truncated file is caught at a fraction of a full decode's cost."""
-    where = f" of {owner}" if owner else ""
-    if not path.is_file():
-        raise BadImageError(f"image file {path}{where} does not exist")
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (1, 1))  # JPEG only: DCT scaling; other formats decode in full
-            image.load()
-    except Exception as error:  # re-raised with the file named
-        raise BadImageError(f"cannot read image file {path}{where}: {error}") from error
 
 
 def _problem(path: Path) -> BadImageError | None:

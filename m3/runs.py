@@ -1,0 +1,109 @@
+"""Where a run's results go, checked before any work: nothing overwritten, nothing reused without a word.
+
+* :func:`distinct_names`: one result name per input (a model folder), unique even when two inputs share a folder
+  name (``A/final`` and ``B/final`` become ``A-final`` and ``B-final``); an input given twice is refused.
+* :func:`check_output_dir`: an output path that cannot be a folder (an existing file) is refused before the work
+  that would end in writing to it.
+* :func:`claim_run_folder`: a run folder records what made it (``run.json``: the settings whose outputs a rerun
+  reuses or leaves in place). Rerunning with the same settings continues the run; other settings are refused,
+  listing every difference; a used folder that records nothing is reused with a warning that names what it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from .files import read_json, write_json_atomic
+
+RUN_RECORD = "run.json"
+
+
+class RunFolderMismatchError(ValueError):
+    """A run folder was made by other settings than the run about to use it."""
+
+
+def distinct_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """A name per path, unique among them: its folder name, with as many parent folders (joined by ``-``) as it
+    takes to tell it apart from the others. The same folder given twice is refused."""
+    resolved = [Path(path).resolve() for path in paths]
+    seen: dict[Path, str] = {}
+    for given, path in zip(paths, resolved):
+        if path in seen:
+            raise ValueError(f"{given} is given twice (also as {seen[path]}); give each model once")
+        seen[path] = str(given)
+    parts = [path.parts[1:] or (str(path),) for path in resolved]  # without the root
+    depth = [1] * len(paths)
+    while True:
+        names = ["-".join(p[-d:]) for p, d in zip(parts, depth)]
+        counts = Counter(names)
+        clashing = [i for i, name in enumerate(names) if counts[name] > 1]
+        if not clashing:
+            return names
+        grown = [i for i in clashing if depth[i] < len(parts[i])]
+        if not grown:
+            raise ValueError(f"cannot give {[str(paths[i]) for i in clashing]} distinct result names")
+        for i in grown:
+            depth[i] += 1
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Create the output folder ``path`` now, so that a path that cannot be one (an existing file, or a file on the
+    way to it) or an unwritable place is refused before the work, in one line naming ``option``."""
+    path = Path(path)
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        where = "" if blocking == path else f" ({blocking} is)"
+        raise NotADirectoryError(f"{option} {path} cannot be a folder: it is a file{where}; choose another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"{option} {path}: cannot create the folder ({error.strerror or error})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {path}: the folder is not writable")
+    return path
+
+
+def _shown(value) -> str:
+    return json.dumps(value)
+
+
+def claim_run_folder(out: str | os.PathLike, made_by: dict, option: str = "--out") -> str:
+    """Check ``out`` against what this run is made of (``made_by``: JSON values), before any work, and record it.
+
+    Returns ``"new"`` (a missing or empty folder: ``run.json`` is written), ``"continued"`` (its record matches: a
+    rerun or a resumed run reuses what is there) or ``"unrecorded"`` (a used folder without a record, e.g. of an
+    older version: a warning names what it holds, which this run may reuse; the record is written). A record that
+    differs raises :class:`RunFolderMismatchError` listing every difference."""
+    out = check_output_dir(out, option)
+    record_path = out / RUN_RECORD
+    made_by = json.loads(json.dumps(made_by))  # the values as they read back
+    if record_path.is_file():
+        recorded = read_json(record_path, f"delete {out} (or just {RUN_RECORD}) to start afresh")
+        recorded = recorded if isinstance(recorded, dict) else {}
+        differences = [
+            f"{key}: {_shown(recorded.get(key))} there, {_shown(value)} now"
+            for key, value in made_by.items()
+            if recorded.get(key) != value
+        ]
+        if differences:
+            raise RunFolderMismatchError(
+                f"{option} {out} holds a run made with other settings ({'; '.join(differences)}); its outputs would "
+                f"be reused or left beside this run's: choose another {option}, or delete {out} to start afresh"
+            )
+        return "continued"
+    held = sorted(entry.name for entry in out.iterdir())
+    state = "new"
+    if held:
+        shown = ", ".join(held[:6]) + (f" and {len(held) - 6} more" if len(held) > 6 else "")
+        warnings.warn(
+            f"{out} already holds {shown}, and no {RUN_RECORD} says what made them; this run reuses or keeps them",
+            stacklevel=2,
+        )
+        state = "unrecorded"
+    write_json_atomic(record_path, made_by)
+    return state
