@@ -279,17 +279,16 @@ class _M3Base(lmms):
         def settings_key(doc: Doc) -> str:  # a batch shares its generation settings
             return json.dumps(doc.gen_kwargs, sort_keys=True, default=str)
 
+        def work(batch_docs: list[Doc]) -> list[GenerationResult]:
+            max_new_tokens, settings = self._settings(batch_docs[0].gen_kwargs)
+            outputs = self._generate(batch_docs, max_new_tokens, settings)
+            until = batch_docs[0].gen_kwargs.get("until")
+            return [GenerationResult(text=_truncate(text, until), token_counts=counts) for text, counts in outputs]
+
+        def failed(doc: Doc, error: Exception) -> GenerationResult:
+            return GenerationResult(text="", token_counts=VisualTokenCounts())
+
         for batch in self._batches(docs, settings_key):
-
-            def work(batch_docs: list[Doc]) -> list[GenerationResult]:
-                max_new_tokens, settings = self._settings(batch_docs[0].gen_kwargs)
-                outputs = self._generate(batch_docs, max_new_tokens, settings)
-                until = batch_docs[0].gen_kwargs.get("until")
-                return [GenerationResult(text=_truncate(text, until), token_counts=counts) for text, counts in outputs]
-
-            def failed(doc: Doc, error: Exception) -> GenerationResult:
-                return GenerationResult(text="", token_counts=VisualTokenCounts())
-
             for index, result in zip(batch, self._run([docs[i] for i in batch], work, failed)):
                 results[index] = result
         self._report(results)
