@@ -354,6 +354,26 @@ class AdaptiveM3:
                 raise ValueError(f"max_tokens={max_tokens} is below the smallest scale's {smallest} visual tokens")
         return route_by_threshold(probabilities, self.scales, threshold, allowed).tolist()
 
+    def route(
+        self,
+        pil: list[Image.Image],
+        grids: list[torch.Tensor],
+        sizes: torch.Tensor | None,
+        questions: list[str],
+        threshold: float | None = None,
+        max_tokens: int | None = None,
+    ) -> list[int]:
+        """The scale the threshold rule picks for each encoded (image, question) (:meth:`encode`), without
+        answering: what :meth:`generate` would answer at. A probe predictor routes on a generated answer and is
+        refused here."""
+        if self.probe_scale is not None:
+            raise ValueError(
+                f"this predictor reads the model's answer at scale {self.probe_scale} before it routes; route with "
+                "generate(), or use a predictor without a probe"
+            )
+        probabilities = self.probabilities(pil, grids, questions)
+        return self.choose_scales(probabilities, self._token_counts(sizes, len(pil)), threshold, max_tokens)
+
     def _threshold(self, threshold: float | None) -> float:
         if threshold is None:
             threshold = self.predictor.threshold_ if self.threshold is None else self.threshold

@@ -2,8 +2,13 @@
 
 Every 24x24 crop (the base image first, then the grid crops) is pooled to k x k, k = sqrt(scale); the
 grid crops are stitched into a (rows*k, cols*k) map, the padding that the image processor added is
-removed, and one ``image_newline`` embedding closes every row. At scale 576 this is exactly what
-transformers' ``LlavaNextModel.pack_image_features`` does.
+removed, and one ``image_newline`` embedding closes every row. At scale 576 this is what transformers'
+``LlavaNextModel.pack_image_features`` does.
+
+Two unpad rules (``config.m3_unpad_rule``, see :data:`UNPAD_RULES`) decide how many rows (or columns) of a
+letterboxed grid hold content: ``"transformers"`` (the default, for llava-hf checkpoints) and ``"official"`` (the
+official LLaVA-NeXT / M3 code, for checkpoints converted from it). They differ only where the content size lies
+within float error of a whole number (e.g. 197 * (1 / 197) < 1).
 """
 
 from __future__ import annotations
@@ -14,27 +19,43 @@ from collections.abc import Sequence
 import torch
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
 
+UNPAD_RULES = {
+    "transformers": "transformers' unpad_image: the content size rounded to 7 decimals, then truncated",
+    "official": "the official LLaVA-NeXT / M3 unpad_image: the content size truncated with int(), no rounding",
+}
 
-def unpadded_shape(height: int, width: int, original_height: int, original_width: int) -> tuple[int, int]:
-    """Rows and columns left after removing the letterbox padding, as transformers' ``unpad_image`` does.
 
-    At coarse scales an extreme aspect ratio can round the content to 0 rows (or columns); we keep the
-    middle one instead so every image keeps at least one token row.
+def check_unpad_rule(rule: str) -> str:
+    """Return ``rule`` if it names one of :data:`UNPAD_RULES`, else raise naming them."""
+    if rule not in UNPAD_RULES:
+        raise ValueError(f"unknown m3_unpad_rule {rule!r}; expected one of {sorted(UNPAD_RULES)}")
+    return rule
+
+
+def unpadded_shape(
+    height: int, width: int, original_height: int, original_width: int, rule: str = "transformers"
+) -> tuple[int, int]:
+    """Rows and columns of a letterboxed ``height`` x ``width`` grid left after removing the padding (``rule``: see
+    :data:`UNPAD_RULES`).
+
+    At coarse scales an extreme aspect ratio can leave 0 rows (or columns), under either rule: the image is then
+    its base crop's tokens only, as in transformers and in the official code.
     """
+    official = check_unpad_rule(rule) == "official"
     if original_width / original_height > width / height:
-        new_height = int(round(original_height * (width / original_width), 7))
-        padding = (height - new_height) // 2
-        return max(height - 2 * padding, 1), width
-    new_width = int(round(original_width * (height / original_height), 7))
-    padding = (width - new_width) // 2
-    return height, max(width - 2 * padding, 1)
+        content = original_height * (width / original_width)
+        new_height = int(content) if official else int(round(content, 7))
+        return height - 2 * ((height - new_height) // 2), width
+    content = original_width * (height / original_height)
+    new_width = int(content) if official else int(round(content, 7))
+    return height, width - 2 * ((width - new_width) // 2)
 
 
-def unpad_grid(grid: torch.Tensor, original_size: Sequence[int]) -> torch.Tensor:
+def unpad_grid(grid: torch.Tensor, original_size: Sequence[int], rule: str = "transformers") -> torch.Tensor:
     """Crop a ``(D, H, W)`` feature map to its content (see :func:`unpadded_shape`)."""
     height, width = grid.shape[1:]
-    rows, cols = unpadded_shape(height, width, int(original_size[0]), int(original_size[1]))
-    top, left = min((height - rows) // 2, height - 1), min((width - cols) // 2, width - 1)
+    rows, cols = unpadded_shape(height, width, int(original_size[0]), int(original_size[1]), rule)
+    top, left = (height - rows) // 2, (width - cols) // 2
     return grid[:, top : top + rows, left : left + cols]
 
 
@@ -54,14 +75,16 @@ def crop_grid_shape(image_size: Sequence[int], grid_pinpoints: list, crop_size: 
     return get_anyres_image_grid_shape(list(image_size), grid_pinpoints, crop_size)
 
 
-def anyres_num_image_tokens(image_size: Sequence[int], scale: int, grid_pinpoints: list, crop_size: int) -> int:
+def anyres_num_image_tokens(
+    image_size: Sequence[int], scale: int, grid_pinpoints: list, crop_size: int, unpad_rule: str = "transformers"
+) -> int:
     """Image tokens LLaVA-NeXT feeds the LLM for one image of ``(height, width)`` at ``scale``.
 
-    k*k base tokens + (rows*cols after unpadding) content tokens + one newline per content row.
+    k*k base tokens + (rows*cols after unpadding by ``unpad_rule``) content tokens + one newline per content row.
     """
     side = math.isqrt(scale)
     crop_rows, crop_cols = crop_grid_shape(image_size, grid_pinpoints, crop_size)
-    rows, cols = unpadded_shape(crop_rows * side, crop_cols * side, int(image_size[0]), int(image_size[1]))
+    rows, cols = unpadded_shape(crop_rows * side, crop_cols * side, int(image_size[0]), int(image_size[1]), unpad_rule)
     return side * side + rows * (cols + 1)
 
 
@@ -71,17 +94,19 @@ def pack_anyres_features(
     grid_pinpoints: list,
     crop_size: int,
     image_newline: torch.Tensor | None,
+    unpad_rule: str = "transformers",
 ) -> torch.Tensor:
     """Turn one image's pooled crops ``(1 + rows*cols, s, D)`` into its token sequence ``(n, D)``.
 
-    The anyres processor always cuts at least one grid crop, so there is no base-only case.
+    The anyres processor always cuts at least one grid crop; under the official unpad rule the unpadded grid may
+    still hold no row, and the sequence is then the base crop's tokens.
     """
     side = math.isqrt(crops.shape[1])
     base, grid = crops[0], crops[1:]
     crop_rows, crop_cols = crop_grid_shape(image_size, grid_pinpoints, crop_size)
     dim = crops.shape[-1]
     grid = grid.view(crop_rows, crop_cols, side, side, dim).permute(4, 0, 2, 1, 3)
-    grid = unpad_grid(grid.reshape(dim, crop_rows * side, crop_cols * side), image_size)
+    grid = unpad_grid(grid.reshape(dim, crop_rows * side, crop_cols * side), image_size, unpad_rule)
     if image_newline is not None:
         newline = image_newline[:, None, None].expand(*grid.shape[:-1], 1).to(grid)
         grid = torch.cat((grid, newline), dim=-1)

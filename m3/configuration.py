@@ -1,4 +1,4 @@
-"""Configs of the M3 models: the llava-hf configs plus four M3 settings stored in config.json.
+"""Configs of the M3 models: the llava-hf configs plus the M3 settings stored in config.json.
 
 ``model_type`` stays ``llava`` / ``llava_next`` so that plain transformers can still load an M3
 checkpoint (it then simply runs at full scale) and checkpoint conversions keyed on the model type apply.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from transformers import LlavaConfig, LlavaNextConfig
 
+from .anyres import check_unpad_rule
 from .pooling import check_scale, check_token_selection, nested_scales
+from .templates import check_template_name
 
 
 class M3ConfigMixin:
@@ -21,6 +23,12 @@ class M3ConfigMixin:
     m3_token_selection: how a 24x24 grid becomes s tokens: ``avg_pool`` (M3, the default; also what a config
         without the field means), ``spatial`` or ``sequential`` (the paper's ablations; see
         :func:`m3.pooling.select_tokens`). Used by forward, generate, the multi-scale loss and get_image_features.
+    m3_conversation_template: the conversation template the model is trained and asked with (``plain``,
+        ``vicuna_v1`` or ``chat_template``, see :mod:`m3.templates`); unset: the checkpoint's chat template when it
+        has one, else ``plain``. The converter sets ``vicuna_v1`` (the official M3 fine-tune's).
+    m3_unpad_rule (LLaVA-NeXT only): how the letterbox padding of the anyres grid is removed (``transformers``, the
+        default, or ``official``; see :data:`m3.anyres.UNPAD_RULES`), for the model's packing, the token counts and
+        the processor alike. The converter sets ``official`` for checkpoints of the original release.
     """
 
     @property
@@ -40,6 +48,10 @@ class M3ConfigMixin:
             self.m3_default_scale = self.m3_scales[-1]
         check_scale(self.m3_default_scale, grid)
         check_token_selection(self.m3_token_selection)
+        if self.m3_conversation_template is not None:
+            check_template_name(self.m3_conversation_template)
+        if hasattr(self, "m3_unpad_rule"):
+            check_unpad_rule(self.m3_unpad_rule)
 
 
 class M3LlavaConfig(M3ConfigMixin, LlavaConfig):
@@ -49,6 +61,7 @@ class M3LlavaConfig(M3ConfigMixin, LlavaConfig):
     m3_default_scale: int | None = None
     m3_train_vision_tower: bool = False
     m3_token_selection: str = "avg_pool"
+    m3_conversation_template: str | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -62,6 +75,8 @@ class M3LlavaNextConfig(M3ConfigMixin, LlavaNextConfig):
     m3_default_scale: int | None = None
     m3_train_vision_tower: bool = False
     m3_token_selection: str = "avg_pool"
+    m3_conversation_template: str | None = None
+    m3_unpad_rule: str = "transformers"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -19,6 +19,10 @@ The original config (a llama config plus ``mm_*`` fields) decides the family: ``
 weights are often not stored in the original checkpoint; they then come from a separate CLIP checkpoint
 directory (``vision_tower``), or from ``mm_vision_tower`` when that names a local directory.
 
+The converted model behaves as the official code: its config names the ``vicuna_v1`` conversation template (the
+official M3 fine-tune's), and for LLaVA-NeXT the ``image_grid_pinpoints`` pairs are swapped (the official code
+reads them as (width, height), transformers as (height, width)) and ``m3_unpad_rule`` is ``official``.
+
 The original LLaVA has no ``<image>`` token in its vocabulary (it splices images in at id -200); llava-hf
 needs a real one. If the source directory has a tokenizer, ``<image>`` is added to it as a special token
 when missing and saved with the model; the embedding and ``lm_head`` matrices grow to hold the new id,
@@ -123,6 +127,8 @@ KNOWN_VISION_TOWERS = {
     "openai/clip-vit-large-patch14": dict(_CLIP_VIT_L14, image_size=224),
 }
 SELECT_FEATURE = {"patch": "default", "cls_patch": "full"}
+# The official M3 fine-tune's conversation template (scripts/v1_5/finetune.sh: --version v1).
+ORIGINAL_TEMPLATE = "vicuna_v1"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,9 +259,19 @@ def m3_config_from_original(config: dict, vision_config: CLIPVisionConfig, image
             raise ValueError(f"mm_patch_merge_type {merge!r} is not supported; llava-hf LLaVA-NeXT is 'spatial_unpad'")
         pinpoints = config.get("image_grid_pinpoints")
         if not (isinstance(pinpoints, list) and pinpoints and all(len(pair) == 2 for pair in pinpoints)):
-            raise ValueError(f"image_grid_pinpoints {pinpoints!r}: expected a list of [height, width] pairs")
-        kwargs["image_grid_pinpoints"] = [list(pair) for pair in pinpoints]
-    return FAMILY_CLASSES[family][0](**kwargs)
+            raise ValueError(f"image_grid_pinpoints {pinpoints!r}: expected a list of [width, height] pairs")
+        kwargs["image_grid_pinpoints"] = transformers_pinpoints(pinpoints)
+        kwargs["m3_unpad_rule"] = "official"
+    return FAMILY_CLASSES[family][0](m3_conversation_template=ORIGINAL_TEMPLATE, **kwargs)
+
+
+def transformers_pinpoints(original: list) -> list[list[int]]:
+    """The original ``image_grid_pinpoints`` for transformers: each pair swapped, in the same order.
+
+    The official code reads every pair as (width, height), transformers as (height, width). The set of released
+    resolutions is symmetric, but ties are broken by list order (e.g. [336, 672] against [672, 336] for any image
+    whose sides are both at most 336 px), so unswapped pairs make transformers cut the transposed grid."""
+    return [[int(pair[1]), int(pair[0])] for pair in original]
 
 
 def grow_vocabulary(state_dict: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
@@ -398,6 +414,10 @@ class ConversionReport:
     image_processor: str
     skipped_keys: list[str] = field(default_factory=list)
     ignored_config_keys: list[str] = field(default_factory=list)
+    conversation_template: str = ORIGINAL_TEMPLATE
+    original_pinpoints: list | None = None  # LLaVA-NeXT: the source's (width, height) pairs
+    image_grid_pinpoints: list | None = None  # LLaVA-NeXT: the (height, width) pairs written for transformers
+    unpad_rule: str | None = None
 
     def summary(self) -> str:
         token = "added to the tokenizer" if self.added_image_token else "already in the tokenizer"
@@ -408,7 +428,17 @@ class ConversionReport:
             f"vision tower weights from: {self.vision_weights_from}",
             f"<image> token id {self.image_token_index} ({token}); vocabulary size {self.vocab_size}",
             f"image processor: {self.image_processor}",
+            f"conversation template: {self.conversation_template} (config m3_conversation_template; the official M3 "
+            "fine-tune's)",
         ]
+        if self.image_grid_pinpoints is not None:
+            lines += [
+                f"image_grid_pinpoints: the original (width, height) pairs {self.original_pinpoints} written as "
+                f"(height, width) {self.image_grid_pinpoints} in config.json and preprocessor_config.json, so that "
+                "transformers cuts the official crop grid",
+                f"unpad rule: {self.unpad_rule} (config m3_unpad_rule; int() truncation, 0 content rows allowed, as "
+                "the official code)",
+            ]
         if self.skipped_keys:
             lines.append(f"skipped {len(self.skipped_keys)} unused keys, e.g. {self.skipped_keys[0]}")
         if self.ignored_config_keys:
@@ -513,6 +543,7 @@ def convert_llava_checkpoint(
         loaded_tokenizer.save_pretrained(output)
     image_processor = image_processor_for(config, original.get("image_aspect_ratio"))
     image_processor.save_pretrained(output)
+    next_family = config.model_type == "llava_next"
 
     return ConversionReport(
         output_dir=output,
@@ -525,6 +556,10 @@ def convert_llava_checkpoint(
         added_image_token=added,
         tokenizer_saved=loaded_tokenizer is not None,
         image_processor=type(image_processor).__name__,
+        conversation_template=config.m3_conversation_template,
+        original_pinpoints=original.get("image_grid_pinpoints") if next_family else None,
+        image_grid_pinpoints=config.image_grid_pinpoints if next_family else None,
+        unpad_rule=config.m3_unpad_rule if next_family else None,
         skipped_keys=skipped,
         ignored_config_keys=sorted(set(original) - set(LLAMA_FIELDS) - set(LLAVA_FIELDS)),
     )

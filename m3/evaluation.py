@@ -23,7 +23,7 @@ from .data.llava import record_images
 from .inference import answer_at_scales, compact_prompts, encode_images
 from .metrics import OVERALL, exact_match, majority_baseline
 from .pooling import check_scale, check_token_selection
-from .processing import IMAGE_PLACEHOLDER, M3Processor, check_question, llava_prompt
+from .processing import IMAGE_PLACEHOLDER, M3Processor, check_question
 from .prompting import check_prompts_fit
 
 
@@ -45,20 +45,21 @@ def _batches(items: Sequence[dict], batch_size: int) -> list[Sequence[dict]]:
     return [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
 
 
-def _prompts(items: Sequence[dict]) -> tuple[list[str], list, list[int]]:
-    """Single-turn prompts (``llava_prompt``), the images of a batch in prompt order, and each item's image count."""
+def _prompts(processor: M3Processor, items: Sequence[dict]) -> tuple[list[str], list, list[int]]:
+    """Single-turn prompts (the model's template), the images of a batch in prompt order, and each item's image
+    count."""
     per_item = [record_images(item.get("image")) for item in items]
     for item, images in zip(items, per_item):
         if not images:
             raise ValueError(f"item {item.get('id')} has no image; scale evaluation needs one per item")
-    texts = [llava_prompt(question_of(item), num_images=len(images)) for item, images in zip(items, per_item)]
+    texts = [processor.prompt(question_of(item), len(images)) for item, images in zip(items, per_item)]
     return texts, [image for images in per_item for image in images], [len(images) for images in per_item]
 
 
 def check_item_lengths(processor, config, items: Sequence[dict], scale: int, max_new_tokens: int) -> None:
     """Refuse an item whose prompt at ``scale`` and ``max_new_tokens`` overruns the model's context
     (:func:`m3.prompting.check_prompts_fit`), naming it."""
-    texts, images, counts = _prompts(items)
+    texts, images, counts = _prompts(processor, items)
     sizes = None
     if getattr(config, "image_grid_pinpoints", None) is not None:  # NeXT counts follow the image sizes
         starts = [0, *accumulate(counts)][:-1]
@@ -85,7 +86,7 @@ def generate_answers(
     answers = []
     with torch.inference_mode():
         for batch in tqdm(_batches(items, batch_size), desc=f"scale {scale}", disable=not show_progress):
-            texts, images, _ = _prompts(batch)
+            texts, images, _ = _prompts(processor, batch)
             inputs = processor(texts, images, m3_scale=scale).to(model.device)
             output = model.generate(
                 **inputs,
@@ -138,7 +139,7 @@ def evaluate_scales(
 def _evaluate_rows(model, processor, items, scales, batch_size, max_new_tokens, show_progress) -> list[dict]:
     rows = []
     for batch in tqdm(_batches(items, batch_size), desc="evaluate", disable=not show_progress):
-        _, images, counts = _prompts(batch)
+        _, images, counts = _prompts(processor, batch)
         grids, image_sizes = encode_images(model, processor, images)
         compact = compact_prompts(processor, [question_of(item) for item in batch], image_sizes, num_images=counts)
         outputs = answer_at_scales(model, processor, compact, grids, image_sizes, scales, max_new_tokens)

@@ -216,7 +216,8 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
         self, grids: list[torch.Tensor], scale: int | Sequence[int], image_sizes: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """Every crop reduced to its image's scale (one for all, or one per image) by ``config.m3_token_selection``
-        and laid out as a k x k grid, then unpadded and closed with newline tokens per row."""
+        and laid out as a k x k grid, then unpadded (by ``config.m3_unpad_rule``) and closed with newline tokens per
+        row."""
         scales = per_image_scales(scale, len(grids), self.config.grid_tokens)
         crop_size = self.config.vision_config.image_size
         method = self.config.m3_token_selection
@@ -227,6 +228,7 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
                 self.config.image_grid_pinpoints,
                 crop_size,
                 self.image_newline,
+                self.config.m3_unpad_rule,
             )
             for crops, size, value in zip(grids, image_sizes, scales)
         ]

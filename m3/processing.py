@@ -1,21 +1,22 @@
 """``M3Processor``: images + chat text -> model inputs with the right number of image tokens for a scale.
 
 Wraps a tokenizer and an image processor the way ``LlavaProcessor`` does, but tokenizes each image as
-ONE ``<image>`` token and expands it to the count the chosen scale needs (see ``m3.prompting``).
+ONE ``<image>`` token and expands it to the count the chosen scale needs (see ``m3.prompting``). It also holds the
+model's conversation template (:mod:`m3.templates`), through which every prompt of the project is written.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature
 
 from .loading import load_m3_config
 from .prompting import expand_image_tokens, image_token_counts
-
-IMAGE_PLACEHOLDER = "<image>"
+from .templates import IMAGE_PLACEHOLDER, build_template, default_template_name, plain, read_chat_template
 
 
 def check_question(question, what: str = "the question") -> str:
@@ -38,10 +39,10 @@ def check_question(question, what: str = "the question") -> str:
 
 
 def llava_prompt(question: str, answer: str | None = None, num_images: int = 1) -> str:
-    """LLaVA-1.5 (vicuna_v1) single-turn prompt; the answer is appended for training text. ``num_images`` > 1 puts
-    one placeholder line per image before the question (multi-image prompts, e.g. the frames of a video)."""
-    placeholders = f"{IMAGE_PLACEHOLDER}\n" * num_images
-    prompt = f"USER: {placeholders}{question} ASSISTANT:"
+    """The ``plain`` template's single-turn prompt (what the tiny models read); the answer is appended for training
+    text. ``num_images`` > 1 puts one placeholder line per image before the question (multi-image prompts, e.g. the
+    frames of a video). Other models' prompts: ``M3Processor.prompt``."""
+    prompt = plain().prompt(question, num_images)
     return prompt if answer is None else f"{prompt} {answer}"
 
 
@@ -63,12 +64,21 @@ def check_same_pinpoints(config, image_processor) -> None:
 
 
 class M3Processor:
-    """Builds ``input_ids``/``attention_mask``/``pixel_values`` (and ``image_sizes`` for NeXT) at a scale."""
+    """Builds ``input_ids``/``attention_mask``/``pixel_values`` (and ``image_sizes`` for NeXT) at a scale.
 
-    def __init__(self, image_processor, tokenizer, config) -> None:
+    ``template`` names the conversation template (:data:`m3.templates.TEMPLATE_NAMES`); default: the model's
+    (:func:`m3.templates.default_template_name`). ``chat_template``: the checkpoint's chat template text, when it is
+    not the tokenizer's own (``from_pretrained`` reads it from the folder)."""
+
+    def __init__(
+        self, image_processor, tokenizer, config, template: str | None = None, chat_template: str | None = None
+    ) -> None:
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.config = config
+        self.chat_template = chat_template or read_chat_template(None, tokenizer)
+        name = template or default_template_name(config, self.chat_template)
+        self.template = build_template(name, tokenizer, self.chat_template)
         token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         if token_id != config.image_token_id:
             raise ValueError(
@@ -79,21 +89,30 @@ class M3Processor:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, config=None, image_grid_pinpoints: list | None = None
+        cls, path: str | os.PathLike, config=None, image_grid_pinpoints: list | None = None, template: str | None = None
     ) -> M3Processor:
-        """Load tokenizer, image processor and (unless given) the M3 config from a model directory.
+        """Load tokenizer, image processor, chat template and (unless given) the M3 config from a model directory.
 
         ``image_grid_pinpoints`` (LLaVA-NeXT) replaces the saved ones of the image processor (and of the config
         when it is loaded here): cut other crop grids than the model was trained with. A given ``config`` must
-        hold the same pinpoints (``load_m3_model(path, image_grid_pinpoints=...)``)."""
+        hold the same pinpoints (``load_m3_model(path, image_grid_pinpoints=...)``). ``template`` overrides the
+        model's conversation template."""
         overrides = {} if image_grid_pinpoints is None else {"image_grid_pinpoints": image_grid_pinpoints}
         config = config or load_m3_config(path, **overrides)
         image_processor = AutoImageProcessor.from_pretrained(path, **overrides)
-        return cls(image_processor, AutoTokenizer.from_pretrained(path), config)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(image_processor, tokenizer, config, template, read_chat_template(path, tokenizer))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         self.tokenizer.save_pretrained(path)
         self.image_processor.save_pretrained(path)
+        if self.chat_template and not (Path(path) / "chat_template.jinja").is_file():
+            (Path(path) / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+
+    def prompt(self, question: str, num_images: int = 1) -> str:
+        """The model's single-turn generation prompt for ``question`` about ``num_images`` images (one placeholder
+        line per image in front, unless the question already holds them)."""
+        return self.template.prompt(question, num_images)
 
     def __call__(
         self,
@@ -131,7 +150,9 @@ class M3Processor:
         Lets a caller encode texts and images once and build the prompts of every scale from them.
         """
         image_sizes = compact.get("image_sizes")
-        counts = image_token_counts(self.config, scale, image_sizes=image_sizes, num_images=num_images)
+        counts = []
+        if num_images:  # a text-only batch needs no image sizes
+            counts = image_token_counts(self.config, scale, image_sizes=image_sizes, num_images=num_images)
         input_ids, attention_mask, _ = expand_image_tokens(
             compact["input_ids"],
             self.config.image_token_id,

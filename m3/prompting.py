@@ -84,7 +84,8 @@ def image_token_counts(
     image_sizes: Iterable[Sequence[int]] | None = None,
     num_images: int | None = None,
 ) -> list[int]:
-    """Image tokens per image at ``scale`` for an M3 config (``image_sizes`` as (height, width), NeXT only).
+    """Image tokens per image at ``scale`` for an M3 config (``image_sizes`` as (height, width), NeXT only; counted
+    with the config's ``image_grid_pinpoints`` and ``m3_unpad_rule``, as the model packs them).
 
     ``scale`` may hold one scale per image; then ``num_images`` defaults to its length (LLaVA-1.5)."""
     if getattr(config, "image_grid_pinpoints", None) is None:
@@ -97,9 +98,9 @@ def image_token_counts(
         raise ValueError("image_sizes (height, width per image) are required for LLaVA-NeXT configs")
     image_sizes = list(image_sizes)
     scales = per_image_scales(scale, len(image_sizes), config.grid_tokens)
-    crop = config.vision_config.image_size
+    crop, rule = config.vision_config.image_size, getattr(config, "m3_unpad_rule", "transformers")
     return [
-        anyres_num_image_tokens(size, value, config.image_grid_pinpoints, crop)
+        anyres_num_image_tokens(size, value, config.image_grid_pinpoints, crop, rule)
         for size, value in zip(image_sizes, scales)
     ]
 

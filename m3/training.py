@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .data.granularity import DEFAULT_NUM_IMAGES
-from .data.llava import LLAVA_SYSTEM_PROMPT, LlavaDataset, M3Collator
+from .data.llava import LlavaDataset, M3Collator
 from .files import dumps_json, read_json, writing
 from .fingerprint import FINGERPRINT_NAME, file_sha256, model_fingerprint
 from .loading import load_m3_config, load_m3_model, non_finite_parameters
@@ -52,8 +52,9 @@ RUN_SETTINGS = (
     "family", "scales", "scale_sampling", "mixed_scale_fraction",
     "token_selection", "train_vision_tower", "learning_rate", "weight_decay",
     "warmup_ratio", "lr_scheduler", "num_epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
-    "max_length", "system_prompt", "max_grad_norm", "mixed_precision", "seed", "skip_bad_images", "tiny_hidden_size",
-    "tiny_vision_layers", "tiny_text_layers", "tiny_projector_hidden_act", "tiny_vision_feature_layer",
+    "max_length", "conversation_template", "max_grad_norm", "mixed_precision", "seed", "skip_bad_images",
+    "tiny_hidden_size", "tiny_vision_layers", "tiny_text_layers", "tiny_projector_hidden_act",
+    "tiny_vision_feature_layer",
 )  # fmt: skip
 
 
@@ -147,7 +148,13 @@ class TrainConfig:
     batch_size: int = field(default=8, metadata={"help": "per device"})
     gradient_accumulation_steps: int = 1
     max_length: int = 2048
-    system_prompt: str = field(default="", metadata={"help": "text before the first USER turn (LLaVA-1.5: see preset)"})
+    conversation_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "plain, vicuna_v1 or chat_template (m3.templates); default: the model's (its config's "
+            "m3_conversation_template, else its chat template, else plain); saved in the trained model's config"
+        },
+    )
     max_grad_norm: float = 1.0
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     gradient_checkpointing: bool = False
@@ -200,7 +207,7 @@ _PAPER = dict(
     save_steps=500,
     eval_steps=10**9,
     logging_steps=10,
-    system_prompt=LLAVA_SYSTEM_PROMPT,
+    conversation_template="vicuna_v1",  # --version v1 of the official fine-tune
 )
 PRESETS: dict[str, dict] = {
     "tiny": {},
@@ -298,6 +305,8 @@ def build_model_and_processor(config: TrainConfig):
         m3_train_vision_tower=config.train_vision_tower,
         m3_token_selection=config.token_selection,
     )
+    if config.conversation_template is not None:  # recorded in the trained model's config: asked as it was trained
+        m3_settings["m3_conversation_template"] = config.conversation_template
     if config.model is not None:
         model = load_m3_model(config.model, **m3_settings)
         return model, M3Processor.from_pretrained(config.model, config=model.config)
@@ -626,7 +635,7 @@ def train(config: TrainConfig) -> Path:
         dataset,
         batch_size=config.batch_size,
         shuffle=True,
-        collate_fn=M3Collator(processor, config.max_length, config.system_prompt),
+        collate_fn=M3Collator(processor, config.max_length),
     )
     updates_per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_epochs * updates_per_epoch)

@@ -5,6 +5,7 @@ through the ``lmms_eval.models`` entry point, which points at :func:`manifests`:
 
     python -m lmms_eval --model m3 --model_args pretrained=DIR,scale=36 --tasks textvqa_val
     python -m lmms_eval --model m3_adaptive --model_args pretrained=ADAPTIVE_DIR,threshold=0.8 --tasks pope
+    torchrun --nproc_per_node 8 -m lmms_eval --model m3 --model_args pretrained=DIR,scale=36 --tasks pope  # 8 GPUs
 
 This package sits on top of the stack (it imports ``m3`` and ``adaptive``); nothing imports it.
 """

@@ -1,16 +1,34 @@
-"""The lmms-eval models. Both answer with the project's own inference code: ``m3`` encodes each distinct image of a
-batch once and answers at its scale (:mod:`m3.inference`, the oracle's loop), ``m3_adaptive`` calls
-:meth:`adaptive.AdaptiveM3.generate`. Each answer reports the visual tokens it used (``token_counts`` in lmms-eval's
-``--log_samples`` output: ``visual_tokens``, ``scale``, ``input_tokens``). One process: both report rank 0 of 1,
-so run them without ``accelerate launch`` (a multi-GPU run would answer every request in every process)."""
+"""The lmms-eval models. ``m3`` answers every request at one scale with the project's inference code
+(:mod:`m3.inference`, the oracle's loop: each distinct image of a batch through the vision tower once);
+``m3_adaptive`` routes each (image, question) with :class:`adaptive.AdaptiveM3`. Both write prompts in the model's
+conversation template (:mod:`m3.templates`: ``vicuna_v1`` for converted M3 checkpoints, as the official fork
+evaluates them) and behave as lmms-eval's own ``llava_hf`` where users rely on it:
+
+* docs with no image (text-only), several images, or ``<image>`` placeholders already in the context (kept where they
+  stand; without one, one placeholder line per image goes in front);
+* a doc that fails (an unreadable image, a video file, a misplaced placeholder...) answers ``""`` (loglikelihood: an
+  infinite loss) and is logged; the rest of its batch is answered;
+* ``generation_kwargs``: ``max_new_tokens`` (default 1024), ``temperature`` > 0 (or ``do_sample: true``) samples with
+  ``top_p``, ``num_beams``, and ``until`` cuts the answer at the first stop string;
+* ``loglikelihood`` (multiple-choice tasks) at the model's scale (``m3_adaptive``: the routed scale of each image);
+* several processes (``accelerate launch`` or ``torchrun``; on CPU with ``ACCELERATE_USE_CPU=true``): lmms-eval gives
+  each process its share of the requests by ``RANK`` / ``WORLD_SIZE`` and merges the results; each process uses its
+  own device (``cuda:LOCAL_RANK``);
+* ``--batch_size auto`` starts at ``--max_batch_size`` (default 64) and halves a batch that runs out of memory.
+
+Each answer reports the visual tokens it used (``token_counts`` in ``--log_samples`` output: ``visual_tokens``,
+``scale``, ``input_tokens``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
@@ -18,22 +36,41 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from PIL import Image
 
-from m3.images import open_rgb, to_rgb
+from m3.images import BadImageError, open_rgb, to_rgb
 
-DEFAULT_MAX_NEW_TOKENS = 32  # when a task's generation_kwargs set no max_new_tokens
+DEFAULT_MAX_NEW_TOKENS = 1024  # lmms-eval's llava_hf and the official fork's llava, when a task sets none
+AUTO_BATCH_START = 64  # batch_size=auto without --max_batch_size
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".wmv", ".m4v", ".mpeg", ".mpg", ".3gp"}
+FAILED_LOSS = math.inf  # a failed loglikelihood request: never the chosen option (lmms-eval takes the argmin)
 
 
 @dataclass
 class VisualTokenCounts(TokenCounts):
-    """lmms-eval's per-request token counts plus the visual tokens the LLM saw and the scale they came from."""
+    """lmms-eval's per-request token counts plus the visual tokens the LLM saw and the scale they came from
+    (``scale``: one scale, or a list with one per image; None for a text-only doc)."""
 
     visual_tokens: int | None = None
-    scale: int | None = None
+    scale: int | list[int] | None = None
 
     def to_dict(self) -> dict:
         counts = super().to_dict()
         counts.update(visual_tokens=self.visual_tokens, scale=self.scale)
         return counts
+
+
+class DocError(ValueError):
+    """A request this model cannot answer (its doc, not the batch, is at fault)."""
+
+
+@dataclass
+class Doc:
+    """One request, unpacked: the context, its images (in placeholder order) and what the request asks for."""
+
+    context: str
+    images: list[Image.Image]
+    gen_kwargs: dict
+    continuation: str | None
+    where: str
 
 
 def _number(value, name: str, kind=float):
@@ -46,13 +83,17 @@ def _number(value, name: str, kind=float):
         raise ValueError(f"model arg {name}={value!r} is not a number") from None
 
 
-def _device(device: str | None) -> torch.device:
-    """lmms-eval's ``--device`` (unset: CUDA when there is one); a CUDA device without CUDA is refused early."""
+def _device(device: str | None, accelerator) -> torch.device:
+    """lmms-eval's ``--device`` (unset: the accelerator's, i.e. this process's GPU or the CPU); with several
+    processes a CUDA device becomes this process's own (``cuda:LOCAL_RANK``)."""
     if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return accelerator.device
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available; pass --device cpu")
-    return torch.device(device)
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and accelerator.num_processes > 1:
+        return torch.device("cuda", accelerator.local_process_index)
+    return chosen
 
 
 def _dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -64,17 +105,40 @@ def _dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def _image(visuals, where: str) -> Image.Image:
-    """The one image of a request (M3 answers about one image per question)."""
-    visuals = list(visuals or [])
-    if len(visuals) != 1:
-        raise ValueError(f"{where}: M3 answers about exactly one image per question, got {len(visuals)} visuals")
-    visual = visuals[0]
-    if isinstance(visual, str):
-        return open_rgb(visual, where)
-    if not isinstance(visual, Image.Image):
-        raise ValueError(f"{where}: expected a PIL image, got {type(visual).__name__} (videos are not supported)")
-    return to_rgb(visual, where)
+def _batch_size(batch_size, max_batch_size) -> tuple[int, bool]:
+    """``(size, auto)``: lmms-eval's ``--batch_size`` N, ``auto`` or ``auto:N`` (auto starts at ``--max_batch_size``,
+    else :data:`AUTO_BATCH_START`, and halves on out-of-memory)."""
+    if isinstance(batch_size, str) and batch_size.strip().lower().startswith("auto"):
+        return _number(max_batch_size, "max_batch_size", int) or AUTO_BATCH_START, True
+    size = _number(batch_size, "batch_size", int) or 1
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
+    return size, False
+
+
+def _open_visual(visual, where: str) -> list[Image.Image]:
+    """A visual of a doc as RGB images: a PIL image, an image file path, or a list of them. Video files are refused:
+    M3 answers about images (decode the frames into images in the task's doc_to_visual)."""
+    if visual is None:
+        return []
+    if isinstance(visual, (list, tuple)):
+        return [image for item in visual for image in _open_visual(item, where)]
+    if isinstance(visual, Image.Image):
+        try:
+            return [to_rgb(visual, where)]
+        except BadImageError as error:
+            raise DocError(str(error)) from error
+    if isinstance(visual, (str, Path)):
+        path = Path(visual)
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            raise DocError(
+                f"{where}: {path.name} is a video; M3 answers about images: make the task's doc_to_visual return frames"
+            )
+        try:
+            return [open_rgb(path, where)]
+        except BadImageError as error:
+            raise DocError(f"{where}: {error}") from error
+    raise DocError(f"{where}: visuals of type {type(visual).__name__} are not supported (images only)")
 
 
 def _truncate(text: str, until) -> str:
@@ -85,8 +149,16 @@ def _truncate(text: str, until) -> str:
     return text.strip()
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _image_key(image: Image.Image) -> str:
+    return hashlib.sha1(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()
+
+
 class _M3Base(lmms):
-    """What both models share: argument checks, request unpacking, batching by generation settings."""
+    """What both models share: argument checks, processes and devices, request unpacking, batching with fallbacks."""
 
     is_simple = True
 
@@ -94,114 +166,273 @@ class _M3Base(lmms):
         super().__init__()
         if unknown:
             raise ValueError(f"{type(self).__name__}: unknown model arg(s) {sorted(unknown)}")
-        self.batch_size = _number(batch_size, "batch_size", int) or 1
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        self.device = _device(device)
-        self._warned_sampling = False
+        from accelerate import Accelerator
 
-    def _unpack(self, request: Instance) -> tuple[str, dict, Image.Image]:
-        context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-        doc = self.task_dict[task][split][doc_id]
-        return context, dict(gen_kwargs or {}), _image(doc_to_visual(doc), f"task {task} split {split} doc {doc_id}")
+        self.batch_size_per_process, self.auto_batch = _batch_size(batch_size, max_batch_size)
+        self.accelerator = Accelerator()  # lmms-eval gathers through it; one process per device
+        self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+        self._device = _device(device, self.accelerator)
+        if self.auto_batch:
+            logger.info(f"{type(self).__name__}: batch_size=auto starts at {self.batch_size_per_process}")
 
-    def _settings(self, gen_kwargs: dict) -> tuple[int, dict]:
-        """``(max_new_tokens, extra generate kwargs)``; sampling settings are ignored: M3 decodes greedily here."""
-        if float(gen_kwargs.get("temperature") or 0) > 0 or gen_kwargs.get("do_sample"):
-            if not self._warned_sampling:
-                logger.warning(f"{type(self).__name__} decodes greedily; the task's sampling settings are ignored")
-                self._warned_sampling = True
-        max_new_tokens = int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
-        beams = int(gen_kwargs.get("num_beams") or 1)
-        return max_new_tokens, ({"num_beams": beams} if beams > 1 else {})
+    @property
+    def device(self) -> torch.device:
+        return self._device
 
-    def _batches(self, requests: Sequence[Instance]) -> list[list[int]]:
-        """Request indices in order, cut into batches of ``batch_size`` with equal generation settings."""
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_process
+
+    @property
+    def processor(self):
+        raise NotImplementedError
+
+    # ---- requests
+    def _unpack(self, request: Instance) -> Doc:
+        """A request as a :class:`Doc`; :class:`DocError` when its doc cannot be read."""
+        args = request.args
+        if len(args) == 2:  # lmms-eval's unconditional requests (acc_mutual_info): no doc, no image
+            return Doc("", [], {}, args[1], "an unconditional request")
+        context, second, doc_to_visual, doc_id, task, split = args
+        where = f"task {task} split {split} doc {doc_id}"
+        try:
+            doc = self.task_dict[task][split][doc_id]
+            images = _open_visual(doc_to_visual(doc), where)
+            continuation = None
+            if request.request_type == "loglikelihood":
+                continuation = second if isinstance(second, str) else second(doc)
+        except DocError:
+            raise
+        except Exception as error:  # a task function that fails on this doc
+            raise DocError(f"{where}: {type(error).__name__}: {error}") from error
+        gen_kwargs = dict(second or {}) if request.request_type != "loglikelihood" else {}
+        return Doc(context, images, gen_kwargs, continuation, where)
+
+    def _batches(self, docs: Sequence[Doc | DocError], key: Callable[[Doc], str]) -> list[list[int]]:
+        """Indices of the readable docs in order, cut into batches of ``batch_size`` with equal ``key``."""
         batches: list[list[int]] = []
         previous = None
-        for index, request in enumerate(requests):
-            key = json.dumps(request.args[1], sort_keys=True, default=str)
-            if batches and key == previous and len(batches[-1]) < self.batch_size:
+        for index, doc in enumerate(docs):
+            if isinstance(doc, DocError):
+                continue
+            value = key(doc)
+            if batches and value == previous and len(batches[-1]) < self.batch_size_per_process:
                 batches[-1].append(index)
             else:
                 batches.append([index])
-            previous = key
+            previous = value
         return batches
 
+    def _run(self, docs: list[Doc], work: Callable[[list[Doc]], list], failed) -> list:
+        """``work`` on a batch; out of memory with ``batch_size=auto`` halves the batch size (for the rest of the run)
+        and retries; any other failure answers the docs one by one, and a doc that fails alone gets
+        ``failed(doc, error)``, logged."""
+        size = self.batch_size_per_process
+        if len(docs) > size:  # a batch cut before the batch size shrank
+            return [
+                result
+                for start in range(0, len(docs), size)
+                for result in self._run(docs[start : start + size], work, failed)
+            ]
+        try:
+            return work(docs)
+        except Exception as error:
+            if self.auto_batch and _out_of_memory(error) and size > 1:
+                self.batch_size_per_process = max(1, min(size, len(docs)) // 2)
+                logger.warning(
+                    f"{type(self).__name__}: out of memory; batch_size=auto is now {self.batch_size_per_process}"
+                )
+                return self._run(docs, work, failed)
+            if len(docs) > 1:
+                return [result for doc in docs for result in self._run([doc], work, failed)]
+            logger.error(f"{type(self).__name__}: {docs[0].where} failed: {type(error).__name__}: {error}")
+            return [failed(docs[0], error)]
+
+    def _unpack_all(self, requests: list[Instance]) -> list[Doc | DocError]:
+        docs = []
+        for request in requests:
+            try:
+                docs.append(self._unpack(request))
+            except DocError as error:
+                logger.error(f"{type(self).__name__}: {error}")
+                docs.append(error)
+        return docs
+
+    # ---- generation
+    def _settings(self, gen_kwargs: dict) -> tuple[int, dict]:
+        """``(max_new_tokens, generate kwargs)`` of a task's generation_kwargs, read as lmms-eval's llava_hf reads
+        them: sampling when ``temperature`` > 0 (or ``do_sample``), with ``top_p``; ``num_beams``."""
+        max_new_tokens = int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+        temperature = float(gen_kwargs.get("temperature") or 0)
+        settings = {}
+        if temperature > 0 or gen_kwargs.get("do_sample"):
+            settings["do_sample"] = True
+            if temperature > 0:
+                settings["temperature"] = temperature
+            if gen_kwargs.get("top_p") is not None:
+                settings["top_p"] = float(gen_kwargs["top_p"])
+        beams = int(gen_kwargs.get("num_beams") or 1)
+        if beams > 1:
+            settings["num_beams"] = beams
+        return max_new_tokens, settings
+
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
-        results: list[GenerationResult | None] = [None] * len(requests)
-        for batch in self._batches(requests):
-            unpacked = [self._unpack(requests[i]) for i in batch]
-            gen_kwargs = unpacked[0][1]
-            max_new_tokens, extra = self._settings(gen_kwargs)
-            outputs = self._answer([u[0] for u in unpacked], [u[2] for u in unpacked], max_new_tokens, extra)
-            for index, (text, counts) in zip(batch, outputs):
-                results[index] = GenerationResult(text=_truncate(text, gen_kwargs.get("until")), token_counts=counts)
+        docs = self._unpack_all(requests)
+        results = [GenerationResult(text="", token_counts=VisualTokenCounts()) for _ in docs]  # failed docs keep these
+
+        def settings_key(doc: Doc) -> str:  # a batch shares its generation settings
+            return json.dumps(doc.gen_kwargs, sort_keys=True, default=str)
+
+        def work(batch_docs: list[Doc]) -> list[GenerationResult]:
+            max_new_tokens, settings = self._settings(batch_docs[0].gen_kwargs)
+            outputs = self._generate(batch_docs, max_new_tokens, settings)
+            until = batch_docs[0].gen_kwargs.get("until")
+            return [GenerationResult(text=_truncate(text, until), token_counts=counts) for text, counts in outputs]
+
+        def failed(doc: Doc, error: Exception) -> GenerationResult:
+            return GenerationResult(text="", token_counts=VisualTokenCounts())
+
+        for batch in self._batches(docs, settings_key):
+            for index, result in zip(batch, self._run([docs[i] for i in batch], work, failed)):
+                results[index] = result
         self._report(results)
         return results
 
-    def _answer(self, contexts, images, max_new_tokens, extra) -> list[tuple[str, VisualTokenCounts]]:
+    def _generate(self, docs: list[Doc], max_new_tokens: int, settings: dict) -> list[tuple[str, VisualTokenCounts]]:
         raise NotImplementedError
 
     def _report(self, results: list[GenerationResult]) -> None:
-        tokens = [r.token_counts.visual_tokens for r in results]
-        scales = Counter(r.token_counts.scale for r in results)
+        tokens = [r.token_counts.visual_tokens for r in results if r.token_counts.visual_tokens is not None]
+        scales = Counter(json.dumps(r.token_counts.scale) for r in results)
         if tokens:
             logger.info(
-                f"{type(self).__name__}: {len(tokens)} answers, mean visual tokens {sum(tokens) / len(tokens):.1f}, "
+                f"{type(self).__name__}: {len(results)} answers, mean visual tokens {sum(tokens) / len(tokens):.1f}, "
                 f"answers per scale {dict(sorted(scales.items()))}"
             )
 
-    def loglikelihood(self, requests):
-        raise NotImplementedError(
-            f"{type(self).__name__} answers by generation only: loglikelihood tasks (multiple choice by likelihood, "
-            "perplexity) are not supported; use a generate_until task"
-        )
+    # ---- likelihood
+    def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
+        """Per request ``(loss, greedy)`` as lmms-eval's own LLaVA models report it: the continuation's mean negative
+        log-likelihood per token (lmms-eval 0.7.3's multiple_choice takes the option with the smallest) and whether
+        greedy decoding gives exactly the continuation. The pair is wrapped in a ``GenerationResult`` (with the
+        visual token counts): lmms-eval 0.7.3's evaluator turns a bare ``(float, bool)`` into its string, which
+        breaks every multiple-choice task."""
+        docs = self._unpack_all(requests)
+        results = [GenerationResult(text=(FAILED_LOSS, False), token_counts=VisualTokenCounts()) for _ in docs]
+
+        def work(batch_docs: list[Doc]) -> list[GenerationResult]:
+            return [
+                GenerationResult(text=(score.mean_nll, score.greedy), token_counts=counts)
+                for score, counts in self._score(batch_docs)
+            ]
+
+        def failed(doc: Doc, error: Exception) -> GenerationResult:
+            return GenerationResult(text=(FAILED_LOSS, False), token_counts=VisualTokenCounts())
+
+        for batch in self._batches(docs, key=lambda doc: ""):
+            for index, result in zip(batch, self._run([docs[i] for i in batch], work, failed)):
+                results[index] = result
+        return results
+
+    def _score(self, docs: list[Doc]) -> list:
+        raise NotImplementedError
 
     def generate_until_multi_round(self, requests):
         raise NotImplementedError(
             f"{type(self).__name__} answers single-turn questions only: multi-round tasks are not supported"
         )
 
+    # ---- shared inference
+    def _encode(self, docs: list[Doc]):
+        """``(grids, image_sizes, compact prompts)`` of a batch: each distinct image through the vision tower once,
+        every image's grid in prompt order."""
+        from m3.inference import compact_prompts, encode_images
+
+        images = [image for doc in docs for image in doc.images]
+        keys = [_image_key(image) for image in images]
+        unique = list(dict.fromkeys(keys))
+        grids, sizes = [], None
+        if unique:
+            distinct, sizes = encode_images(self.model, self.processor, [images[keys.index(key)] for key in unique])
+            index = [unique.index(key) for key in keys]
+            grids = [distinct[i] for i in index]
+            sizes = None if sizes is None else sizes[torch.tensor(index)]
+        counts = [len(doc.images) for doc in docs]
+        compact = compact_prompts(self.processor, [doc.context for doc in docs], sizes, num_images=counts)
+        return grids, sizes, compact
+
+    def _answer(self, docs, grids, sizes, compact, scales, max_new_tokens, settings):
+        """Answers of a batch with every image at its scale (``scales``: one per image, in prompt order)."""
+        from m3.inference import generate_at_scale
+
+        output = generate_at_scale(
+            self.model, self.processor, compact, grids, sizes, scales, max_new_tokens, **settings
+        )
+        return output, self._counts(docs, compact, output.tokens, scales)
+
+    def _counts(self, docs, compact, tokens, scales) -> list[VisualTokenCounts]:
+        lengths = compact["attention_mask"].sum(1).tolist()  # compact prompts: one image token per image
+        counts, start = [], 0
+        for doc, length, visual in zip(docs, lengths, tokens):
+            mine = list(scales[start : start + len(doc.images)])
+            start += len(doc.images)
+            scale = None if not mine else (mine[0] if len(set(mine)) == 1 else mine)
+            counts.append(
+                VisualTokenCounts(
+                    input_tokens=int(length) - len(doc.images) + int(visual), visual_tokens=int(visual), scale=scale
+                )
+            )
+        return counts
+
+    def _scores(self, docs, grids, sizes, compact, scales):
+        """Continuation scores of a batch with every image at its scale, and each doc's token counts."""
+        from m3.inference import continuation_ids, score_continuations
+        from m3.prompting import image_token_counts
+
+        prompts = [self.processor.prompt(doc.context, len(doc.images)) for doc in docs]
+        extra = continuation_ids(self.processor, prompts, [doc.continuation for doc in docs])
+        scores = score_continuations(self.model, self.processor, compact, extra, grids, sizes, scales)
+        per_image = image_token_counts(self.model.config, list(scales), sizes, len(grids)) if grids else []
+        visual, start = [], 0
+        for doc in docs:
+            visual.append(sum(per_image[start : start + len(doc.images)]))
+            start += len(doc.images)
+        return list(zip(scores, self._counts(docs, compact, visual, scales)))
+
 
 class M3(_M3Base):
-    """An M3 model answering at one scale: ``--model m3 --model_args pretrained=DIR,scale=S[,dtype=...]``.
+    """An M3 model answering at one scale: ``--model m3 --model_args pretrained=DIR,scale=S[,dtype=...]
+    [,template=NAME]``.
 
-    ``scale`` defaults to the checkpoint's ``m3_default_scale``. Each distinct image of a batch goes through the
-    vision tower once (:func:`m3.inference.encode_images`), and :func:`m3.inference.generate_at_scale` answers from
-    the pooled grid, greedily: the answers ``scripts/build_oracle.py`` records at that scale.
+    ``scale`` defaults to the checkpoint's ``m3_default_scale``; ``template`` overrides the model's conversation
+    template (``plain``, ``vicuna_v1``, ``chat_template``). Greedy answers are the ones ``scripts/build_oracle.py``
+    records at that scale.
     """
 
-    def __init__(self, pretrained: str, scale=None, dtype: str = "auto", **kwargs) -> None:
+    def __init__(self, pretrained: str, scale=None, dtype: str = "auto", template: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         from m3.loading import load_m3_model
         from m3.pooling import check_scale
         from m3.processing import M3Processor
 
         self.model = load_m3_model(pretrained, dtype=_dtype(dtype, self.device)).to(self.device).eval()
-        self.processor = M3Processor.from_pretrained(pretrained, config=self.model.config)
+        self._processor = M3Processor.from_pretrained(pretrained, config=self.model.config, template=template or None)
         config = self.model.config
         scale = _number(scale, "scale", int)
         self.scale = check_scale(scale if scale is not None else config.m3_default_scale, config.grid_tokens)
 
-    def _answer(self, contexts, images, max_new_tokens, extra):
-        from m3.inference import compact_prompts, encode_images, generate_at_scale
+    @property
+    def processor(self):
+        return self._processor
 
-        keys = [hashlib.sha1(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest() for image in images]
-        unique = list(dict.fromkeys(keys))
-        grids, sizes = encode_images(self.model, self.processor, [images[keys.index(key)] for key in unique])
-        index = torch.tensor([unique.index(key) for key in keys])
-        image_sizes = None if sizes is None else sizes[index]
-        compact = compact_prompts(self.processor, contexts, image_sizes)
-        output = generate_at_scale(
-            self.model, self.processor, compact, [grids[i] for i in index.tolist()], image_sizes, self.scale,
-            max_new_tokens, **extra,
-        )  # fmt: skip
-        lengths = compact["attention_mask"].sum(1).tolist()  # compact prompts: one image token each
-        return [
-            (answer, VisualTokenCounts(input_tokens=int(n) - 1 + t, visual_tokens=t, scale=self.scale))
-            for answer, n, t in zip(output.answers, lengths, output.tokens)
-        ]
+    def _generate(self, docs, max_new_tokens, settings):
+        grids, sizes, compact = self._encode(docs)
+        output, counts = self._answer(docs, grids, sizes, compact, [self.scale] * len(grids), max_new_tokens, settings)
+        return list(zip(output.answers, counts))
+
+    def _score(self, docs):
+        grids, sizes, compact = self._encode(docs)
+        return self._scores(docs, grids, sizes, compact, [self.scale] * len(grids))
 
 
 class M3Adaptive(_M3Base):
@@ -209,7 +440,10 @@ class M3Adaptive(_M3Base):
     [,budget=B]``.
 
     ``threshold`` overrides the saved one (the probability a scale must reach). ``budget`` caps the visual tokens
-    of each query (AdaptiveM3's ``max_tokens``): the router picks among the scales within it.
+    of each image (AdaptiveM3's ``max_tokens``): the router picks among the scales within it. A one-image question
+    is answered by :meth:`adaptive.AdaptiveM3.generate`; each image of a several-image question is routed on its own
+    (with the question) and all are answered in one prompt; a text-only question needs no routing. Loglikelihood
+    requests are scored at the routed scale of each image (a predictor that reads a probe answer cannot route them).
     """
 
     def __init__(self, pretrained: str, threshold=None, budget=None, dtype: str = "auto", **kwargs) -> None:
@@ -218,27 +452,72 @@ class M3Adaptive(_M3Base):
 
         self.adaptive = AdaptiveM3.from_pretrained(pretrained, dtype=_dtype(dtype, self.device))
         self.adaptive.model.to(self.device)
+        self.model = self.adaptive.model
         self.threshold = _number(threshold, "threshold")
         self.budget = _number(budget, "budget", int)
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        self.routing: list[dict] = []  # per answer: scale, visual tokens, P(correct) per scale
+        self.routing: list[dict] = []  # per routed answer: scale, visual tokens, P(correct) per scale
 
-    def _answer(self, contexts, images, max_new_tokens, extra):
+    @property
+    def processor(self):
+        return self.adaptive.processor
+
+    @staticmethod
+    def _question(doc: Doc) -> str:
+        from m3.templates import IMAGE_PLACEHOLDER
+
+        return doc.context.replace(IMAGE_PLACEHOLDER, "").strip()
+
+    def _routed_scales(self, docs: list[Doc], grids, sizes) -> list[int]:
+        """Every image's routed scale, in prompt order (each image with its doc's question)."""
+        questions = [self._question(doc) for doc in docs for _ in doc.images]
+        if not questions:
+            return []
+        pil = [image for doc in docs for image in doc.images]
+        return self.adaptive.route(pil, grids, sizes, questions, self.threshold, self.budget)
+
+    @staticmethod
+    def _one_image_in_front(doc: Doc) -> bool:
+        """One image, its placeholder absent or opening the context: AdaptiveM3's own prompt layout."""
+        from m3.templates import IMAGE_PLACEHOLDER
+
+        found = doc.context.count(IMAGE_PLACEHOLDER)
+        in_front = found == 1 and doc.context.lstrip().startswith(IMAGE_PLACEHOLDER)
+        return len(doc.images) == 1 and (found == 0 or in_front)
+
+    def _generate(self, docs, max_new_tokens, settings):
+        single = [i for i, doc in enumerate(docs) if self._one_image_in_front(doc)]
+        outputs: list = [None] * len(docs)
+        if single:
+            answers = self.adaptive.generate(
+                [docs[i].images[0] for i in single], [self._question(docs[i]) for i in single],
+                threshold=self.threshold, max_tokens=self.budget, max_new_tokens=max_new_tokens, **settings,
+            )  # fmt: skip
+            lengths = self._compact_lengths([docs[i] for i in single])
+            for i, answer, length in zip(single, answers, lengths):
+                visual = answer.visual_tokens
+                route = {"scale": answer.scale, "visual_tokens": visual, "probabilities": answer.probabilities}
+                self.routing.append(route)
+                # the compact prompt holds one image token, expanded to the visual tokens
+                counts = VisualTokenCounts(input_tokens=length - 1 + visual, visual_tokens=visual, scale=answer.scale)
+                outputs[i] = (answer.answer, counts)
+        rest = [i for i in range(len(docs)) if i not in set(single)]
+        if rest:
+            others = [docs[i] for i in rest]
+            grids, sizes, compact = self._encode(others)
+            scales = self._routed_scales(others, grids, sizes)
+            output, counts = self._answer(others, grids, sizes, compact, scales, max_new_tokens, settings)
+            for i, answer, count in zip(rest, output.answers, counts):
+                outputs[i] = (answer, count)
+        return outputs
+
+    def _compact_lengths(self, docs: list[Doc]) -> list[int]:
         from m3.inference import compact_prompts
 
-        answers = self.adaptive.generate(
-            images, list(contexts), threshold=self.threshold, max_tokens=self.budget, max_new_tokens=max_new_tokens,
-            **extra,
-        )  # fmt: skip
-        lengths = compact_prompts(self.adaptive.processor, contexts)["attention_mask"].sum(1).tolist()
-        outputs = []
-        for answer, n in zip(answers, lengths):
-            self.routing.append(
-                {"scale": answer.scale, "visual_tokens": answer.visual_tokens, "probabilities": answer.probabilities}
-            )
-            counts = VisualTokenCounts(  # the prompt holds one image token, expanded to the visual tokens
-                input_tokens=int(n) - 1 + answer.visual_tokens, visual_tokens=answer.visual_tokens, scale=answer.scale
-            )
-            outputs.append((answer.answer, counts))
-        return outputs
+        compact = compact_prompts(self.processor, [self._question(doc) for doc in docs])
+        return [int(n) for n in compact["attention_mask"].sum(1).tolist()]
+
+    def _score(self, docs):
+        grids, sizes, compact = self._encode(docs)
+        return self._scores(docs, grids, sizes, compact, self._routed_scales(docs, grids, sizes))

@@ -25,6 +25,14 @@ from .generation import oracle_rows
 PROMPT_FORMAT = "llava_v1 single turn: 'USER: <image>\\n{question}[\\n{A. option}...\\n{instruction}] ASSISTANT:'"
 
 
+def prompt_format(processor) -> str:
+    """The manifest's ``settings.prompt``: how every sample was asked. The ``plain`` template keeps the wording of
+    the oracles built before templates had names (:data:`PROMPT_FORMAT`), so they still resume."""
+    if processor.template.name == "plain":
+        return PROMPT_FORMAT
+    return f"{processor.template.name} single turn: {processor.prompt('{question}')!r}"
+
+
 def model_summary(model_dir: str | os.PathLike, config, scales: Sequence[int]) -> dict:
     """The manifest's ``model`` entry: where the model is, what identifies it, and its scale/size settings."""
     return {
@@ -147,8 +155,8 @@ def build_oracle(
     check_image_files([(s.image_path, f"sample {s.sample_id}") for s in pending if s.dataset_image is None])
     for sample in {s.image_key: s for s in pending if s.dataset_image is not None}.values():
         sample.dataset_image.open()  # raises BadImageError naming the dataset, split, row and column
+    processor = processor or M3Processor.from_pretrained(model_dir, config=config)
     if pending:  # and every prompt must fit the context at the largest scale
-        processor = processor or M3Processor.from_pretrained(model_dir, config=config)
         check_prompt_lengths(processor, config, pending, max(scales), max_new_tokens)
     manifest = {
         "schema_version": store.SCHEMA_VERSION,
@@ -161,7 +169,7 @@ def build_oracle(
             "shard_size": shard_size,
             "correct_threshold": CORRECT_THRESHOLD,
             "decoding": "greedy, stops at EOS",
-            "prompt": PROMPT_FORMAT,
+            "prompt": prompt_format(processor),
             "hidden_scales": hidden_scales,
         },
         "build": {"batch_size": batch_size, "num_processes": state.num_processes, "started": _now()},
@@ -228,14 +236,13 @@ def check_prompt_lengths(processor, config, samples: Sequence, scale: int, max_n
     ``max_new_tokens`` overruns the model's context (:func:`m3.prompting.check_prompts_fit`)."""
     from PIL import Image
 
-    from m3.processing import llava_prompt
     from m3.prompting import check_prompts_fit
 
     sizes = None
     if getattr(config, "image_grid_pinpoints", None) is not None:  # NeXT counts follow the size (the header is enough)
         images = [s.dataset_image.open() if s.dataset_image is not None else Image.open(s.image_path) for s in samples]
         sizes = [[(image.height, image.width)] for image in images]
-    texts = [llava_prompt(sample.prompt) for sample in samples]
+    texts = [processor.prompt(sample.prompt) for sample in samples]
     names = [f"sample {sample.sample_id}" for sample in samples]
     check_prompts_fit(processor.tokenizer, config, texts, [1] * len(samples), names, scale, max_new_tokens, sizes)
 

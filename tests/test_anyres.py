@@ -3,7 +3,7 @@ import torch
 from transformers import LlavaNextForConditionalGeneration
 from transformers.models.llava_next.modeling_llava_next import unpad_image
 
-from m3.anyres import anyres_num_image_tokens, crop_grid_shape, grid_pinpoints, unpadded_shape
+from m3.anyres import anyres_num_image_tokens, crop_grid_shape, grid_pinpoints, unpad_grid, unpadded_shape
 from m3.loading import load_m3_config, load_m3_model
 from m3.prompting import image_token_counts
 from m3.tiny import TINY_GRID_PINPOINTS, tiny_image_processor, tiny_model
@@ -18,12 +18,10 @@ IMAGE_SIZES = [(96, 96), (80, 150), (200, 96), (300, 120), (40, 400), (500, 30),
 @pytest.mark.parametrize("width", [1, 2, 3, 6, 12, 24, 48, 72])
 def test_unpadded_shape_matches_transformers_unpad(height, width):
     grid = torch.zeros(1, height, width)
-    for original in [(96, 96), (80, 150), (200, 96), (40, 400), (500, 30), (333, 334)]:
-        expected = unpad_image(grid, original).shape[1:]
-        if 0 in expected:  # transformers would drop every row; we keep the middle one
-            assert unpadded_shape(height, width, *original) == tuple(max(n, 1) for n in expected)
-        else:
-            assert unpadded_shape(height, width, *original) == tuple(expected)
+    for original in [(96, 96), (80, 150), (200, 96), (40, 400), (500, 30), (333, 334), (8, 2200), (197, 197)]:
+        expected = unpad_image(grid, original).shape[1:]  # 0 rows for the most elongated images at coarse scales
+        assert unpadded_shape(height, width, *original) == tuple(expected)
+        assert unpad_grid(grid, original).shape[1:] == expected
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +61,10 @@ def test_token_count_formula_by_hand():
     assert anyres_num_image_tokens((96, 192), 9, TINY_GRID_PINPOINTS, 96) == 9 + 3 * 6 + 3
     # scale 1 -> 1 base + 1x2 grid + 1 newline
     assert anyres_num_image_tokens((96, 192), 1, TINY_GRID_PINPOINTS, 96) == 1 + 2 + 1
-    # a 40x400 panorama in a 1x3 grid at scale 1: content rounds to 0 rows, the guard keeps one
+    # a 40x400 panorama in a 1x3 grid at scale 1: content rounds to 0 rows, but an odd padding keeps the middle one
     assert anyres_num_image_tokens((40, 400), 1, TINY_GRID_PINPOINTS, 96) == 1 + 1 * 3 + 1
+    # a 20x400 one at scale 36 (6 rows, content 0.9) keeps none: the base crop's 36 tokens, as in transformers
+    assert anyres_num_image_tokens((20, 400), 36, TINY_GRID_PINPOINTS, 96) == 36
 
 
 def test_pooled_crops_are_pooled_full_crops(next_model_and_inputs):

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from m3.data.llava import (
-    LLAVA_SYSTEM_PROMPT,
     BadImageError,
     LlavaDataset,
     M3Collator,
@@ -13,6 +12,7 @@ from m3.data.llava import (
 )
 from m3.processing import M3Processor, llava_prompt
 from m3.prompting import IGNORE_INDEX, expand_image_tokens, image_token_counts
+from m3.templates import VICUNA_V1_SYSTEM, vicuna_v1
 from m3.tiny import tiny_config, tiny_image_processor, tiny_model
 
 from .conftest import random_image, training_batch
@@ -65,9 +65,9 @@ def test_one_turn_training_text_equals_the_inference_prompt_plus_answer(tokenize
     assert text == llava_prompt(question) + " " + answer + "</s>"
     assert text == llava_prompt(question, answer) + "</s>"
     assert text[spans[0][0] : spans[0][1]] == " red</s>"
-    # the real LLaVA-1.5 system prompt goes first, separated by one space
-    with_system, _ = format_conversation(conversation, LLAVA_SYSTEM_PROMPT)
-    assert with_system == LLAVA_SYSTEM_PROMPT + " " + text
+    # the official LLaVA-1.5 / M3 template (vicuna_v1): its system prompt first, separated by one space
+    with_system, _ = format_conversation(conversation, vicuna_v1())
+    assert with_system == VICUNA_V1_SYSTEM + " " + text
     # token level: the compact training row starts with exactly the compact inference prompt
     processor = make_processor("llava", tokenizer)
     batch = M3Collator(processor)([{"id": "x", "image": random_image(96, 96, 0), "conversations": conversation}])

@@ -161,8 +161,6 @@ def test_budget_caps_the_visual_tokens_and_bad_arguments_are_refused(runs, tmp_p
         M3(pretrained=str(MODEL), scale=7)
     with pytest.raises(ValueError, match=r"unknown model arg\(s\) \['scales'\]"):
         M3(pretrained=str(MODEL), scales=9)
-    with pytest.raises(NotImplementedError, match="generation only"):
-        capped.loglikelihood([])
     with pytest.raises(NotImplementedError, match="single-turn"):
         capped.generate_until_multi_round([])
     assert _truncate(" red\n\nASSISTANT: blue", ["\n\n"]) == "red" and _truncate("a USER: b", "USER:") == "a"
@@ -204,3 +202,108 @@ def test_layout_prompts_are_lmms_evals(tmp_path):
                 continue
             ours = row_item(LAYOUTS[layout], doc, row, f"row {row}", image_id="x").prompt
             assert ours == doc_to_text(dict(doc), kwargs), (layout, row)
+
+
+# ----------------------------------------------------------------------------------------------------
+# lmms-eval requests as its evaluator builds them, on the tiny local docs of tests/lmms_eval_tasks.py
+
+
+def _probe_requests(model, folder: Path, kind: str, second) -> list:
+    """One request per doc of the probe tasks: ``kind`` generate_until (``second``: gen_kwargs) or loglikelihood
+    (``second``: the continuation)."""
+    from lmms_eval.api.instance import Instance
+
+    from .lmms_eval_tasks import documents
+
+    docs = documents(folder)
+    model.task_dict = {"probe": {"test": docs}}
+
+    def visual(doc):
+        from PIL import Image
+
+        return [Image.open(folder / name).convert("RGB") for name in doc["images"]]
+
+    return [
+        Instance(kind, (doc["question"], second, visual, i, "probe", "test"), idx=0,
+                 metadata={"task": "probe", "doc_id": i, "repeats": 1})
+        for i, doc in enumerate(docs)
+    ]  # fmt: skip
+
+
+def test_routed_loglikelihood_and_generation_for_every_kind_of_doc(runs, tmp_path):
+    """m3_adaptive scores a continuation at the scale it routes each image to (threshold 0: the smallest scale),
+    as m3 scores it at that scale; text-only and two-image docs are answered; the missing image fails alone."""
+    from m3_lmms_eval.models import M3, M3Adaptive
+
+    _, _, adaptive_dir = runs
+    eager = M3Adaptive(pretrained=str(adaptive_dir), threshold=0, device="cpu", batch_size=8)
+    fixed = M3(pretrained=str(MODEL), scale=1, device="cpu", batch_size=8)
+    routed = eager.loglikelihood(_probe_requests(eager, tmp_path, "loglikelihood", " red"))
+    plain = fixed.loglikelihood(_probe_requests(fixed, tmp_path, "loglikelihood", " red"))
+    assert [r.token_counts.scale for r in routed] == [1, 1, 1, 1, None, 1, None]
+    assert [r.text[0] for r in routed[:-1]] == pytest.approx([r.text[0] for r in plain[:-1]], rel=1e-5)
+    assert routed[-1].text == (float("inf"), False) and plain[-1].text == (float("inf"), False)
+    answers = eager.generate_until(_probe_requests(eager, tmp_path, "generate_until", {"max_new_tokens": 3}))
+    assert [a.token_counts.scale for a in answers] == [1, 1, 1, 1, None, 1, None]
+    assert [a.token_counts.visual_tokens for a in answers] == [1, 1, 1, 2, 0, 1, None]
+    assert all(a.text for a in answers[:-1]) and answers[-1].text == ""
+
+
+def test_generation_settings_reach_generate_as_llava_hf_reads_them(tmp_path, monkeypatch):
+    """max_new_tokens defaults to 1024; temperature > 0 samples with top_p; greedy otherwise."""
+    from m3_lmms_eval.models import M3
+
+    model = M3(pretrained=str(MODEL), scale=9, device="cpu")
+    seen = []
+    original = model.model.generate
+
+    def spy(*args, **kwargs):
+        seen.append({key: kwargs.get(key) for key in ("max_new_tokens", "do_sample", "temperature", "top_p")})
+        return original(*args, **{**kwargs, "max_new_tokens": 2})
+
+    monkeypatch.setattr(model.model, "generate", spy)
+    model.generate_until(_probe_requests(model, tmp_path, "generate_until", {})[:1])
+    model.generate_until(_probe_requests(model, tmp_path, "generate_until", {"temperature": 0.7, "top_p": 0.9})[:1])
+    model.generate_until(_probe_requests(model, tmp_path, "generate_until", {"temperature": 0, "do_sample": False})[:1])
+    assert seen == [
+        {"max_new_tokens": 1024, "do_sample": False, "temperature": None, "top_p": None},
+        {"max_new_tokens": 1024, "do_sample": True, "temperature": 0.7, "top_p": 0.9},
+        {"max_new_tokens": 1024, "do_sample": False, "temperature": None, "top_p": None},
+    ]
+
+
+def test_auto_batch_size_halves_on_out_of_memory_and_answers_alike(tmp_path, monkeypatch):
+    from m3_lmms_eval.models import M3
+
+    single = M3(pretrained=str(MODEL), scale=9, device="cpu", batch_size=1)
+    expected = [
+        a.text
+        for a in single.generate_until(_probe_requests(single, tmp_path, "generate_until", {"max_new_tokens": 3}))
+    ]
+    auto = M3(pretrained=str(MODEL), scale=9, device="cpu", batch_size="auto", max_batch_size=8)
+    assert auto.batch_size == 8 and auto.auto_batch
+    original, sizes = auto._generate, []
+
+    def short_of_memory(docs, *args):
+        sizes.append(len(docs))
+        if len(docs) > 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(docs, *args)
+
+    monkeypatch.setattr(auto, "_generate", short_of_memory)
+    answers = auto.generate_until(_probe_requests(auto, tmp_path, "generate_until", {"max_new_tokens": 3}))
+    assert [a.text for a in answers] == expected
+    assert sizes == [6, 3, 3] and auto.batch_size == 3  # 6 readable docs in one batch, halved once
+
+
+def test_each_process_takes_its_own_device(monkeypatch):
+    from types import SimpleNamespace
+
+    from m3_lmms_eval.models import _batch_size, _device
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    second = SimpleNamespace(num_processes=2, local_process_index=1, device="cuda:1")
+    assert str(_device("cuda", second)) == "cuda:1" and str(_device(None, second)) == "cuda:1"
+    assert str(_device("cpu", second)) == "cpu"
+    assert _batch_size("auto", None) == (64, True) and _batch_size("auto:4", "16") == (16, True)
+    assert _batch_size("3", None) == (3, False)

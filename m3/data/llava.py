@@ -9,14 +9,13 @@ A record (one entry of e.g. ``llava_v1_5_mix665k.json``)::
 A multi-image record (the frames of a video, several pictures) lists its files, ``"image": ["a.png", "b.png"]``,
 with one ``<image>`` placeholder per file in its text, in file order.
 
-Conversation format (LLaVA-1.5, ``vicuna_v1``)::
+The conversation is written in the model's conversation template (``processor.template``, :mod:`m3.templates`),
+the one its prompts are written in at inference, so training text and inference prompts agree. ``vicuna_v1`` (the
+official LLaVA-1.5 / M3 fine-tune's)::
 
     {system} USER: {human_1} ASSISTANT: {gpt_1}</s>USER: {human_2} ASSISTANT: {gpt_2}</s>...
 
-With the empty system prompt (our default, as the tiny models are trained) the text starts at ``USER:``, so a
-one-turn conversation is exactly ``llava_prompt(question) + " " + answer + "</s>"``: training text and
-inference prompts agree. LLaVA-1.5's own system prompt is :data:`LLAVA_SYSTEM_PROMPT`; pass it to
-:class:`M3Collator` when fine-tuning a real LLaVA-1.5 checkpoint.
+``plain`` (the tiny models') is the same without the system prompt: the text starts at ``USER:``.
 """
 
 from __future__ import annotations
@@ -35,15 +34,9 @@ from ..files import read_json
 from ..images import BadImageError, check_image, open_rgb  # the one image loader
 from ..processing import IMAGE_PLACEHOLDER, M3Processor
 from ..prompting import IGNORE_INDEX, image_token_counts, truncate_text
+from ..templates import plain
 
 logger = logging.getLogger(__name__)
-
-LLAVA_SYSTEM_PROMPT = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
-ROLES = {"human": "USER", "gpt": "ASSISTANT"}
-END_OF_TURN = "</s>"
 
 
 def _problem(path: Path) -> BadImageError | None:
@@ -133,20 +126,11 @@ def record_images(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def format_conversation(conversations: Sequence[dict], system_prompt: str = "") -> tuple[str, list[tuple[int, int]]]:
-    """The vicuna_v1 text of a (normalized) conversation and the character span of every assistant answer.
-
-    An answer span covers the space after ``ASSISTANT:``, the answer and its closing ``</s>``: the tokens
-    that the loss is computed on.
-    """
-    text = f"{system_prompt} " if system_prompt else ""
-    spans = []
-    for human, gpt in zip(conversations[0::2], conversations[1::2]):
-        text += f"{ROLES['human']}: {human['value']} {ROLES['gpt']}:"
-        start = len(text)
-        text += f" {gpt['value']}{END_OF_TURN}"
-        spans.append((start, len(text)))
-    return text, spans
+def format_conversation(conversations: Sequence[dict], template=None) -> tuple[str, list[tuple[int, int]]]:
+    """The text of a (normalized) conversation in ``template`` (default: ``plain``) and the character span of every
+    assistant answer: the tokens the loss is computed on (for ``plain`` / ``vicuna_v1`` the space after
+    ``ASSISTANT:``, the answer and its closing ``</s>``)."""
+    return (template or plain()).conversation([turn["value"] for turn in conversations])
 
 
 class LlavaDataset(Dataset):
@@ -258,19 +242,17 @@ class M3Collator:
     each token is labelled by the segment its first character lies in, so the masks are exact and the
     tokens are those of the whole text (as at inference). This needs a fast (``tokenizers``) tokenizer.
 
-    Text is cut from the end so that the sequence fits ``max_length`` once its image placeholders are
+    The text is written in the processor's conversation template (``processor.template``). Text is cut from the end
+    so that the sequence fits ``max_length`` once its image placeholders are
     expanded to the most tokens any scale can need (the full grid; for NeXT the count at the full grid
     for each image's size). Image tokens are never cut: an item whose images alone do not fit raises
     ``ValueError`` naming the item.
 
-    system_prompt: put before the first turn; "" (default) for the tiny models, :data:`LLAVA_SYSTEM_PROMPT`
-        for LLaVA-1.5 checkpoints.
     """
 
-    def __init__(self, processor: M3Processor, max_length: int = 2048, system_prompt: str = ""):
+    def __init__(self, processor: M3Processor, max_length: int = 2048):
         self.processor = processor
         self.max_length = max_length
-        self.system_prompt = system_prompt
 
     def encode(self, item: dict, max_image_tokens: int | Sequence[int]) -> tuple[list[int], list[int]]:
         """Compact ``(input_ids, labels)`` of one item, truncated to fit ``max_length`` (``max_image_tokens``: the
@@ -280,7 +262,7 @@ class M3Collator:
         num_images = len(record_images(item.get("image")))
         item_id = item.get("id")
         conversations = normalize_conversations(item["conversations"], num_images, item_id)
-        text, spans = format_conversation(conversations, self.system_prompt)
+        text, spans = format_conversation(conversations, self.processor.template)
         encoded = tokenizer(text, return_offsets_mapping=True)
         input_ids = list(encoded["input_ids"])
         labels = [IGNORE_INDEX] * len(input_ids)

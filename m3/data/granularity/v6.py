@@ -95,7 +95,7 @@ class GranularityConfig:
     def __post_init__(self) -> None:
         problems = []
         if not 2 * self.frame_width + 2 <= self.side_min <= self.side_max <= 16:
-            problems.append("need 2 * frame_width + 2 <= side_min <= side_max <= 16 (a framed square keeps a 2 px inside)")
+            problems.append("need 2 * frame_width + 2 <= side_min <= side_max <= 16 (2 px inside a frame)")
         if not 1 <= self.frame_width <= 3:
             problems.append("need 1 <= frame_width <= 3")
         if not PATCH <= self.gap_min <= self.gap_max <= IMAGE_SIZE - 2 * self.side_max:
