@@ -32,7 +32,7 @@ from m3.inference import ScaleOutput, compact_prompts, encode_images, generate_a
 from m3.loading import load_m3_model
 from m3.pooling import check_scale
 from m3.processing import M3Processor, check_question
-from m3.prompting import check_prompt_fits, image_token_counts
+from m3.prompting import check_context, image_token_counts
 from m3.video import collage, is_square_only
 from predictor import (
     CalibratedRouter,
@@ -108,6 +108,7 @@ class FramesAnswer:
 
 
 FRAME_ALLOCATIONS = ("predictor", "uniform")
+FRAMES_REMEDY = "Lower the budget or the scale"
 
 
 @dataclass
@@ -379,13 +380,21 @@ class AdaptiveM3:
             threshold = self.predictor.threshold_ if self.threshold is None else self.threshold
         return check_threshold(threshold)
 
-    def check_context(self, compact: dict, chosen: Sequence[int], sizes, max_new_tokens: int) -> None:
-        """Refuse a query whose prompt - its text, the visual tokens of its chosen scale and ``max_new_tokens`` -
-        does not fit the model's context (:func:`m3.prompting.check_prompt_fits`)."""
-        for row, (length, value) in enumerate(zip(compact["attention_mask"].sum(dim=1).tolist(), chosen)):
-            size = None if sizes is None else sizes[row : row + 1].tolist()
-            # the compact prompt holds one image token
-            check_prompt_fits(self.model.config, length - 1, value, max_new_tokens, size, what=f"question {row}")
+    def check_context(
+        self,
+        compact: dict,
+        scales: Sequence,
+        visual_tokens: Sequence[int],
+        max_new_tokens: int,
+        what: str = "question",
+        remedy: str = "Shorten the question",
+    ) -> None:
+        """Refuse a prompt of ``compact`` whose text, visual tokens (``visual_tokens``, at ``scales``: one entry per
+        row) and ``max_new_tokens`` overrun the model's context (:func:`m3.prompting.check_context`)."""
+        placeholders = (compact["input_ids"] == self.model.config.image_token_id) & compact["attention_mask"].bool()
+        text = (compact["attention_mask"].sum(dim=1) - placeholders.sum(dim=1)).tolist()
+        names = [f"{what} {row}" for row in range(len(text))]
+        check_context(self.model.config, text, visual_tokens, max_new_tokens, names, scales, remedy)
 
     # ---- answering
     def generate(
@@ -415,8 +424,11 @@ class AdaptiveM3:
             )
         pil, grids, sizes = self.encode(images)
         compact = compact_prompts(self.processor, questions)
+        size_list = None if sizes is None else sizes.tolist()
         if self.probe_scale is not None:  # the probe answers first, at its scale
-            self.check_context(compact, [self.probe_scale] * len(pil), sizes, max_new_tokens)
+            probes = [self.probe_scale] * len(pil)
+            probe_visual = image_token_counts(self.model.config, probes, size_list)
+            self.check_context(compact, probes, probe_visual, max_new_tokens)
         probe = self.probe(compact, grids, sizes, max_new_tokens, **generation_kwargs)
         probabilities = self.probabilities(pil, grids, questions, probe)
         counts = self._token_counts(sizes, len(pil))
@@ -428,7 +440,7 @@ class AdaptiveM3:
             chosen = self.choose_scales(probabilities, counts, threshold, max_tokens)
         routed_at = None if scale is not None or budget is not None else self._threshold(threshold)
         certificate = None if routed_at is None else self.certificate_at(routed_at, max_tokens)
-        self.check_context(compact, chosen, sizes, max_new_tokens)
+        self.check_context(compact, chosen, image_token_counts(self.model.config, chosen, size_list), max_new_tokens)
         outputs = self._answer(compact, grids, sizes, chosen, probe, max_new_tokens, **generation_kwargs)
         answers = []
         for row, (value, (output, position)) in enumerate(zip(chosen, outputs)):
@@ -601,7 +613,10 @@ class AdaptiveM3:
         compact = compact_prompts(self.processor, [encoded.questions[v] for v in videos], sizes, num_images=counts)
         tokens = image_token_counts(self.model.config, chosen, None if sizes is None else sizes.tolist(), len(chosen))
         starts = np.cumsum([0, *counts]).tolist()
-        self._check_prompt_fits(compact, [sum(tokens[a:b]) for a, b in zip(starts[:-1], starts[1:])], max_new_tokens)
+        self.check_context(
+            compact, [chosen[a:b] for a, b in zip(starts[:-1], starts[1:])],
+            [sum(tokens[a:b]) for a, b in zip(starts[:-1], starts[1:])], max_new_tokens, "prompt", FRAMES_REMEDY,
+        )  # fmt: skip
         output = generate_at_scale(
             self.model, self.processor, compact, [encoded.grids[i] for i in frames], sizes, chosen, max_new_tokens,
             **generation_kwargs,
@@ -660,7 +675,7 @@ class AdaptiveM3:
         ]
         compact = compact_prompts(self.processor, questions, sizes)
         tokens = image_token_counts(self.model.config, chosen, None if sizes is None else sizes.tolist(), len(chosen))
-        self._check_prompt_fits(compact, tokens, max_new_tokens)
+        self.check_context(compact, chosen, tokens, max_new_tokens, "prompt", FRAMES_REMEDY)
         output = generate_at_scale(
             self.model, self.processor, compact, grids, sizes, chosen, max_new_tokens, **generation_kwargs
         )
@@ -705,17 +720,3 @@ class AdaptiveM3:
         if len(per_video) != len(videos) or any(len(s) != len(v) for s, v in zip(per_video, videos)):
             raise ValueError("scale= must be one scale, or one scale per frame (a list per video for a batch)")
         return [[check_scale(as_integer(value, "scale"), grid) for value in values] for values in per_video]
-
-    def _check_prompt_fits(self, compact: dict, visual_tokens: Sequence[int], max_new_tokens: int) -> None:
-        """Refuse a prompt whose text, visual tokens and ``max_new_tokens`` overrun the model's context."""
-        context = getattr(self.model.config.text_config, "max_position_embeddings", None)
-        if not context:
-            return
-        placeholders = (compact["input_ids"] == self.model.config.image_token_id) & compact["attention_mask"].bool()
-        text = (compact["attention_mask"].sum(dim=1) - placeholders.sum(dim=1)).tolist()
-        for row, (length, visual) in enumerate(zip(text, visual_tokens)):
-            if length + visual + max_new_tokens > context:
-                raise ValueError(
-                    f"prompt {row} needs {length} text + {visual} visual tokens + max_new_tokens={max_new_tokens}, "
-                    f"more than the model's context of {context} tokens: lower the budget or the scale"
-                )

@@ -24,7 +24,7 @@ from .inference import answer_at_scales, compact_prompts, encode_images
 from .metrics import OVERALL, exact_match, majority_baseline
 from .pooling import check_scale, check_token_selection
 from .processing import IMAGE_PLACEHOLDER, M3Processor, check_question
-from .prompting import check_prompts_fit
+from .prompting import check_context, prompt_token_counts
 
 
 def question_of(item: dict) -> str:
@@ -58,14 +58,15 @@ def _prompts(processor: M3Processor, items: Sequence[dict]) -> tuple[list[str], 
 
 def check_item_lengths(processor, config, items: Sequence[dict], scale: int, max_new_tokens: int) -> None:
     """Refuse an item whose prompt at ``scale`` and ``max_new_tokens`` overruns the model's context
-    (:func:`m3.prompting.check_prompts_fit`), naming it."""
+    (:func:`m3.prompting.check_context`), naming it."""
     texts, images, counts = _prompts(processor, items)
     sizes = None
     if getattr(config, "image_grid_pinpoints", None) is not None:  # NeXT counts follow the image sizes
         starts = [0, *accumulate(counts)][:-1]
         sizes = [[(im.height, im.width) for im in images[a : a + n]] for a, n in zip(starts, counts)]
     names = [f"item {item.get('id')}" for item in items]
-    check_prompts_fit(processor.tokenizer, config, texts, counts, names, scale, max_new_tokens, sizes)
+    text, visual = prompt_token_counts(processor.tokenizer, config, texts, counts, scale, sizes)
+    check_context(config, text, visual, max_new_tokens, names, [scale] * len(names))
 
 
 def _decode_new_tokens(processor: M3Processor, output: torch.Tensor, prompt_length: int) -> list[str]:

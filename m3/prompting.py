@@ -16,50 +16,49 @@ from .pooling import check_scale
 IGNORE_INDEX = -100
 
 
-def check_prompt_fits(
+def check_context(
     config,
-    text_tokens: int,
-    scale: int,
+    text_tokens: Sequence[int],
+    visual_tokens: Sequence[int],
     max_new_tokens: int,
-    image_sizes: Sequence[Sequence[int]] | None = None,
-    num_images: int = 1,
-    what: str = "the question",
+    names: Sequence[str],
+    scales: Sequence,
+    remedy: str = "Shorten the question",
 ) -> None:
-    """Refuse a prompt whose text tokens (image placeholders not counted), the visual tokens of its images at
-    ``scale`` and ``max_new_tokens`` overrun the model's context: past its position embeddings it answers garbage,
-    silently. ``image_sizes`` ((height, width) per image) are needed for LLaVA-NeXT configs; ``what`` names the
-    prompt in the error."""
+    """Refuse a prompt whose text tokens (image placeholders not counted), visual tokens and ``max_new_tokens``
+    overrun the model's context: past its position embeddings it answers garbage, silently. One entry per prompt in
+    each sequence; ``names`` and ``scales`` (a scale, or one per image) name it in the error, ``remedy`` ends it."""
     context = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
     if not context:
         return
-    count = num_images if image_sizes is None else len(image_sizes)
-    visual = sum(image_token_counts(config, scale, image_sizes, num_images=count))
-    need = text_tokens + visual + max_new_tokens
-    if need > context:
-        raise ValueError(
-            f"{what} is {text_tokens} text tokens; with {visual} visual tokens (scale {scale}) and "
-            f"max_new_tokens={max_new_tokens} it needs {need} positions, more than the model's context of "
-            f"{context} tokens. Shorten the question"
-        )
+    for text, visual, name, scale in zip(text_tokens, visual_tokens, names, scales, strict=True):
+        need = text + visual + max_new_tokens
+        if need > context:
+            raise ValueError(
+                f"{name} is {text} text tokens; with {visual} visual tokens (scale {scale}) and "
+                f"max_new_tokens={max_new_tokens} it needs {need} positions, more than the model's context of "
+                f"{context} tokens. {remedy}"
+            )
 
 
-def check_prompts_fit(
+def prompt_token_counts(
     tokenizer,
     config,
     texts: Sequence[str],
     image_counts: Sequence[int],
-    names: Sequence[str],
     scale: int,
-    max_new_tokens: int,
     image_sizes: Sequence[Sequence[Sequence[int]]] | None = None,
-) -> None:
-    """:func:`check_prompt_fits` for many prompts at once, before any model runs: ``texts`` hold one image
-    placeholder per image (``image_counts``), tokenized once; ``image_sizes`` (per prompt, per image) for
-    LLaVA-NeXT configs; ``names`` name each prompt in the error."""
+) -> tuple[list[int], list[int]]:
+    """What :func:`check_context` reads, for prompt strings before any model runs: each prompt's text tokens
+    (``texts`` hold one image placeholder per image, ``image_counts``; tokenized once, placeholders not counted) and
+    its visual tokens at ``scale`` (``image_sizes`` per prompt, per image, for LLaVA-NeXT configs)."""
     lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
-    for index, (length, count, name) in enumerate(zip(lengths, image_counts, names)):
-        sizes = None if image_sizes is None else image_sizes[index]
-        check_prompt_fits(config, length - count, scale, max_new_tokens, sizes, num_images=count, what=name)
+    text = [length - count for length, count in zip(lengths, image_counts, strict=True)]
+    visual = [
+        sum(image_token_counts(config, scale, None if image_sizes is None else image_sizes[index], num_images=count))
+        for index, count in enumerate(image_counts)
+    ]
+    return text, visual
 
 
 def per_image_scales(scale: int | Sequence[int], num_images: int, grid_tokens: int) -> list[int]:

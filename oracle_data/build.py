@@ -233,10 +233,10 @@ def build_oracle(
 
 def check_prompt_lengths(processor, config, samples: Sequence, scale: int, max_new_tokens: int) -> None:
     """Refuse, before the model loads, a sample whose prompt with ``scale``'s visual tokens and
-    ``max_new_tokens`` overruns the model's context (:func:`m3.prompting.check_prompts_fit`)."""
+    ``max_new_tokens`` overruns the model's context (:func:`m3.prompting.check_context`)."""
     from PIL import Image
 
-    from m3.prompting import check_prompts_fit
+    from m3.prompting import check_context, prompt_token_counts
 
     sizes = None
     if getattr(config, "image_grid_pinpoints", None) is not None:  # NeXT counts follow the size (the header is enough)
@@ -244,7 +244,8 @@ def check_prompt_lengths(processor, config, samples: Sequence, scale: int, max_n
         sizes = [[(image.height, image.width)] for image in images]
     texts = [processor.prompt(sample.prompt) for sample in samples]
     names = [f"sample {sample.sample_id}" for sample in samples]
-    check_prompts_fit(processor.tokenizer, config, texts, [1] * len(samples), names, scale, max_new_tokens, sizes)
+    text, visual = prompt_token_counts(processor.tokenizer, config, texts, [1] * len(samples), scale, sizes)
+    check_context(config, text, visual, max_new_tokens, names, [scale] * len(names))
 
 
 def _now() -> str:
