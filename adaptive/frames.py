@@ -209,10 +209,10 @@ def build_frame_oracle(
 
 
 def fit_frame_predictor(oracle, out_dir: str | os.PathLike | None = None, name: str = "mlp-image", seed: int = 0):
-    """Fit the predictor ``name`` of :data:`predictor.training.PREDICTORS` on a per-frame oracle (a folder or any
+    """Fit the predictor ``name`` of :data:`predictor.registry.PREDICTORS` on a per-frame oracle (a folder or any
     oracle table) and save it to ``out_dir``. No threshold is calibrated: the knapsack uses the probabilities."""
     from predictor import as_oracle_set
-    from predictor.training import PREDICTORS
+    from predictor.registry import PREDICTORS
 
     if name not in PREDICTORS:
         raise ValueError(f"unknown predictor {name!r}; choose from {sorted(PREDICTORS)}")

@@ -4,20 +4,18 @@
 (LightGBM on image + question features, optionally the embedding) estimate, per scale, the probability of a
 correct answer; ``predict(X, threshold=t)`` routes to the smallest scale that reaches ``t``
 (:func:`route_by_threshold`, the one threshold rule). ``CalibratedRouter`` learns a predictor's operating threshold
-on calibration data; ``tune`` searches hyper-parameters with optuna; ``evaluate_routing`` / ``summarize_routing`` /
-``write_evaluation`` compare predictors with the baselines (fixed scales, random routing, a confidence cascade, the
-oracles). See docs/predictor.md.
+on calibration data, ``CertifiedRouter`` certifies one; ``tune`` searches hyper-parameters with optuna. This package
+is what inference needs; the studies that compare predictors with the baselines live in :mod:`routing_study`.
+See docs/predictor.md.
 """
 
 from .base import PredictorMismatchError, ScalePredictor, check_compatible
 from .calibration import CalibratedRouter, CertifiedRouter, certificate_at, saved_certificate
 from .data import OracleSet, Queries, as_oracle_set, grouped_split, split_oracle
-from .evaluation import best_predictor, evaluate_routing, summarize_routing
 from .features import FeatureBuilder, image_features, question_features
 from .lgbm import LGBMScalePredictor
 from .mlp import MLPScalePredictor
 from .registry import PREDICTOR_CLASSES, load_predictor
-from .report import routing_markdown, write_evaluation
 from .routing_metrics import Curve, apgr, cpt
 from .thresholds import check_threshold, route_by_threshold
 from .tuning import TuningResult, tune
@@ -37,21 +35,16 @@ __all__ = [
     "TuningResult",
     "apgr",
     "as_oracle_set",
-    "best_predictor",
     "certificate_at",
     "check_compatible",
     "check_threshold",
     "cpt",
-    "evaluate_routing",
     "grouped_split",
     "image_features",
     "load_predictor",
     "question_features",
     "route_by_threshold",
-    "routing_markdown",
     "saved_certificate",
     "split_oracle",
-    "summarize_routing",
     "tune",
-    "write_evaluation",
 ]

@@ -21,26 +21,9 @@ from pathlib import Path
 from .base import ScalePredictor
 from .calibration import CalibratedRouter, CertifiedRouter
 from .data import OracleSet, as_oracle_set, split_oracle
-from .lgbm import LGBMScalePredictor
-from .mlp import MLPScalePredictor
-from .reference import ReferenceRouter
+from .registry import DEFAULT_PREDICTORS, PREDICTORS
 from .risk_control import DEFAULT_P_VALUE
 from .tuning import tune
-
-PREDICTORS: dict[str, Callable[[int], ScalePredictor | ReferenceRouter]] = {
-    "mlp": lambda seed: MLPScalePredictor(seed=seed),
-    "mlp-oracle": lambda seed: MLPScalePredictor(target="oracle", seed=seed),
-    "mlp-image": lambda seed: MLPScalePredictor(use_image=True, seed=seed),
-    "mlp-probe": lambda seed: MLPScalePredictor(probe="hidden", probe_scale=1, seed=seed),
-    "lgbm": lambda seed: LGBMScalePredictor(seed=seed),
-    "lgbm-emb": lambda seed: LGBMScalePredictor(use_embedding=True, seed=seed),
-    "lgbm-oracle": lambda seed: LGBMScalePredictor(target="oracle", seed=seed),
-    "lgbm-probe": lambda seed: LGBMScalePredictor(use_embedding=True, probe="confidence", probe_scale=1, seed=seed),
-    "question-only": lambda seed: ReferenceRouter(grouping="family"),
-    "attribute": lambda seed: ReferenceRouter(grouping="attribute"),  # needs records with generator attributes
-}
-# "attribute" is skipped (with a note) where the oracle's records carry no generator attributes
-DEFAULT_PREDICTORS = ("mlp", "mlp-image", "mlp-oracle", "lgbm", "lgbm-emb", "question-only", "attribute")
 
 
 def fit_predictors(

@@ -7,7 +7,7 @@ Examples:
 Every frame of every multi-image record becomes one oracle row: for every scale, the record's prompt is answered
 with that frame at the scale and every other frame at the smallest one (see adaptive/frames.py). Writes
 OUT/manifest.json and OUT/shards/*.parquet (a rerun finishes a killed build); with --predictor-out, fits the
-predictor --predictor (a name of predictor.training.PREDICTORS) on it and saves it there, ready for
+predictor --predictor (a name of predictor.registry.PREDICTORS) on it and saves it there, ready for
 AdaptiveM3.from_pretrained(model, predictor).
 """
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from predictor.registry import PREDICTORS
     from predictor.risk_control import DEFAULT_P_VALUE, P_VALUE_CHOICES, P_VALUES
-    from predictor.training import PREDICTORS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--oracle", required=True, help="oracle of queries the routers never saw (in distribution)")
@@ -80,9 +80,9 @@ def run(args: argparse.Namespace) -> dict:
     """Fit or load the routers, run the study on each oracle, write the tables and the plot."""
     from m3.cli import use_threads
     from predictor import load_predictor
-    from predictor.report import write_validity
     from predictor.training import fit_predictors
-    from predictor.validity import validity_study
+    from routing_study.report import write_validity
+    from routing_study.validity import validity_study
 
     use_threads(args.threads)
     out = Path(args.out)

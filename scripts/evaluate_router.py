@@ -109,11 +109,12 @@ def run(args: argparse.Namespace) -> dict:
     the shift; prints the reports and returns the paths written."""
     from m3.cli import use_threads
     from m3.runs import claim_run_folder
-    from predictor import evaluate_routing, load_predictor, write_evaluation
+    from predictor import load_predictor
     from predictor.data import check_matching_oracles
-    from predictor.report import write_shift
-    from predictor.shift import evaluate_shift
     from predictor.training import calibration_split, certify_routers, fit_predictors
+    from routing_study import evaluate_routing, write_evaluation
+    from routing_study.report import write_shift
+    from routing_study.shift import evaluate_shift
 
     use_threads(args.threads)
     out = Path(args.out)

@@ -133,10 +133,10 @@ def run(args: argparse.Namespace) -> None:
     timings["oracle"] = time.perf_counter() - start
 
     start = stage("4/5 scale predictors and routing evaluation")
-    from predictor import best_predictor, evaluate_routing, summarize_routing, write_evaluation
-    from predictor.report import write_shift
-    from predictor.shift import DEFAULT_SHIFT_CALIBRATION, evaluate_shift
     from predictor.training import calibration_split, certify_routers, fit_predictors
+    from routing_study import best_predictor, evaluate_routing, summarize_routing, write_evaluation
+    from routing_study.report import write_shift
+    from routing_study.shift import DEFAULT_SHIFT_CALIBRATION, evaluate_shift
 
     predictors = fit_predictors(
         out / "oracle-train",
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> None:
 
     start = stage("5/5 AdaptiveM3 and the report")
     from adaptive import AdaptiveM3
-    from predictor.report import pipeline_report
+    from routing_study.report import pipeline_report
 
     best = best_predictor(summarize_routing(evaluation), LEARNED)
     adaptive = AdaptiveM3.from_pretrained(model_dir, out / "predictors" / f"{best}-certified")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from predictor.budget import budget_routing
-from predictor.evaluation import budget_rows, evaluate_routing
 from predictor.risk_control import Certificate
+from routing_study.evaluation import budget_rows, evaluate_routing
 
 from .routing_cases import SCALES, KnownRouter, oracle_table
 

@@ -9,7 +9,8 @@ import pytest
 
 import predictor.training
 from oracle_data import load_oracle
-from predictor import LGBMScalePredictor, MLPScalePredictor, Queries, evaluate_routing, load_predictor, write_evaluation
+from predictor import LGBMScalePredictor, MLPScalePredictor, Queries, load_predictor
+from routing_study import evaluate_routing, write_evaluation
 
 from .damage import REPO, one_line_error, run_script, strict_json, truncate
 from .synthetic_oracle import write_synthetic_oracle

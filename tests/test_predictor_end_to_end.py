@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predictor import LGBMScalePredictor, MLPScalePredictor, evaluate_routing, summarize_routing, write_evaluation
-from predictor.evaluation import budget_rows
+from predictor import LGBMScalePredictor, MLPScalePredictor
+from routing_study import evaluate_routing, summarize_routing, write_evaluation
+from routing_study.evaluation import budget_rows
 
 from .synthetic_oracle import write_synthetic_oracle
 
@@ -45,7 +46,7 @@ def test_fitted_predictors_beat_random_routing_at_equal_tokens(oracles, tmp_path
 
 
 def test_the_script_offers_every_standard_predictor():
-    from predictor.training import DEFAULT_PREDICTORS, PREDICTORS
+    from predictor.registry import DEFAULT_PREDICTORS, PREDICTORS
 
     script = runpy.run_path(str(REPO / "scripts" / "evaluate_router.py"))  # not as __main__: nothing runs
     assert set(script["PREDICTOR_NAMES"]) == set(PREDICTORS)
@@ -93,9 +94,9 @@ def test_evaluate_router_cli_fits_saves_and_reevaluates(oracles, tmp_path, capsy
 
 
 def test_the_scorecard_sets_every_router_against_the_question_only_one(oracles, tmp_path):
-    from predictor.evaluation import scorecard_rows
     from predictor.reference import ReferenceRouter
-    from predictor.report import scorecard_markdown
+    from routing_study.evaluation import scorecard_rows
+    from routing_study.report import scorecard_markdown
 
     train, test = oracles
     predictors = {"lgbm": LGBMScalePredictor().fit(train), "question-only": ReferenceRouter("family").fit(train)}

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from predictor import Curve, apgr, cpt, route_by_threshold
-from predictor.baselines import (
+from predictor.routing_metrics import auc, routing_point, selection_rates, tokens_for_accuracy
+from predictor.thresholds import candidate_thresholds, check_threshold, clip_probabilities
+from routing_study.baselines import (
     cascade_cutoffs,
     cascade_processed_tokens,
     cascade_routing,
@@ -12,8 +14,6 @@ from predictor.baselines import (
     fixed_hull_weights,
     random_routing_weights,
 )
-from predictor.routing_metrics import auc, routing_point, selection_rates, tokens_for_accuracy
-from predictor.thresholds import candidate_thresholds, check_threshold, clip_probabilities
 
 SCALES = [1, 9, 36, 144, 576]
 WEAK, STRONG = (1.0, 0.2), (576.0, 0.8)

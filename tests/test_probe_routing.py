@@ -17,8 +17,8 @@ from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
 from oracle_data import build_oracle, load_oracle, read_manifest
 from predictor import CalibratedRouter, LGBMScalePredictor, MLPScalePredictor, as_oracle_set, split_oracle
 from predictor.costs import routing_costs
-from predictor.evaluation import evaluate_routing, summarize_routing
 from predictor.tuning import validation_loss
+from routing_study.evaluation import evaluate_routing, summarize_routing
 
 from .synthetic_oracle import write_synthetic_oracle
 

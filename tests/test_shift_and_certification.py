@@ -12,9 +12,9 @@ import pytest
 from predictor import CertifiedRouter, as_oracle_set, load_predictor, saved_certificate
 from predictor.data import grouped_sample
 from predictor.routing_metrics import routing_point
-from predictor.shift import evaluate_shift, shift_markdown
 from predictor.thresholds import route_by_threshold
-from predictor.validity import (
+from routing_study.shift import evaluate_shift, shift_markdown
+from routing_study.validity import (
     binomial_bound,
     fixed_scale_candidates,
     resplit_records,

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .thresholds import route_by_threshold
+from predictor.thresholds import route_by_threshold
 
 
 def fixed_routing(n: int, scale: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Routing reports: the evaluation of :mod:`predictor.evaluation` as markdown, CSV, JSON and a plot.
+"""Routing reports: the evaluation of :mod:`routing_study.evaluation` as markdown, CSV, JSON and a plot.
 
 :func:`write_evaluation` writes one folder (``results.md`` and friends); :func:`routing_markdown` is its text and
 :func:`plot_curves` its figure. :func:`pipeline_report` composes the quickstart's report (the oracle summary and
@@ -159,7 +159,7 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
 
 
 def scorecard_markdown(evaluation: RoutingEvaluation, reference: str = "question-only", title: str = "") -> str:
-    """The routing scorecard (:func:`predictor.evaluation.scorecard_rows`) as a markdown table."""
+    """The routing scorecard (:func:`routing_study.evaluation.scorecard_rows`) as a markdown table."""
     card = scorecard_rows(evaluation, reference)
     strong = evaluation.strong
     shares = " | ".join(f"knapsack {100 * share:g} % (vs {reference})" for share in SCORECARD_SHARES)
@@ -358,7 +358,7 @@ def plot_shift(shift, path: str | os.PathLike) -> None:
 
 def write_shift(shift, out_dir: str | os.PathLike, title: str = "") -> dict[str, Path]:
     """The routing report of the shifted evaluation part (:func:`write_evaluation`) plus ``shift.md``,
-    ``shift.json`` and ``shift.png`` (:func:`predictor.shift.shift_markdown`, :func:`plot_shift`)."""
+    ``shift.json`` and ``shift.png`` (:func:`routing_study.shift.shift_markdown`, :func:`plot_shift`)."""
     from .shift import shift_markdown, shift_summary
 
     out_dir = Path(out_dir)

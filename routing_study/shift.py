@@ -10,7 +10,7 @@ evaluates every router and baseline on the REST of the shifted oracle, where eac
 * the threshold certified on the labelled shifted queries.
 
 Everything is pure (no files); :func:`shift_markdown` renders the comparison, and the routing report of
-:func:`predictor.report.write_evaluation` the rest.
+:func:`routing_study.report.write_evaluation` the rest.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibration import CalibratedRouter, CertifiedRouter, certificate_at, saved_certificate
-from .data import OracleSet, as_oracle_set, grouped_sample
+from predictor.calibration import CalibratedRouter, CertifiedRouter, certificate_at, saved_certificate
+from predictor.data import OracleSet, as_oracle_set, grouped_sample
+from predictor.risk_control import DEFAULT_P_VALUE
+from predictor.routing_metrics import routing_point
+from predictor.thresholds import route_by_threshold
+
 from .evaluation import RoutingEvaluation, evaluate_routing
-from .risk_control import DEFAULT_P_VALUE
-from .routing_metrics import routing_point
-from .thresholds import route_by_threshold
 
 DEFAULT_SHIFT_CALIBRATION = 200
 

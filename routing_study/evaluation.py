@@ -6,7 +6,7 @@ CPT(50/80/95 %), the cheapest point that matches full-scale accuracy, under-/ove
 labels, the accuracy of the cascade and of random routing at the same mean tokens, and each predictor at its
 calibrated and certified thresholds; :func:`family_rows` and :func:`budget_rows` break them down per question
 family and per token budget (with the knapsack routing of each predictor at every budget). Everything here is
-pure (no files); :mod:`predictor.report` writes it as markdown, CSV, JSON and a plot, and
+pure (no files); :mod:`routing_study.report` writes it as markdown, CSV, JSON and a plot, and
 :mod:`predictor.calibration` chooses a predictor's threshold on calibration data.
 
 Accuracy of a routing is the mean over samples of ``correct_{chosen scale}`` (``accuracy="correct"``, the
@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import ScalePredictor
+from predictor.base import ScalePredictor
+from predictor.budget import budget_routing
+from predictor.calibration import CalibratedRouter, CertifiedRouter, certified_threshold, saved_certificate
+from predictor.costs import probe_scale_of, routing_costs
+from predictor.data import OracleSet, accuracy_values, as_oracle_set
+from predictor.risk_control import Certificate
+from predictor.routing_metrics import Curve, apgr, auc, cpt, operating_point, routing_point, selection_rates
+from predictor.thresholds import candidate_thresholds, route_by_threshold
+
 from .baselines import (
     cascade_cutoffs,
     cascade_processed_tokens,
@@ -32,13 +40,6 @@ from .baselines import (
     fixed_routing,
     random_routing_weights,
 )
-from .budget import budget_routing
-from .calibration import CalibratedRouter, CertifiedRouter, certified_threshold, saved_certificate
-from .costs import probe_scale_of, routing_costs
-from .data import OracleSet, accuracy_values, as_oracle_set
-from .risk_control import Certificate
-from .routing_metrics import Curve, apgr, auc, cpt, operating_point, routing_point, selection_rates
-from .thresholds import candidate_thresholds, route_by_threshold
 
 Router = ScalePredictor | CalibratedRouter  # what evaluate_routing (and AdaptiveM3) route with
 CPT_FRACTIONS = (0.5, 0.8, 0.95)

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from .calibration import CERTIFIED_GRID
-from .data import grouped_sample
-from .risk_control import DEFAULT_P_VALUE, certify
-from .thresholds import route_by_threshold
+from predictor.calibration import CERTIFIED_GRID
+from predictor.data import grouped_sample
+from predictor.risk_control import DEFAULT_P_VALUE, certify
+from predictor.thresholds import route_by_threshold
 
 EFFICIENCY_EPSILONS = tuple(np.round(np.arange(0.01, 0.1001, 0.01), 2).tolist())
 SLACK_QUANTILE = 0.99
@@ -196,8 +196,8 @@ def study_settings(
 def router_candidates(data, routers: dict, include_fixed: bool = True) -> list[Candidates]:
     """:class:`Candidates` of every router (fitted predictors, calibrated routers or reference routers: their
     threshold grid on ``data``, costs with their probes) and, with ``include_fixed``, of the fixed scales."""
-    from .costs import probe_scale_of, routing_costs
-    from .reference import ReferenceRouter, reference_kind
+    from predictor.costs import probe_scale_of, routing_costs
+    from predictor.reference import ReferenceRouter, reference_kind
 
     tokens = data.tokens()
     candidates = []
@@ -225,7 +225,7 @@ def validity_study(
 ) -> tuple[list[dict], list[dict]]:
     """``(validity rows, efficiency rows)`` of the routers on ``count`` resplits of ``oracle`` (folder, table or
     OracleSet) into ``n_calibration`` queries (whole images) and the rest (see :func:`resplit_records`)."""
-    from .data import as_oracle_set
+    from predictor.data import as_oracle_set
 
     data = as_oracle_set(oracle)
     candidates = router_candidates(data, routers)
