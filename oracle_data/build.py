@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -178,6 +178,47 @@ def build_oracle(
         "num_rows": 0,
         "columns": schema.names,
     }
+
+    def rows_of(shard: Sequence, advance: Callable[[int], object]) -> list[dict]:
+        nonlocal model, processor
+        if model is None:
+            model = load_m3_model(model_dir).to(state.device).eval()
+        processor = processor or M3Processor.from_pretrained(model_dir, config=model.config)
+        rows = []
+        for batch in image_runs(shard, batch_size):
+            rows.extend(oracle_rows(model, processor, batch, scales, max_new_tokens, hidden_scales))
+            advance(len(batch))
+        return rows
+
+    def sample_ids(shard: Sequence) -> list[str]:
+        return [sample.sample_id for sample in shard]
+
+    return write_oracle(out_dir, manifest, shards, rows_of, schema, sample_ids, started, state, progress)
+
+
+def write_oracle(
+    out_dir: Path,
+    manifest: dict,
+    shards: Sequence[Sequence],
+    rows_of: Callable[[Sequence, Callable[[int], object]], list[dict]],
+    schema,
+    sample_ids: Callable[[Sequence], list[str]],
+    started: float,
+    state=None,
+    progress: bool = True,
+    desc: str = "oracle",
+    unit: str = "sample",
+) -> Path:
+    """The build path of every oracle: open (or resume) ``manifest`` in ``out_dir``, write each missing shard with
+    the pluggable row generator, keep the manifest up to date and mark it complete; returns the manifest path.
+
+    ``rows_of(shard, advance)`` returns the oracle rows of one shard's items (``schema``'s columns), calling
+    ``advance(n)`` as it answers ``n`` of them; it is called only for shards still to write, so it should load its
+    model on its first call. ``sample_ids(shard)`` are the ``sample_id`` values its rows hold: a shard already on
+    disk with others is refused. ``started`` (``time.perf_counter()``) times the build; ``state`` is accelerate's
+    process state (:func:`_process_state` when None): process p of P writes shards p, p + P, ...
+    """
+    state = state or _process_state()
     if state.is_main_process:
         store.remove_stale_temporaries(out_dir)
     manifest = store.open_build(out_dir, manifest, create=state.is_main_process)
@@ -187,34 +228,27 @@ def build_oracle(
     todo = []
     for index in mine:
         written = store.shard_sample_ids(out_dir, index)
-        expected = [sample.sample_id for sample in shards[index]]
         if written is None:
             todo.append(index)
-        elif written != expected:
+        elif written != sample_ids(shards[index]):
             raise store.OracleMismatchError(
                 f"{out_dir / store.shard_file(index)} holds other samples than the data assigns to it; "
                 "use a fresh --out"
             )
     if todo:
-        if model is None:
-            model = load_m3_model(model_dir).to(state.device).eval()
-        processor = processor or M3Processor.from_pretrained(model_dir, config=model.config)
         total = sum(len(shards[i]) for i in mine)
         done_before = total - sum(len(shards[index]) for index in todo)
         entries = store.shard_entries(out_dir, len(shards)) if state.is_main_process else []
         bar = tqdm(
             total=total,
             initial=done_before,  # a resumed build shows what is already done; the ETA covers the rest
-            desc="oracle",
-            unit="sample",
+            desc=desc,
+            unit=unit,
             disable=not (progress and state.is_main_process),
         )
         with bar:
             for index in todo:
-                rows = []
-                for batch in image_runs(shards[index], batch_size):
-                    rows.extend(oracle_rows(model, processor, batch, scales, max_new_tokens, hidden_scales))
-                    bar.update(len(batch))
+                rows = rows_of(shards[index], bar.update)
                 store.write_shard(out_dir, index, rows, schema)
                 if state.is_main_process:  # its own shards as they come; the others' at the end
                     entries.append(store.shard_entry(index, len(rows)))

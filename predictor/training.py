@@ -106,3 +106,14 @@ def certify_routers(
         if save_dir is not None and hasattr(predictor, "save_pretrained"):
             certified[name].save_pretrained(Path(save_dir) / f"{name}{suffix}")
     return certified
+
+
+def fit_frame_predictor(oracle, out_dir: str | os.PathLike | None = None, name: str = "mlp-image", seed: int = 0):
+    """Fit the predictor ``name`` of :data:`predictor.registry.PREDICTORS` on a per-frame oracle (a folder or any
+    oracle table) and save it to ``out_dir``. No threshold is calibrated: the knapsack uses the probabilities."""
+    if name not in PREDICTORS:
+        raise ValueError(f"unknown predictor {name!r}; choose from {sorted(PREDICTORS)}")
+    fitted = PREDICTORS[name](seed).fit(as_oracle_set(oracle))
+    if out_dir is not None:
+        fitted.save_pretrained(out_dir)
+    return fitted

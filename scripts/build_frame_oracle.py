@@ -5,7 +5,7 @@ Examples:
         --out runs/frame-oracle --predictor-out runs/frame-predictor --limit 1200
 
 Every frame of every multi-image record becomes one oracle row: for every scale, the record's prompt is answered
-with that frame at the scale and every other frame at the smallest one (see adaptive/frames.py). Writes
+with that frame at the scale and every other frame at the smallest one (see oracle_data/frames.py). Writes
 OUT/manifest.json and OUT/shards/*.parquet (a rerun finishes a killed build); with --predictor-out, fits the
 predictor --predictor (a name of predictor.registry.PREDICTORS) on it and saves it there, ready for
 AdaptiveM3.from_pretrained(model, predictor).
@@ -39,9 +39,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from adaptive.frames import build_frame_oracle, fit_frame_predictor
     from m3.cli import use_threads
     from m3.pooling import parse_scales
+    from oracle_data.frames import build_frame_oracle
+    from predictor.training import fit_frame_predictor
 
     use_threads(args.threads)
     manifest = build_frame_oracle(

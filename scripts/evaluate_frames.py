@@ -48,9 +48,9 @@ def run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from adaptive import AdaptiveM3
-    from adaptive.frames import evaluate_frames, write_frames_report
     from m3.cli import use_threads
     from m3.data.llava import LlavaDataset
+    from routing_study.frames import evaluate_frames, write_frames_report
 
     use_threads(args.threads)
     if args.limit is not None and args.limit < 1:

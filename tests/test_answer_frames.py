@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adaptive import AdaptiveM3, uniform_scale
-from adaptive.frames import build_frame_oracle, evaluate_frames, fit_frame_predictor, known_frame_scales
+from adaptive import AdaptiveM3
 from m3.data import frames as frames_data
 from m3.data.granularity import FAMILIES
 from m3.data.llava import LlavaDataset
@@ -20,8 +19,12 @@ from m3.inference import answer_images
 from m3.processing import M3Processor
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
 from m3.video import collage, is_square_only
+from oracle_data.frames import build_frame_oracle
 from predictor import MLPScalePredictor
 from predictor.base import ScalePredictor
+from predictor.budget import uniform_scale
+from predictor.training import fit_frame_predictor
+from routing_study.frames import evaluate_frames, known_frame_scales
 
 from .synthetic_oracle import write_synthetic_oracle
 

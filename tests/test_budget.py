@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from adaptive.budget import allocate_scales
+from predictor.budget import allocate_scales
 
 TOKENS = np.array([1, 9, 36, 144, 576])
 
