@@ -106,8 +106,17 @@ class RoutingEvaluation:
         return point["tokens"], point["accuracy"]
 
 
-def _point(routing, values, tokens, scales, param, processed=None) -> dict:
-    mean_tokens, accuracy = routing_point(routing, values, tokens, scales)
+@dataclass(frozen=True)
+class Scoring:
+    """What a routing is scored on: per query and scale, the accuracy values and the visual tokens it costs."""
+
+    values: np.ndarray
+    tokens: np.ndarray
+    scales: list[int]
+
+
+def _point(routing, scoring: Scoring, param, processed=None) -> dict:
+    mean_tokens, accuracy = routing_point(routing, scoring.values, scoring.tokens, scoring.scales)
     return {
         "param": None if param is None else float(param),
         "tokens": mean_tokens,
@@ -116,12 +125,14 @@ def _point(routing, values, tokens, scales, param, processed=None) -> dict:
     }
 
 
-def _sweep(name, kind, routings_and_params, values, tokens, scales, description="", processed=None) -> RouterResult:
-    points, routings = [], []
-    for i, (routing, param) in enumerate(routings_and_params):
-        points.append(_point(routing, values, tokens, scales, param, None if processed is None else processed[i]))
-        routings.append(routing)
-    return RouterResult(name, kind, points, routings, description)
+def _sweep(name, kind, sweep, scoring: Scoring, description="", processed=None, **fields) -> RouterResult:
+    """One router's result, built whole: each ``(routing, param)`` of ``sweep`` scored on ``scoring`` (``processed``:
+    the tokens each point processed, where they differ), the other :class:`RouterResult` fields from ``fields``."""
+    points = [
+        _point(routing, scoring, param, None if processed is None else processed[i])
+        for i, (routing, param) in enumerate(sweep)
+    ]
+    return RouterResult(name, kind, points, [routing for routing, _ in sweep], description, **fields)
 
 
 def predictor_routers(
@@ -146,20 +157,25 @@ def predictor_routers(
     described = f"{type(estimator).__name__}(target={target!r}), threshold swept"
     if probe is not None:
         described += f"; probes the model at scale {probe} first (cost counts it)"
-    router = _sweep(name, "predictor", sweep, values, costs, scales, described)
-    router.calibrated_index = int(np.flatnonzero(thresholds == threshold)[0])
-    router.costs, router.proba = (None if probe is None else costs), proba
-    if certificate is not None:
-        router.certified_index = int(np.flatnonzero(thresholds == at)[0])
-        router.certificate = certificate
-    routers = [router]
+    scoring, kept_costs = Scoring(values, costs, scales), None if probe is None else costs
+    routers = [
+        _sweep(
+            name, "predictor", sweep, scoring, described,
+            calibrated_index=int(np.flatnonzero(thresholds == threshold)[0]),
+            costs=kept_costs,
+            proba=proba,
+            certified_index=None if certificate is None else int(np.flatnonzero(thresholds == at)[0]),
+            certificate=certificate,
+        )
+    ]  # fmt: skip
     if target == "oracle":
         labels = np.asarray(scales)[predictor.predict_label_proba(data).argmax(axis=1)]
-        argmax = _sweep(
-            f"{name} argmax", "classifier", [(labels, None)], values, costs, scales, "most probable oracle label"
-        )
-        argmax.costs = router.costs
-        routers.append(argmax)
+        routers.append(
+            _sweep(
+                f"{name} argmax", "classifier", [(labels, None)], scoring, "most probable oracle label",
+                costs=kept_costs,
+            )
+        )  # fmt: skip
     return routers
 
 
@@ -167,17 +183,17 @@ def baseline_routers(data: OracleSet, values, tokens, random_points_per_segment:
     """Fixed scales, both oracles, random routing and the fixed-scale hull at matched mean tokens, and the
     confidence cascade."""
     scales, n = data.scales, len(data)
+    scoring = Scoring(values, tokens, scales)
     routers = [
-        _sweep(f"fixed {s}", "fixed", [(fixed_routing(n, s), None)], values, tokens, scales, f"every query at {s}")
-        for s in scales
+        _sweep(f"fixed {s}", "fixed", [(fixed_routing(n, s), None)], scoring, f"every query at {s}") for s in scales
     ]
     routers += [
         _sweep(
-            "oracle (paper)", "oracle", [(data.oracle_labels("paper"), None)], values, tokens, scales,
+            "oracle (paper)", "oracle", [(data.oracle_labels("paper"), None)], scoring,
             "fewest tokens that answer correctly (smallest scale when none does)",
         ),
         _sweep(
-            "oracle (monotone)", "oracle", [(data.oracle_labels("monotone"), None)], values, tokens, scales,
+            "oracle (monotone)", "oracle", [(data.oracle_labels("monotone"), None)], scoring,
             "smallest scale with every larger scale correct (smallest scale when the largest is wrong)",
         ),
     ]  # fmt: skip
@@ -187,13 +203,13 @@ def baseline_routers(data: OracleSet, values, tokens, random_points_per_segment:
     )
     routers.append(
         _sweep(
-            "random", "random", [(random_routing_weights(tokens, b), b) for b in budgets], values, tokens, scales,
+            "random", "random", [(random_routing_weights(tokens, b), b) for b in budgets], scoring,
             "random scale per query at the same mean tokens (expected value: mixes the two bracketing scales)",
         )
     )  # fmt: skip
     routers.append(
         _sweep(
-            HULL, "hull", [(fixed_hull_weights(tokens, values, b), b) for b in budgets], values, tokens, scales,
+            HULL, "hull", [(fixed_hull_weights(tokens, values, b), b) for b in budgets], scoring,
             "the best mix of two fixed scales at the same mean tokens (upper concave envelope of the fixed points)",
         )
     )  # fmt: skip
@@ -203,18 +219,20 @@ def baseline_routers(data: OracleSet, values, tokens, random_points_per_segment:
     cascade = [(cascade_routing(confidences, scales, c), c) for c in cutoffs]
     routers.append(
         _sweep(
-            "confidence cascade", "cascade", cascade, values, tokens, scales,
+            "confidence cascade", "cascade", cascade, scoring,
             "escalate while the answer's mean log-probability is below c (c swept); cost = tokens of the final scale",
             processed,
         )
     )  # fmt: skip
     # the same cascade costed at what it processed: every scale it tried (cumulative tokens up to each scale)
-    tried = _sweep(
-        "confidence cascade (tokens processed)", "cascade-processed", cascade, values, np.cumsum(tokens, axis=1),
-        scales, "the confidence cascade, cost = every scale it tried (the equal-cost comparison for probes)",
+    cumulative = np.cumsum(tokens, axis=1)
+    routers.append(
+        _sweep(
+            "confidence cascade (tokens processed)", "cascade-processed", cascade, Scoring(values, cumulative, scales),
+            "the confidence cascade, cost = every scale it tried (the equal-cost comparison for probes)",
+            costs=cumulative,
+        )
     )  # fmt: skip
-    tried.costs = np.cumsum(tokens, axis=1)
-    routers.append(tried)
     return routers
 
 
@@ -447,7 +465,7 @@ def family_rows(evaluation: RoutingEvaluation) -> list[dict]:
 
 def _subset(router: RouterResult, mask, values, tokens, scales) -> RouterResult:
     routings = [r[mask] for r in router.routings]
-    points = [_point(r, values, tokens, scales, p["param"]) for r, p in zip(routings, router.points)]
+    points = [_point(r, Scoring(values, tokens, scales), p["param"]) for r, p in zip(routings, router.points)]
     return RouterResult(router.name, router.kind, points, routings)
 
 
