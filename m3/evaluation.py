@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .data.llava import record_images
 from .inference import answer_at_scales, compact_prompts, encode_images
+from .markdown import markdown_table
 from .metrics import OVERALL, exact_match, majority_baseline
 from .pooling import check_scale, check_token_selection
 from .processing import IMAGE_PLACEHOLDER, M3Processor, check_question
@@ -189,16 +190,12 @@ def _families(table: Sequence[dict]) -> list[str]:
 def accuracy_markdown(table: Sequence[dict], scales: Sequence[int]) -> str:
     """A markdown table: one row per family (then overall), one accuracy column per scale, and the counts."""
     cells = {(row["family"], row["scale"]): row for row in table}
-    lines = [
-        "| family | n | " + " | ".join(str(scale) for scale in scales) + " |",
-        "| --- | ---: | " + " | ".join("---:" for _ in scales) + " |",
-    ]
+    rows = []
     for family in _families(table):
         counts = {cells[family, scale]["count"] for scale in scales if (family, scale) in cells}
         values = [f"{cells[family, scale]['accuracy']:.3f}" if (family, scale) in cells else "-" for scale in scales]
-        count = "/".join(str(count) for count in sorted(counts)) or "0"
-        lines.append(f"| {family} | {count} | " + " | ".join(values) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([family, "/".join(str(count) for count in sorted(counts)) or "0", *values])
+    return markdown_table(["family", "n", *scales], rows, "lr" + "r" * len(scales), spaced=True) + "\n"
 
 
 def to_csv(table: Sequence[dict], path: str | os.PathLike) -> None:
@@ -242,14 +239,11 @@ def plot_accuracy(table: Sequence[dict], path: str | os.PathLike) -> None:
 
 def comparison_markdown(tables: dict[str, Sequence[dict]], scales: Sequence[int], family: str = OVERALL) -> str:
     """One row per model, one accuracy column per scale, for one family (default: overall)."""
-    lines = [
-        "| model | " + " | ".join(str(scale) for scale in scales) + " |",
-        "| --- | " + " | ".join("---:" for _ in scales) + " |",
-    ]
+    rows = []
     for name, table in tables.items():
         cells = {row["scale"]: row["accuracy"] for row in table if row["family"] == family}
-        lines.append(f"| {name} | " + " | ".join(f"{cells[s]:.3f}" if s in cells else "-" for s in scales) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([name, *(f"{cells[s]:.3f}" if s in cells else "-" for s in scales)])
+    return markdown_table(["model", *scales], rows, "l" + "r" * len(scales), spaced=True) + "\n"
 
 
 def run_evaluation(
@@ -327,7 +321,9 @@ def run_evaluation(
     )
     for name, table in tables.items():
         report.append(f"## {name}\n\n" + accuracy_markdown(table, all_scales) + f"\nPlot: {name}/accuracy.png\n")
-    rows = "".join(f"| {family} | {value:.3f} |\n" for family, value in baseline.items())
-    report.append("## Majority-class baseline\n\n| family | accuracy |\n| --- | ---: |\n" + rows)
+    rows = [[family, f"{value:.3f}"] for family, value in baseline.items()]
+    report.append(
+        "## Majority-class baseline\n\n" + markdown_table(["family", "accuracy"], rows, "lr", spaced=True) + "\n"
+    )
     (out_dir / "report.md").write_text("\n".join(report))
     return tables

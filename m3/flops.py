@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from transformers import CLIPVisionConfig, LlamaConfig
 
+from .markdown import markdown_table
 from .prompting import image_token_counts
 
 # LLaVA-1.5-7B: Vicuna-7B (LLaMA-7B shape) and CLIP ViT-L/14 at 336 px. Used by the script and the tests.
@@ -180,14 +181,15 @@ def cost_table(config, text_tokens: int = 30, image_size: Sequence[int] | None =
     """A markdown table of :func:`estimate_prefill` at every scale of ``config.m3_scales``, largest first."""
     rows = [estimate_prefill(config, s, text_tokens, image_size) for s in sorted(config.m3_scales, reverse=True)]
     full = rows[0]
-    lines = [
-        "| scale | visual tokens | LLM prefill TFLOPs | total TFLOPs (+ vision, projector, LM head) | LLM vs full "
-        "| KV cache (MiB, 16-bit) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row.scale} | {row.visual_tokens} | {row.llm_flops / 1e12:.3f} | {row.total_flops / 1e12:.3f} "
-            f"| {row.llm_flops / full.llm_flops:.3f} | {row.kv_cache_bytes / 2**20:.1f} |"
-        )
-    return "\n".join(lines)
+    headers = [
+        "scale", "visual tokens", "LLM prefill TFLOPs", "total TFLOPs (+ vision, projector, LM head)", "LLM vs full",
+        "KV cache (MiB, 16-bit)",
+    ]  # fmt: skip
+    cells = [
+        [
+            row.scale, row.visual_tokens, f"{row.llm_flops / 1e12:.3f}", f"{row.total_flops / 1e12:.3f}",
+            f"{row.llm_flops / full.llm_flops:.3f}", f"{row.kv_cache_bytes / 2**20:.1f}",
+        ]
+        for row in rows
+    ]  # fmt: skip
+    return markdown_table(headers, cells, "rrrrrr", spaced=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from m3.markdown import format_number, markdown_table
 from m3.metrics import OVERALL, pope_summary
 
 from .store import load_oracle, read_manifest
@@ -62,10 +63,6 @@ def summarize_oracle(table: pa.Table, scales: list[int]) -> dict[str, dict]:
     return summary
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.3f}"
-
-
 def oracle_markdown(summary: dict, scales: list[int], manifest: dict, pope: dict | None = None) -> str:
     """The report text: setup, accuracy per scale and oracle, tokens, Table 2 rows, label distributions."""
     model, data, settings = manifest["model"], manifest["data"], manifest["settings"]
@@ -85,39 +82,66 @@ def oracle_markdown(summary: dict, scales: list[int], manifest: dict, pope: dict
         "",
         "## Accuracy per scale and oracle",
         "",
-        "| family | n | " + " | ".join(str(s) for s in scales) + " | oracle | monotone oracle |",
-        "| --- | ---: | " + " | ".join("---:" for _ in scales) + " | ---: | ---: |",
-    ]
-    for family in families:
-        entry = summary[family]
-        cells = [_fmt(entry["accuracy"][s]) for s in scales] + [
-            _fmt(entry["paper"]["accuracy"]),
-            _fmt(entry["monotone"]["accuracy"]),
-        ]
-        lines.append(f"| {family} | {entry['n']} | " + " | ".join(cells) + " |")
-    lines += [
+        markdown_table(
+            ["family", "n", *scales, "oracle", "monotone oracle"],
+            [
+                [
+                    family,
+                    entry["n"],
+                    *(format_number(entry["accuracy"][s]) for s in scales),
+                    format_number(entry["paper"]["accuracy"]),
+                    format_number(entry["monotone"]["accuracy"]),
+                ]
+                for family, entry in summary.items()
+            ],
+            "lr" + "r" * len(scales) + "rr",
+            spaced=True,
+        ),
         "",
         "## Mean visual tokens",
         "",
-        "| family | " + " | ".join(str(s) for s in scales) + " | oracle | monotone oracle |",
-        "| --- | " + " | ".join("---:" for _ in scales) + " | ---: | ---: |",
-    ]
-    for family in families:
-        entry = summary[family]
-        cells = [f"{entry['tokens'][s]:.1f}" for s in scales]
-        cells += [f"{entry['paper']['tokens']:.1f}", f"{entry['monotone']['tokens']:.1f}"]
-        lines.append(f"| {family} | " + " | ".join(cells) + " |")
-    lines += [
+        markdown_table(
+            ["family", *scales, "oracle", "monotone oracle"],
+            [
+                [
+                    family,
+                    *(f"{entry['tokens'][s]:.1f}" for s in scales),
+                    f"{entry['paper']['tokens']:.1f}",
+                    f"{entry['monotone']['tokens']:.1f}",
+                ]
+                for family, entry in summary.items()
+            ],
+            "l" + "r" * len(scales) + "rr",
+            spaced=True,
+        ),
         "",
         "## Table 2 rows (overall)",
         "",
-        "| row | accuracy | mean visual tokens | flagged samples |",
-        "| --- | ---: | ---: | ---: |",
-        f"| full ({largest} per grid) | {_fmt(overall['accuracy'][largest])} | {overall['tokens'][largest]:.1f} | |",
-        f"| Oracle (paper: fewest tokens that answer correctly) | {_fmt(overall['paper']['accuracy'])} | "
-        f"{overall['paper']['tokens']:.1f} | {overall['paper']['flagged']} none correct |",
-        f"| Oracle (monotone: every larger scale correct too) | {_fmt(overall['monotone']['accuracy'])} | "
-        f"{overall['monotone']['tokens']:.1f} | {overall['monotone']['flagged']} largest scale wrong |",
+        markdown_table(
+            ["row", "accuracy", "mean visual tokens", "flagged samples"],
+            [
+                [
+                    f"full ({largest} per grid)",
+                    format_number(overall["accuracy"][largest]),
+                    f"{overall['tokens'][largest]:.1f}",
+                    "",
+                ],
+                [
+                    "Oracle (paper: fewest tokens that answer correctly)",
+                    format_number(overall["paper"]["accuracy"]),
+                    f"{overall['paper']['tokens']:.1f}",
+                    f"{overall['paper']['flagged']} none correct",
+                ],
+                [
+                    "Oracle (monotone: every larger scale correct too)",
+                    format_number(overall["monotone"]["accuracy"]),
+                    f"{overall['monotone']['tokens']:.1f}",
+                    f"{overall['monotone']['flagged']} largest scale wrong",
+                ],
+            ],
+            "lrrr",
+            spaced=True,
+        ),
         "",
         "Flagged samples are labelled, and scored, at the smallest scale.",
     ]
@@ -126,13 +150,16 @@ def oracle_markdown(summary: dict, scales: list[int], manifest: dict, pope: dict
             "",
             f"## Oracle labels ({name}): samples per scale",
             "",
-            "| family | " + " | ".join(str(s) for s in scales) + f" | of which {flag} |",
-            "| --- | " + " | ".join("---:" for _ in scales) + " | ---: |",
+            markdown_table(
+                ["family", *scales, f"of which {flag}"],
+                [
+                    [family, *(entry[name]["labels"][s] for s in scales), entry[name]["flagged"]]
+                    for family, entry in summary.items()
+                ],
+                "l" + "r" * len(scales) + "r",
+                spaced=True,
+            ),
         ]
-        for family in families:
-            entry = summary[family][name]
-            cells = [str(entry["labels"][s]) for s in scales] + [str(entry["flagged"])]
-            lines.append(f"| {family} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"## Label spread: monotone labels of the samples right at {largest} (% per scale)",
@@ -140,24 +167,27 @@ def oracle_markdown(summary: dict, scales: list[int], manifest: dict, pope: dict
         "How many tokens the questions a model can answer really need: the share of each scale among the monotone "
         f"labels of the samples answered right at {largest} (the others have no label that says so).",
         "",
-        "| family | right at " + str(largest) + " | " + " | ".join(str(s) for s in scales) + " |",
-        "| --- | ---: | " + " | ".join("---:" for _ in scales) + " |",
     ]
+    spread = []
     for family in families:
         counts = summary[family]["monotone"]["labels_unflagged"]
         total = sum(counts.values())
-        cells = [f"{100 * counts[s] / total:.0f}" if total else "-" for s in scales]
-        lines.append(f"| {family} | {total} | " + " | ".join(cells) + " |")
+        spread.append([family, total, *(f"{100 * counts[s] / total:.0f}" if total else "-" for s in scales)])
+    lines.append(
+        markdown_table(["family", f"right at {largest}", *scales], spread, "lr" + "r" * len(scales), spaced=True)
+    )
     if pope:
         lines += [
             "",
             "## POPE (yes = positive)",
             "",
-            "| scale | accuracy | precision | recall | F1 | yes ratio |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+            markdown_table(
+                ["scale", "accuracy", "precision", "recall", "F1", "yes ratio"],
+                [[scale, *(format_number(values[key]) for key in values)] for scale, values in pope.items()],
+                "rrrrrr",
+                spaced=True,
+            ),
         ]
-        for scale, values in pope.items():
-            lines.append(f"| {scale} | " + " | ".join(_fmt(values[key]) for key in values) + " |")
     lines += ["", "Plot: report.png", ""]
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from m3.data.llava import record_images
 from m3.evaluation import answer_of, question_of
+from m3.markdown import markdown_table
 from m3.metrics import OVERALL, score
 from m3.prompting import image_token_counts
 from m3.video import collage, is_square_only
@@ -167,19 +168,20 @@ def frames_markdown(summary: Sequence[dict], family: str = OVERALL) -> str:
     budgets = sorted({row["budget"] for row in summary})
     methods = [m for m in METHODS if any(row["method"] == m for row in summary)]
     cells = {(row["method"], row["budget"]): row for row in summary if row["family"] == family}
-    lines = [
-        "| method \\ total visual-token budget | " + " | ".join(str(b) for b in budgets) + " |",
-        "| --- | " + " | ".join("---:" for _ in budgets) + " |",
-    ]
-    for method in methods:
-        values = [
-            f"{cells[method, b]['accuracy']:.3f} ({cells[method, b]['mean_tokens']:.0f})"
-            if (method, b) in cells
-            else "-"
-            for b in budgets
+    rows = [
+        [
+            METHOD_LABELS[method],
+            *(
+                f"{cells[method, b]['accuracy']:.3f} ({cells[method, b]['mean_tokens']:.0f})"
+                if (method, b) in cells
+                else "-"
+                for b in budgets
+            ),
         ]
-        lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(values) + " |")
-    return "\n".join(lines) + "\n"
+        for method in methods
+    ]
+    headers = ["method \\ total visual-token budget", *budgets]
+    return markdown_table(headers, rows, "l" + "r" * len(budgets), spaced=True) + "\n"
 
 
 def plot_frames(summary: Sequence[dict], path: str | os.PathLike, family: str = OVERALL) -> None:

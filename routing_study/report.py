@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from m3.files import dumps_json
+from m3.markdown import format_number, markdown_table
 
 from .evaluation import (
     BUDGET_SHARES,
@@ -25,14 +26,6 @@ from .evaluation import (
     scorecard_rows,
     summarize_routing,
 )
-
-
-def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def _hull_cell(row: dict) -> str:
@@ -73,24 +66,24 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
             f"({strong[1]:.3f} vs {weak[1]:.3f}), so APGR and CPT are undefined (shown as -); compare AUC, the best "
             "accuracy on each curve and the accuracy at equal tokens instead",
         ]
-    lines += [
-        "",
-        "| router | APGR | APGR (log tokens) | AUC | CPT(50%) | CPT(80%) | CPT(95%) | tokens at match full "
-        "| % of largest | accuracy there | under | over | cascade acc. same tokens | random acc. same tokens "
-        "| hull acc. same tokens | above hull 5-50 % (min margin) | best accuracy (tokens) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        match = _fmt(row["tokens_at_match"], 1) + ("" if row["matches_full"] else " (never)")
-        lines.append(
-            f"| {row['router']} | {_fmt(row['apgr'])} | {_fmt(row['apgr_log'])} | {_fmt(row['auc'])} | "
-            f"{_fmt(row['cpt50'], 1)} | "
-            f"{_fmt(row['cpt80'], 1)} | {_fmt(row['cpt95'], 1)} | {match} | "
-            f"{_fmt(100 * row['token_share_at_match'], 1)} | {_fmt(row['accuracy_at_match'])} | {_fmt(row['under'])} | "
-            f"{_fmt(row['over'])} | {_fmt(row['cascade_accuracy_same_tokens'])} | "
-            f"{_fmt(row['random_accuracy_same_tokens'])} | {_fmt(row['hull_accuracy_same_tokens'])} | "
-            f"{_hull_cell(row)} | {_fmt(row['best_accuracy'])} ({_fmt(row['tokens_at_best'], 1)}) |"
-        )
+    headers = [
+        "router", "APGR", "APGR (log tokens)", "AUC", "CPT(50%)", "CPT(80%)", "CPT(95%)", "tokens at match full",
+        "% of largest", "accuracy there", "under", "over", "cascade acc. same tokens", "random acc. same tokens",
+        "hull acc. same tokens", "above hull 5-50 % (min margin)", "best accuracy (tokens)",
+    ]  # fmt: skip
+    cells = [
+        [
+            row["router"], format_number(row["apgr"]), format_number(row["apgr_log"]), format_number(row["auc"]),
+            format_number(row["cpt50"], 1), format_number(row["cpt80"], 1), format_number(row["cpt95"], 1),
+            format_number(row["tokens_at_match"], 1) + ("" if row["matches_full"] else " (never)"),
+            format_number(100 * row["token_share_at_match"], 1), format_number(row["accuracy_at_match"]),
+            format_number(row["under"]), format_number(row["over"]), format_number(row["cascade_accuracy_same_tokens"]),
+            format_number(row["random_accuracy_same_tokens"]), format_number(row["hull_accuracy_same_tokens"]),
+            _hull_cell(row), f"{format_number(row['best_accuracy'])} ({format_number(row['tokens_at_best'], 1)})",
+        ]
+        for row in rows
+    ]  # fmt: skip
+    lines += ["", markdown_table(headers, cells, "l" + "r" * 16)]
     calibrated = [row for row in rows if "calibrated_threshold" in row]
     if calibrated:
         lines += [
@@ -98,24 +91,30 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
             "Predictors at their own threshold, chosen on held-out TRAIN images (the cheapest threshold matching "
             "full-scale accuracy there), i.e. without looking at the test labels:",
             "",
-            "| router | threshold | tokens | % of largest | accuracy | cascade acc. same tokens "
-            "| random acc. same tokens | hull acc. same tokens |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for row in calibrated:
-            lines.append(
-                f"| {row['router']} | {_fmt(row['calibrated_threshold'], 4)} | {_fmt(row['calibrated_tokens'], 1)} | "
-                f"{_fmt(100 * row['calibrated_tokens'] / strong[0], 1)} | {_fmt(row['calibrated_accuracy'])} | "
-                f"{_fmt(row['calibrated_cascade_accuracy'])} | {_fmt(row['calibrated_random_accuracy'])} | "
-                f"{_fmt(row['calibrated_hull_accuracy'])} |"
-            )
+        headers = [
+            "router", "threshold", "tokens", "% of largest", "accuracy", "cascade acc. same tokens",
+            "random acc. same tokens", "hull acc. same tokens",
+        ]  # fmt: skip
+        cells = [
+            [
+                row["router"], format_number(row["calibrated_threshold"], 4),
+                format_number(row["calibrated_tokens"], 1),
+                format_number(100 * row["calibrated_tokens"] / strong[0], 1), format_number(row["calibrated_accuracy"]),
+                format_number(row["calibrated_cascade_accuracy"]), format_number(row["calibrated_random_accuracy"]),
+                format_number(row["calibrated_hull_accuracy"]),
+            ]
+            for row in calibrated
+        ]  # fmt: skip
+        lines.append(markdown_table(headers, cells, "l" + "r" * 7))
     lines += certified_markdown(rows, strong)
     cascade = next(row for row in rows if row["kind"] == "cascade")
     lines += [
         "",
         f"The cascade's cost above counts only the final scale's tokens. It actually runs every scale it tries: at "
-        f"its match-full point it processes {_fmt(cascade['processed_tokens_at_match'], 1)} visual tokens per query "
-        f"on average (vs {_fmt(cascade['tokens_at_match'], 1)}), plus one decode per scale tried.",
+        f"its match-full point it processes {format_number(cascade['processed_tokens_at_match'], 1)} visual tokens per "
+        "query "
+        f"on average (vs {format_number(cascade['tokens_at_match'], 1)}), plus one decode per scale tried.",
         "",
         "## Accuracy at equal token budgets",
         "",
@@ -129,31 +128,33 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
     budgets = budget_rows(evaluation)
     shares = [f"accuracy_at_{share:g}" for share in BUDGET_SHARES]
     best = {key: max((row[key] for row in budgets if not math.isnan(row[key])), default=math.nan) for key in shares}
-    header = " | ".join(f"{100 * share:g} % ({share * strong[0]:.0f})" for share in BUDGET_SHARES)
-    lines += [f"| router | {header} |", "|---|" + "---:|" * len(shares)]
-    for row in budgets:
-        cells = [
-            "-" if math.isnan(row[k]) else f"**{row[k]:.3f}**" if row[k] >= best[k] - 1e-12 else f"{row[k]:.3f}"
-            for k in shares
+    headers = ["router", *(f"{100 * share:g} % ({share * strong[0]:.0f})" for share in BUDGET_SHARES)]
+    cells = [
+        [
+            row["router"],
+            *("-" if math.isnan(row[k]) else f"**{row[k]:.3f}**" if row[k] >= best[k] - 1e-12 else f"{row[k]:.3f}"
+              for k in shares),
         ]
-        lines.append(f"| {row['router']} | " + " | ".join(cells) + " |")
+        for row in budgets
+    ]  # fmt: skip
+    lines.append(markdown_table(headers, cells, "l" + "r" * len(shares)))
     lines += [
         "",
         "## Per question family (at each router's match-full operating point)",
         "",
     ]
     names = sorted({row["family"] for row in families})
-    header = "| router | " + " | ".join(f"{f} acc / tokens / APGR" for f in names) + " |"
-    lines += [header, "|---|" + "---:|" * len(names)]
     by_router: dict[str, dict] = {}
     for row in families:
         by_router.setdefault(row["router"], {})[row["family"]] = row
     counts = {row["family"]: row["n"] for row in families}
-    for router, cells in by_router.items():
-        parts = [
-            f"{_fmt(cells[f]['accuracy'])} / {_fmt(cells[f]['tokens'], 1)} / {_fmt(cells[f]['apgr'], 2)}" for f in names
-        ]
-        lines.append(f"| {router} | " + " | ".join(parts) + " |")
+
+    def family_cell(row: dict) -> str:
+        return f"{format_number(row['accuracy'])} / {format_number(row['tokens'], 1)} / {format_number(row['apgr'], 2)}"
+
+    cells = [[router, *(family_cell(c[f]) for f in names)] for router, c in by_router.items()]
+    headers = ["router", *(f"{f} acc / tokens / APGR" for f in names)]
+    lines.append(markdown_table(headers, cells, "l" + "r" * len(names)))
     lines += ["", "Samples per family: " + ", ".join(f"{f} {counts[f]}" for f in names) + "."]
     return "\n".join(lines) + "\n"
 
@@ -162,28 +163,31 @@ def scorecard_markdown(evaluation: RoutingEvaluation, reference: str = "question
     """The routing scorecard (:func:`routing_study.evaluation.scorecard_rows`) as a markdown table."""
     card = scorecard_rows(evaluation, reference)
     strong = evaluation.strong
-    shares = " | ".join(f"knapsack {100 * share:g} % (vs {reference})" for share in SCORECARD_SHARES)
+    shares = [f"knapsack {100 * share:g} % (vs {reference})" for share in SCORECARD_SHARES]
     lines = [
         f"Routing scorecard{': ' + title if title else ''} ({len(evaluation.data)} queries; {strong[0]:.0f} tokens: "
         f"accuracy {strong[1]:.3f}). Ratios and differences are against the `{reference}` router.",
         "",
-        f"| router | tokens to match full (vs {reference}) | certified: tokens (vs {reference}), accuracy "
-        f"| above hull 5-50 % (min margin) | {shares} |",
-        "|---|---:|---:|---|" + "---:|" * len(SCORECARD_SHARES),
     ]
+    cells = []
     for row in card:
         match = "never" if math.isnan(row["tokens_to_match"]) else f"{row['tokens_to_match']:.1f}"
         match += f" ({_percent(row['tokens_to_match_vs_reference'])})"
         certified = (
-            f"{_fmt(row['certified_tokens'], 1)} ({_percent(row['certified_tokens_vs_reference'])}), "
-            f"{_fmt(row['certified_accuracy'])}"
+            f"{format_number(row['certified_tokens'], 1)} ({_percent(row['certified_tokens_vs_reference'])}), "
+            f"{format_number(row['certified_accuracy'])}"
         )
         hull = f"{'yes' if row['above_hull'] else 'no'} ({row['hull_margin_min']:+.3f})"
         budgets = [
-            f"{_fmt(row[f'knapsack_{share:g}'])} ({_signed(row[f'knapsack_{share:g}_vs_reference'])})"
+            f"{format_number(row[f'knapsack_{share:g}'])} ({_signed(row[f'knapsack_{share:g}_vs_reference'])})"
             for share in SCORECARD_SHARES
         ]
-        lines.append(f"| {row['router']} | {match} | {certified} | {hull} | " + " | ".join(budgets) + " |")
+        cells.append([row["router"], match, certified, hull, *budgets])
+    headers = [
+        "router", f"tokens to match full (vs {reference})", f"certified: tokens (vs {reference}), accuracy",
+        "above hull 5-50 % (min margin)", *shares,
+    ]  # fmt: skip
+    lines.append(markdown_table(headers, cells, "lrrl" + "r" * len(SCORECARD_SHARES)))
     return "\n".join(lines) + "\n"
 
 
@@ -207,24 +211,29 @@ def certified_markdown(rows: list[dict], strong: tuple[float, float]) -> list[st
         "least 1 - delta over the calibration draw, the drop below always-largest is at most eps on data like it). "
         "'test drop' = the largest scale's test accuracy minus the router's:",
         "",
-        "| router | eps | delta | n | p-value (method) | threshold | calibration drop / tokens | test tokens "
-        "| % of largest | test accuracy | test drop | within eps | random acc. same tokens | hull acc. same tokens |",
-        "|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---|---:|---:|",
     ]
+    cells = []
     for row in certified:
-        p_value = _fmt(row["certificate_p_value"], 4)
-        calibration = f"{_fmt(row['certificate_calibration_drop'])} / {_fmt(row['certificate_calibration_tokens'], 1)}"
+        p_value = format_number(row["certificate_p_value"], 4)
+        drop, tokens = row["certificate_calibration_drop"], row["certificate_calibration_tokens"]
+        calibration = f"{format_number(drop)} / {format_number(tokens, 1)}"
         if row["certificate_threshold"] is None:
             calibration = "nothing certified: largest scale"
-        lines.append(
-            f"| {row['router']} | {row['certificate_epsilon']:g} | {row['certificate_delta']:g} | "
-            f"{row['certificate_n']} | {p_value} ({row['certificate_p_value_method']}) | "
-            f"{_fmt(row['certified_threshold'], 3)} | {calibration} | {_fmt(row['certified_tokens'], 1)} | "
-            f"{_fmt(100 * row['certified_tokens'] / strong[0], 1)} | {_fmt(row['certified_accuracy'])} | "
-            f"{_fmt(row['certified_drop'])} | {'yes' if row['certified_holds'] else '**no**'} | "
-            f"{_fmt(row['certified_random_accuracy'])} | {_fmt(row['certified_hull_accuracy'])} |"
-        )
-    return lines
+        cells.append(
+            [
+                row["router"], f"{row['certificate_epsilon']:g}", f"{row['certificate_delta']:g}", row["certificate_n"],
+                f"{p_value} ({row['certificate_p_value_method']})", format_number(row["certified_threshold"], 3),
+                calibration, format_number(row["certified_tokens"], 1),
+                format_number(100 * row["certified_tokens"] / strong[0], 1), format_number(row["certified_accuracy"]),
+                format_number(row["certified_drop"]), "yes" if row["certified_holds"] else "**no**",
+                format_number(row["certified_random_accuracy"]), format_number(row["certified_hull_accuracy"]),
+            ]
+        )  # fmt: skip
+    headers = [
+        "router", "eps", "delta", "n", "p-value (method)", "threshold", "calibration drop / tokens", "test tokens",
+        "% of largest", "test accuracy", "test drop", "within eps", "random acc. same tokens", "hull acc. same tokens",
+    ]  # fmt: skip
+    return [*lines, markdown_table(headers, cells, "lrrrlrlrrrrlrr")]
 
 
 def plot_curves(evaluation: RoutingEvaluation, path: str | os.PathLike) -> None:
@@ -462,16 +471,21 @@ def validity_markdown(studies: dict[str, tuple[list[dict], list[dict]]], title: 
             "Binomial(splits, delta) / splits). The test part is finite, so 'over eps' slightly overstates the miss "
             "rate. Tokens = mean visual tokens processed on the test part (probes included).",
             "",
-            "| router | p-value | eps | over eps | bound | valid | mean test drop | mean tokens | certified anything |",
-            "|---|---|---:|---:|---:|---|---:|---:|---:|",
         ]
-        for row in sorted(validity, key=lambda r: (r["epsilon"], r["method"], r["router"])):
-            lines.append(
-                f"| {row['router']} | {row['method']} | {row['epsilon']:g} | {row['exceed_share']:.3f} | "
-                f"{row['bound']:.3f} | {'yes' if row['valid'] else '**no**'} | {row['mean_test_drop']:.4f} | "
-                f"{row['mean_tokens']:.1f} | {row['certified_share']:.2f} |"
-            )
-        lines += ["", *_method_choice(validity), ""]
+        cells = [
+            [
+                row["router"], row["method"], f"{row['epsilon']:g}", f"{row['exceed_share']:.3f}",
+                f"{row['bound']:.3f}",
+                "yes" if row["valid"] else "**no**", f"{row['mean_test_drop']:.4f}", f"{row['mean_tokens']:.1f}",
+                f"{row['certified_share']:.2f}",
+            ]
+            for row in sorted(validity, key=lambda r: (r["epsilon"], r["method"], r["router"]))
+        ]  # fmt: skip
+        headers = [
+            "router", "p-value", "eps", "over eps", "bound", "valid", "mean test drop", "mean tokens",
+            "certified anything",
+        ]  # fmt: skip
+        lines += [markdown_table(headers, cells, "llrrrlrrr"), "", *_method_choice(validity), ""]
         epsilons = sorted({row["epsilon"] for row in efficiency})
         routers = list(dict.fromkeys(row["router"] for row in efficiency))
         by_key = {(row["router"], row["epsilon"]): row for row in efficiency}
@@ -480,17 +494,16 @@ def validity_markdown(studies: dict[str, tuple[list[dict], list[dict]]], title: 
             f"Mean tokens processed at the certified threshold against eps ({method} p-value); fewest per column "
             "in bold:",
             "",
-            "| router | " + " | ".join(f"eps {e:g}" for e in epsilons) + " |",
-            "|---|" + "---:|" * len(epsilons),
         ]
         best = {e: min(by_key[(r, e)]["mean_tokens"] for r in routers if (r, e) in by_key) for e in epsilons}
+        cells = []
         for router in routers:
-            cells = []
-            for e in epsilons:
-                value = by_key[(router, e)]["mean_tokens"]
-                cells.append(f"**{value:.1f}**" if value <= best[e] + 1e-9 else f"{value:.1f}")
-            lines.append(f"| {router} | " + " | ".join(cells) + " |")
-        lines.append("")
+            values = [by_key[(router, e)]["mean_tokens"] for e in epsilons]
+            cells.append(
+                [router, *(f"**{v:.1f}**" if v <= best[e] + 1e-9 else f"{v:.1f}" for v, e in zip(values, epsilons))]
+            )
+        headers = ["router", *(f"eps {e:g}" for e in epsilons)]
+        lines += [markdown_table(headers, cells, "l" + "r" * len(epsilons)), ""]
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from m3.markdown import markdown_table
 from predictor.calibration import CalibratedRouter, CertifiedRouter, certificate_at, saved_certificate
 from predictor.data import OracleSet, as_oracle_set, grouped_sample
 from predictor.risk_control import DEFAULT_P_VALUE
@@ -128,19 +129,25 @@ def shift_markdown(shift: ShiftEvaluation, title: str = "") -> str:
         "- tokens = mean visual tokens processed (a probe predictor's probe included); drop = the largest scale's "
         "accuracy minus the router's, on the evaluation part",
         "",
-        "| router | threshold from | threshold | tokens | % of largest | accuracy | drop | certificate | within eps |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
+    rows = []
     for row in shift.rows:
         certificate = "-" if row["epsilon"] is None else f"eps {row['epsilon']:g}, delta {row['delta']:g}, n {row['n']}"
         if row["certified_anything"] is False:
             certificate += " (nothing: largest scale)"
         within = "-" if row["within_epsilon"] is None else "yes" if row["within_epsilon"] else "**no**"
-        lines.append(
-            f"| {row['router']} | {row['threshold_from']} | {row['threshold']:.3f} | {row['tokens']:.1f} | "
-            f"{100 * row['tokens'] / strong_tokens:.1f} | {row['accuracy']:.3f} | {row['drop']:.3f} | {certificate} "
-            f"| {within} |"
-        )
+        rows.append(
+            [
+                row["router"], row["threshold_from"], f"{row['threshold']:.3f}", f"{row['tokens']:.1f}",
+                f"{100 * row['tokens'] / strong_tokens:.1f}", f"{row['accuracy']:.3f}", f"{row['drop']:.3f}",
+                certificate, within,
+            ]
+        )  # fmt: skip
+    headers = [
+        "router", "threshold from", "threshold", "tokens", "% of largest", "accuracy", "drop", "certificate",
+        "within eps",
+    ]  # fmt: skip
+    lines.append(markdown_table(headers, rows, "llrrrrrll"))
     return "\n".join(lines) + "\n"
 
 
