@@ -31,6 +31,7 @@ from timing import Timings, device_sync, interleave, machine
 from adaptive import AdaptiveM3
 from m3.evaluation import question_of
 from m3.inference import compact_prompts, generate_at_scale
+from m3.markdown import markdown_table
 
 ROUTING = "routing (features + predictor)"
 
@@ -84,16 +85,15 @@ def measure_latency(
 
 def format_table(timings: Timings) -> str:
     """Markdown: per path, queries, median / mean milliseconds per query and mean visual tokens."""
-    lines = [
-        "| path | queries | median ms / query | IQR ms | mean ms / query | mean visual tokens |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for path, seconds in timings.seconds.items():
-        lines.append(
-            f"| {path} | {len(seconds)} | {1e3 * timings.median(path):.2f} | {1e3 * timings.iqr(path):.2f} | "
-            f"{1e3 * statistics.fmean(seconds):.2f} | {statistics.fmean(timings.outputs[path]):.1f} |"
-        )
-    return "\n".join(lines)
+    headers = ["path", "queries", "median ms / query", "IQR ms", "mean ms / query", "mean visual tokens"]
+    rows = [
+        [
+            path, len(seconds), f"{1e3 * timings.median(path):.2f}", f"{1e3 * timings.iqr(path):.2f}",
+            f"{1e3 * statistics.fmean(seconds):.2f}", f"{statistics.fmean(timings.outputs[path]):.1f}",
+        ]
+        for path, seconds in timings.seconds.items()
+    ]  # fmt: skip
+    return markdown_table(headers, rows, "lrrrrr", spaced=True)
 
 
 def format_summary(timings: Timings, full: int) -> str:

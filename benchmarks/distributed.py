@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 from timing import Timings, interleave, machine
 
 from m3.data.granularity import VOCABULARY, write_split
+from m3.markdown import markdown_table
 from m3.processing import M3Processor
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
 from oracle_data import compare_oracles, load_oracle, read_manifest
@@ -225,18 +226,21 @@ def format_report(result: DistributedBenchResult) -> str:
         f"floats{' (' + ', '.join(result.oracle_differing[:3]) + ')' if result.oracle_differing else ''}, largest "
         f"float difference {result.oracle_float_difference:.3g}",
         "",
-        "| design | recorded median | IQR | launch wall median (s) | recorded runs |",
-        "|---|---:|---:|---:|---|",
     ]
+    rows = []
     for task in TASKS:
         for count in (1, n):
             name = design_name(task, count)
             runs = ", ".join(f"{value:.3f}" for value in result.recorded.seconds[name])
-            lines.append(
-                f"| {name} | {result.recorded.median(name):.3f} {units[task]} | {result.recorded.iqr(name):.3f} "
-                f"| {result.launches.median(name):.1f} | {runs} |"
-            )
+            rows.append(
+                [
+                    name, f"{result.recorded.median(name):.3f} {units[task]}", f"{result.recorded.iqr(name):.3f}",
+                    f"{result.launches.median(name):.1f}", runs,
+                ]
+            )  # fmt: skip
+    headers = ["design", "recorded median", "IQR", "launch wall median (s)", "recorded runs"]
     lines += [
+        markdown_table(headers, rows, "lrrrl"),
         "",
         f"speed-up with {n} processes (1-process median / {n}-process median): training steps "
         f"{result.speedup('train'):.2f}x, oracle build {result.speedup('oracle'):.2f}x",

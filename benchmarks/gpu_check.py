@@ -117,6 +117,7 @@ def section_prefill(model, processor, device: str, tiny: bool) -> None:
     from timing import device_sync, interleave, machine, peak_memory_gib
 
     from m3.flops import estimate_prefill
+    from m3.markdown import markdown_table
     from m3.processing import llava_prompt
 
     image = Image.fromarray(random_images(1, model.config.vision_config.image_size)[0])
@@ -142,18 +143,19 @@ def section_prefill(model, processor, device: str, tiny: bool) -> None:
     say(f"batch 1, one {image.width} px image, prompt {QUESTION!r}; {len(timings.seconds['1'])} interleaved "
         "repeats per scale (medians)")  # fmt: skip
     say()
-    say("| scale | prompt tokens | median prefill (ms) | IQR (ms) | peak memory (GiB) | above resident (GiB) "
-        "| est. LLM TFLOPs | est. total TFLOPs | achieved TFLOP/s | est. KV cache (MiB) |")  # fmt: skip
-    say("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
     for scale in SCALES:
         prompt_tokens = int(inputs[scale]["input_ids"].shape[1])
         cost = estimate_prefill(model.config, scale, text_tokens=prompt_tokens - scale)
         median, iqr = timings.median(str(scale)), timings.iqr(str(scale))
         peak = "n/a" if peaks[scale] is None else f"{peaks[scale]:.2f}"
         above = "n/a" if peaks[scale] is None else f"{peaks[scale] - resident:.3f}"
-        say(f"| {scale} | {prompt_tokens} | {1e3 * median:.2f} | {1e3 * iqr:.2f} | {peak} | {above} "
-            f"| {cost.llm_flops / 1e12:.3f} | {cost.total_flops / 1e12:.3f} | {cost.total_flops / median / 1e12:.1f} "
-            f"| {cost.kv_cache_bytes / 2**20:.1f} |")  # fmt: skip
+        rows.append([scale, prompt_tokens, f"{1e3 * median:.2f}", f"{1e3 * iqr:.2f}", peak, above,
+                     f"{cost.llm_flops / 1e12:.3f}", f"{cost.total_flops / 1e12:.3f}",
+                     f"{cost.total_flops / median / 1e12:.1f}", f"{cost.kv_cache_bytes / 2**20:.1f}"])  # fmt: skip
+    headers = ["scale", "prompt tokens", "median prefill (ms)", "IQR (ms)", "peak memory (GiB)", "above resident (GiB)",
+               "est. LLM TFLOPs", "est. total TFLOPs", "achieved TFLOP/s", "est. KV cache (MiB)"]  # fmt: skip
+    say(markdown_table(headers, rows, "r" * 10))
     flops = {s: estimate_prefill(model.config, s).total_flops for s in (1, 576)}
     say(f"\nprefill 576 / 1 (medians): {timings.ratio('576', '1'):.2f}x; estimated total FLOPs 576 / 1: "
         f"{flops[576] / flops[1]:.2f}x")  # fmt: skip

@@ -30,6 +30,7 @@ from m3.data.granularity import FAMILIES, VOCABULARY, write_split
 from m3.data.llava import LlavaDataset
 from m3.evaluation import answer_of, generate_answers
 from m3.loading import load_m3_model
+from m3.markdown import markdown_table
 from m3.metrics import exact_match
 from m3.processing import M3Processor
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
@@ -175,15 +176,18 @@ def format_report(result: OracleBenchResult, goal: float = 1.6) -> str:
         f"check: the oracle's answers at scale {s['scales'][-1]} equal the plain pass's for "
         f"{result.agreeing_answers}/{n} samples",
         "",
-        "| design | median (s) | IQR (s) | per sample (ms) | runs (s) |",
-        "|---|---:|---:|---:|---|",
-    ]
-    for design in DESIGNS:
-        runs = ", ".join(f"{seconds:.2f}" for seconds in t.seconds[design])
-        lines.append(
-            f"| {labels[design]} | {t.median(design):.2f} | {t.iqr(design):.2f} | {1000 * t.median(design) / n:.1f} "
-            f"| {runs} |"
-        )
+        markdown_table(
+            ["design", "median (s)", "IQR (s)", "per sample (ms)", "runs (s)"],
+            [
+                [
+                    labels[design], f"{t.median(design):.2f}", f"{t.iqr(design):.2f}",
+                    f"{1000 * t.median(design) / n:.1f}", ", ".join(f"{seconds:.2f}" for seconds in t.seconds[design]),
+                ]
+                for design in DESIGNS
+            ],
+            "lrrrl",
+        ),
+    ]  # fmt: skip
     oracle_ratio = t.ratio("oracle", "plain")
     lines += [
         "",

@@ -38,6 +38,7 @@ from timing import Timings, interleave, machine, quartiles
 
 from m3.inference import generate_at_scale
 from m3.loading import load_m3_model
+from m3.markdown import markdown_table
 from m3.processing import M3Processor
 from oracle_data.datasets import load_samples
 from oracle_data.generation import encode_batch, load_image
@@ -202,8 +203,6 @@ def format_bench(result: RouterBenchResult, goal: float = 0.02) -> str:
         f"generate at scale {s['scale']} with max_new_tokens {s['max_new_tokens']} (stops at EOS); machine: "
         f"{s['machine']}; medians per query",
         "",
-        "| step | median (ms) | IQR (ms) |",
-        "|---|---:|---:|",
     ]
     steps = {
         "image decode": "image decode (answering decodes it too; not counted in routing)",
@@ -218,26 +217,30 @@ def format_bench(result: RouterBenchResult, goal: float = 0.02) -> str:
         steps[f"{name} features"] = f"{name}: features (question, TF-IDF, standardise)"
         steps[f"{name} forward"] = f"{name}: forward + threshold rule"
     steps["generate"] = f"one generate at scale {s['scale']} (image decode + vision + LLM)"
-    lines += [f"| {label} | {1e3 * t.median(key):.3f} | {1e3 * t.iqr(key):.3f} |" for key, label in steps.items()]
+    times = [[label, f"{1e3 * t.median(key):.3f}", f"{1e3 * t.iqr(key):.3f}"] for key, label in steps.items()]
     lines += [
+        markdown_table(["step", "median (ms)", "IQR (ms)"], times, "lrr"),
         "",
         "Routing per query against one generate, measured two ways: interleaved (route, answer, next query: the "
         "routing runs on caches the generate just flushed) and each in its own loop (steady state for both).",
         "",
-        "| predictor | interleaved (ms) | / generate | own loop (ms) | / generate (own loop) | goal |",
-        "|---|---:|---:|---:|---:|---|",
     ]
+    rows = []
     for name, kind in s["kinds"].items():
         image = "incl. image features" if s["uses_image"][name] else "no image features"
         if s["probes"].get(name) is not None:
             image += f", incl. its probe at scale {s['probes'][name]}"
         ratios = (result.ratio(name), result.ratio(name, own_loop=True))
         verdict = "met" if max(ratios) < goal else "met in own loop only" if min(ratios) < goal else "NOT met"
-        lines.append(
-            f"| {name} ({kind}, {image}) | {1e3 * result.routing_seconds(name):.3f} | {100 * ratios[0]:.2f} % | "
-            f"{1e3 * result.routing_seconds(name, own_loop=True):.3f} | {100 * ratios[1]:.2f} % | "
-            f"< {100 * goal:.0f} %: {verdict} |"
-        )
+        rows.append(
+            [
+                f"{name} ({kind}, {image})", f"{1e3 * result.routing_seconds(name):.3f}", f"{100 * ratios[0]:.2f} %",
+                f"{1e3 * result.routing_seconds(name, own_loop=True):.3f}", f"{100 * ratios[1]:.2f} %",
+                f"< {100 * goal:.0f} %: {verdict}",
+            ]
+        )  # fmt: skip
+    headers = ["predictor", "interleaved (ms)", "/ generate", "own loop (ms)", "/ generate (own loop)", "goal"]
+    lines.append(markdown_table(headers, rows, "lrrrrl"))
     lines.append(
         f"\ngenerate at scale {s['scale']}: {1e3 * result.generate_seconds():.3f} ms interleaved, "
         f"{1e3 * result.generate_seconds(own_loop=True):.3f} ms in its own loop"

@@ -31,6 +31,7 @@ from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, L
 
 from m3.convert import KNOWN_VISION_TOWERS
 from m3.data.llava import M3Collator
+from m3.markdown import markdown_table
 from m3.modeling import M3LlavaForConditionalGeneration, M3LlavaNextForConditionalGeneration
 from m3.processing import IMAGE_PLACEHOLDER, M3Processor
 from m3.prompting import expand_image_tokens, image_token_counts
@@ -342,19 +343,22 @@ def format_report(result: BenchResult) -> str:
         "",
     ]
     with_memory = any(value is not None for value in result.peak_memory_gib.values())
-    header = "| design | median step (s) | IQR (s) |" + (" peak memory (GiB) |" if with_memory else "")
-    lines += [header, "|---|---:|---:|" + ("---:|" if with_memory else "")]
     n = len(s["scales"])
     labels = {
         "ours": f"ours (1 vision pass, pooled {n} ways)",
         "official": f"official ({n} full forwards, 1 per scale)",
     }
-    for design, label in labels.items():
-        row = f"| {label} | {t.median(design):.4f} | {t.iqr(design):.4f} |"
-        if with_memory:
-            row += f" {result.peak_memory_gib[design]:.2f} |"
-        lines.append(row)
-    lines += ["", f"ratio official / ours (medians): **{result.ratio:.2f}x**"]
+    rows = [
+        [label, f"{t.median(design):.4f}", f"{t.iqr(design):.4f}"]
+        + ([f"{result.peak_memory_gib[design]:.2f}"] if with_memory else [])
+        for design, label in labels.items()
+    ]
+    headers = ["design", "median step (s)", "IQR (s)"] + (["peak memory (GiB)"] if with_memory else [])
+    lines += [
+        markdown_table(headers, rows, "lrr" + ("r" if with_memory else "")),
+        "",
+        f"ratio official / ours (medians): **{result.ratio:.2f}x**",
+    ]
     return "\n".join(lines)
 
 
