@@ -95,7 +95,7 @@ def test_interleave_refuses_bad_arguments_and_cpu_needs_no_sync():
 
 
 def test_the_library_holds_and_imports_no_benchmark_code():
-    packages = ("m3", "oracle_data", "predictor", "adaptive")
+    packages = ("m3", "oracle_data", "predictor", "routing_study", "adaptive")
     include = re.search(r"^include = \[(.*)\]$", (REPO / "pyproject.toml").read_text(), re.MULTILINE)
     assert include is not None and "benchmarks" not in include.group(1)  # not an installed package
     names = "|".join(("benchmarks", "timing", *SCRIPTS))

@@ -1,5 +1,7 @@
 import json
+import re
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -121,3 +123,15 @@ def test_the_scorecard_sets_every_router_against_the_question_only_one(oracles, 
     text = scorecard_markdown(evaluation)
     assert "| lgbm |" in text and "| question-only |" in text and "(100 %)" in text
     assert "scorecard.md" in write_evaluation(evaluation, tmp_path / "eval")
+
+
+def test_the_routing_study_sits_above_what_inference_imports():
+    """predictor/ (and m3, oracle_data, adaptive below or beside it) never import routing_study: loading a predictor
+    for inference does not load the evaluation sweeps and reports."""
+    importing = re.compile(r"^\s*(from|import)\s+routing_study\b", re.MULTILINE)
+    for package in ("m3", "oracle_data", "predictor", "adaptive"):
+        for path in (REPO / package).rglob("*.py"):
+            assert not importing.search(path.read_text()), f"{path} imports the routing study"
+    code = "import predictor, sys; print(sorted(m for m in sys.modules if m.startswith('routing_study')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert loaded.stdout.strip() == "[]"
