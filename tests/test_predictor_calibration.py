@@ -12,14 +12,13 @@ from predictor import (
     MLPScalePredictor,
     ScalePredictor,
     as_oracle_set,
-    evaluate_routing,
     load_predictor,
     route_by_threshold,
     split_oracle,
-    summarize_routing,
 )
 from predictor.routing_metrics import routing_point
 from predictor.thresholds import DEFAULT_THRESHOLD, candidate_thresholds
+from routing_study import evaluate_routing, summarize_routing
 
 from .synthetic_oracle import write_synthetic_oracle
 
