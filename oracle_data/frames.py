@@ -131,6 +131,7 @@ def build_frame_oracle(
     scales = check_scales(scales or config.m3_scales, config.grid_tokens)
     shards = [chosen[start : start + shard_size] for start in range(0, len(chosen), shard_size)]
     num_rows = sum(len(record_images(record["image"])) for record in records)
+    schema = store.oracle_schema(scales)
     manifest = {
         "schema_version": store.SCHEMA_VERSION,
         "complete": False,
@@ -157,7 +158,7 @@ def build_frame_oracle(
         "num_shards": len(shards),
         "shards": [],
         "num_rows": 0,
-        "columns": store.oracle_schema(scales).names,
+        "columns": schema.names,
     }
     model = processor = None
 
@@ -179,7 +180,6 @@ def build_frame_oracle(
         records = [dataset.records[i] for i in shard]
         return [f"{r['id']}#frame{frame}" for r in records for frame in range(len(record_images(r["image"])))]
 
-    schema = store.oracle_schema(scales)
     return write_oracle(
         out_dir, manifest, shards, rows_of, schema, sample_ids, started, progress=progress, desc="frame oracle",
         unit="video",
