@@ -105,7 +105,7 @@ class TrainConfig:
         },
     )
     num_frames: int = field(default=4, metadata={"help": "frames per video of a generated frames benchmark"})
-    eval_samples: int = field(default=200, metadata={"help": "records used by each periodic evaluation"})
+    eval_samples: int = field(default=300, metadata={"help": "records used by each periodic evaluation"})
     generate_data: bool = field(default=True, metadata={"help": "write the granularity benchmark if missing"})
     train_images: int = field(
         default=DEFAULT_NUM_IMAGES["train"],
@@ -144,7 +144,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     lr_scheduler: str = "cosine"
     num_epochs: float = 1.0
-    max_steps: int = field(default=2000, metadata={"help": "optimizer steps; overrides num_epochs when > 0"})
+    max_steps: int = field(default=4000, metadata={"help": "optimizer steps; overrides num_epochs when > 0"})
     batch_size: int = field(default=8, metadata={"help": "per device"})
     gradient_accumulation_steps: int = 1
     max_length: int = 2048
@@ -160,8 +160,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     seed: int = 0
     logging_steps: int = 10
-    save_steps: int = 200
-    eval_steps: int = 350
+    save_steps: int = 1000
+    eval_steps: int = 250
     save_total_limit: int = 2
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
     overwrite: bool = field(

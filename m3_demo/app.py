@@ -138,7 +138,7 @@ def build_demo(model: DemoModel, examples: Examples | None = None, text_tokens: 
                         elem_id="m3-example-images",
                     )  # fmt: skip
             with gr.Column(scale=1):
-                question = gr.Textbox(label="Question", placeholder="what color is the left square ?", lines=1,
+                question = gr.Textbox(label="Question", placeholder="what color is in the white frame ?", lines=1,
                                       elem_id="m3-question")  # fmt: skip
                 if examples.questions:
                     gr.Examples(

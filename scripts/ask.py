@@ -2,7 +2,7 @@
 
 Examples (folders as scripts/quickstart.py writes them):
     python scripts/ask.py --image runs/quickstart/granularity/images/test/test_000000.png \\
-        --question "what color is the top square ?" --adaptive runs/quickstart/adaptive
+        --question "what color is in the black frame ?" --adaptive runs/quickstart/adaptive
     python scripts/ask.py --image cat.jpg --question "What is in the image?" \\
         --model runs/quickstart/m3 --predictor runs/quickstart/predictors/mlp --threshold 0.9
     python scripts/ask.py --image cat.jpg --question "..." --adaptive DIR --scale 576   # force a scale

@@ -51,7 +51,7 @@ def test_ablation_smoke_runs_all_three_tables_end_to_end(tmp_path):
         lines = [line for line in overall.splitlines() if line.startswith("| ") and "---" not in line]
         assert len(lines) == 1 + count, text  # header + one row per model, a column per scale
         assert lines[0] == "| model | 1 | 9 | 36 | 144 | 576 |"
-        assert "## left_color" in text
+        assert "## white_frame" in text
     assert "| SS-576 + spatial |" in (out / "table4.md").read_text()
     report = (out / "table4" / "SS-576_sequential" / "report.md").read_text()
     assert "Token selection at inference: `sequential`" in report

@@ -65,7 +65,7 @@ def test_a_forced_scale_answers_as_m3_generate_at_that_scale(adaptive):
 
 
 def test_threshold_extremes_and_the_token_cap(adaptive):
-    image, question = images(1)[0], "what color is the left square ?"
+    image, question = images(1)[0], "what color is in the white frame ?"
     low = adaptive.generate(image, question, threshold=0.0, max_new_tokens=2)
     high = adaptive.generate(image, question, threshold=1.0, max_new_tokens=2)
     assert (low.scale, high.scale) == (1, 576)  # every probability reaches 0; a sigmoid never reaches 1
@@ -80,7 +80,7 @@ def test_threshold_extremes_and_the_token_cap(adaptive):
 
 def test_a_batch_equals_one_query_at_a_time(adaptive):
     pictures = images(4, seed=1)
-    questions = ["what color is the background ?", "what color is the top square ?"] * 2
+    questions = ["what color is the background ?", "what color is in the black frame ?"] * 2
     batch = adaptive.generate(pictures, questions, threshold=0.5, max_new_tokens=3)
     for picture, question, result in zip(pictures, questions, batch):
         alone = adaptive.generate(picture, question, threshold=0.5, max_new_tokens=3)
@@ -117,7 +117,7 @@ def test_bad_inputs_are_named(adaptive, tmp_path):
 
 
 def test_save_and_load_round_trip_and_a_predictor_for_another_model(adaptive, tmp_path):
-    image, question = images(1, seed=3)[0], "what color is the top square ?"
+    image, question = images(1, seed=3)[0], "what color is in the black frame ?"
     before = adaptive.generate(image, question, max_new_tokens=2)
     adaptive.save_pretrained(tmp_path / "pair")
     loaded = AdaptiveM3.from_pretrained(tmp_path / "pair")
@@ -172,7 +172,7 @@ def test_llava_next_batch_of_aspect_ratios_routes_each_image_like_generate_alone
     rng = np.random.default_rng(7)
     shapes = [(96, 96), (288, 96), (96, 288), (150, 200)]  # (height, width): square, tall, wide, odd
     pictures = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
-    questions = ["what color is the background ?", "what color is the top square ?"] * 2
+    questions = ["what color is the background ?", "what color is in the black frame ?"] * 2
     config = adaptive_next.model.config
     cap = 160
     results = adaptive_next.generate(pictures, questions, threshold=1.0, max_tokens=cap, max_new_tokens=3)
@@ -194,7 +194,7 @@ def test_llava_next_batch_of_aspect_ratios_routes_each_image_like_generate_alone
 def test_one_vision_pass_per_generate_batch(which, request):
     adaptive = request.getfixturevalue(which)
     pictures = images(4, seed=5)
-    questions = ["what color is the background ?", "what color is the left square ?"] * 2
+    questions = ["what color is the background ?", "what color is in the white frame ?"] * 2
     passes, hook = count_vision_passes(adaptive.model)
     try:
         results = adaptive.generate(pictures, questions, threshold=0.5, max_new_tokens=2)
@@ -219,8 +219,8 @@ def test_a_predictors_own_calibrated_threshold_is_always_accepted(adaptive, tmp_
     router = CalibratedRouter(certain).fit(oracle)
     assert 0.0 <= router.threshold_ <= 1.0 and router.accuracy_ >= router.target_accuracy_
     routed = AdaptiveM3(adaptive.model, adaptive.processor, router)
-    answer = routed.generate(images(1)[0], "what color is the top square ?", max_new_tokens=2)
+    answer = routed.generate(images(1)[0], "what color is in the black frame ?", max_new_tokens=2)
     assert answer.scale == 576  # the calibrated point: every query at the largest scale
     router.save_pretrained(tmp_path / "router")
     loaded = AdaptiveM3(adaptive.model, adaptive.processor, load_predictor(tmp_path / "router"))
-    assert loaded.generate(images(1)[0], "what color is the top square ?", max_new_tokens=2).scale == 576
+    assert loaded.generate(images(1)[0], "what color is in the black frame ?", max_new_tokens=2).scale == 576

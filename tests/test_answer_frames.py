@@ -29,7 +29,7 @@ from routing_study.frames import evaluate_frames, known_frame_scales
 from .synthetic_oracle import write_synthetic_oracle
 
 HIDDEN = 32
-QUESTION = "what color is the left square ?"
+QUESTION = "what color is in the white frame ?"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -130,7 +130,7 @@ def test_predictor_allocation_is_the_knapsack_of_allocate_frames(adaptive):
 
 def test_one_vision_pass_per_call_and_a_batch_equals_each_video_alone(adaptive):
     videos = [video(4, MIXED_SHAPES), video(5, ((96, 96), (120, 100)))]
-    questions = [QUESTION, "what color is the top square ?"]
+    questions = [QUESTION, "what color is in the black frame ?"]
     passes, hook = vision_passes(adaptive.model)
     try:
         batch = adaptive.answer_frames(videos, questions, budget=300, max_new_tokens=3)

@@ -73,7 +73,11 @@ def adaptive(tmp_path_factory):
 def test_adaptive_m3_routes_a_batch_under_a_mean_budget(adaptive):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(6)]
-    questions = ["what color is the background ?", "what color is the top square ?", "what color is the left square ?"]
+    questions = [
+        "what color is the background ?",
+        "what color is in the black frame ?",
+        "what color is in the white frame ?",
+    ]
     questions = questions * 2
     for budget in (1, 20, 100, 576):
         answers = adaptive.generate(images, questions, budget=budget, max_new_tokens=2)

@@ -128,7 +128,7 @@ def test_the_default_is_the_tiny_model_with_its_certified_shipped_predictor(ship
 
 def test_ask_answers_every_scale_from_one_vision_pass_as_generate_does(shipped, monkeypatch):
     examples = load_examples()
-    image, question = examples.images[1], examples.questions["left_color"]
+    image, question = examples.images[1], examples.questions["white_frame"]
     calls = _count_vision_passes(shipped.adaptive, monkeypatch)
     asked = shipped.ask(str(image), question)
     assert len(calls) == 1
@@ -224,7 +224,7 @@ def test_certificates_come_from_the_menu_file_or_the_saved_predictor(shipped, tm
 
 def _asked() -> Asked:
     return Asked(
-        question="what color is the left square ?",
+        question="what color is in the white frame ?",
         pixels=_random_pixels(96),
         scales=list(SCALES),
         answers=["red", "red", "<green>", "green", "green"],
@@ -263,10 +263,10 @@ def test_page_handlers_turn_every_user_error_into_a_message(shipped, tmp_path):
     assert page.upload(image) == (image, "")
     certified = {c.epsilon: c.threshold for c in shipped.certificates}
     state, message, *cards, summary = page.ask(
-        image, "what color is the top square ?", certified[0.02], 576, "LLaVA-1.5-7B"
+        image, "what color is in the black frame ?", certified[0.02], 576, "LLaVA-1.5-7B"
     )
     assert message == "" and state["truth"] == "green" and len(cards) == 5
-    routed = shipped.adaptive.generate(image, "what color is the top square ?").scale  # at the certified threshold
+    routed = shipped.adaptive.generate(image, "what color is in the black frame ?").scale  # at the certified threshold
     assert f'data-routed-scale="{routed}"' in summary and "certified at ε = 0.02" in summary
     message, *cards, summary = page.reroute(state, certified[0.02], 9, "LLaVA-1.5-13B")
     assert 'data-routed-scale="9"' in summary and "LLaVA-1.5-13B" in summary

@@ -162,7 +162,7 @@ def test_mistakes_get_a_message_on_the_page_not_a_traceback(browser, url, tmp_pa
 
 def test_every_scale_answers_as_adaptive_generate_and_the_routed_one_is_highlighted(browser, url, demo_model, tmp_path):
     examples = load_examples()
-    image, question = str(examples.images[1]), examples.questions["left_color"]
+    image, question = str(examples.images[1]), examples.questions["white_frame"]
     adaptive = demo_model.adaptive
     expected = {scale: adaptive.generate(image, question, scale=scale).answer for scale in demo_model.scales}
     routed = adaptive.generate(image, question)

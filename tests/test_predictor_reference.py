@@ -91,7 +91,7 @@ def test_attribute_router_routes_by_the_joined_attribute(tmp_path):
     assert set(chosen[colour & (sides >= 16)]) <= {9, 576} and set(chosen[colour & (sides < 16)]) == {576}
     assert (chosen[colour & (sides >= 22)] == 9).all()
     # a router built without explicit attributes uses the granularity benchmark's names, absent here
-    renamed = table.set_column(table.schema.get_field_index("family"), "family", pa.array(["left_color"] * len(table)))
+    renamed = table.set_column(table.schema.get_field_index("family"), "family", pa.array(["white_frame"] * len(table)))
     with pytest.raises(KeyError, match="attribute"):
         ReferenceRouter(grouping="attribute").fit(renamed)
 
