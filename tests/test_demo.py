@@ -142,7 +142,7 @@ def test_ask_answers_every_scale_from_one_vision_pass_as_generate_does(shipped, 
     for threshold, cap in ((0.0, None), (1.0, None), (1.0, 36), (0.5, 9)):
         expected = shipped.adaptive.generate(str(image), question, threshold=threshold, max_tokens=cap).scale
         assert shipped.route(asked, threshold, cap) == expected
-    assert asked.answers[0] != asked.answers[-1]  # this example: the left square is lost at 1 token
+    assert asked.answers[0] != asked.answers[-1]  # this example: the framed colour is lost at 1 token
 
 
 def test_ask_matches_generate_on_llava_next_too(tmp_path, monkeypatch):
