@@ -32,6 +32,7 @@ def required() -> bool:
 
 def absent(what: str, extra: str) -> NoReturn:
     """Skip (the whole module when called at import time), or fail where extras are required."""
+    __tracebackhide__ = True  # pytest reports the calling test's line, not this one
     reason = f"{what}; install it with: {INSTALL[extra]}"
     if required():
         pytest.fail(f"{REQUIRE}=1 but {reason}", pytrace=False)
@@ -47,6 +48,7 @@ def _import(module: str) -> ModuleType | str:
 
 def need(module: str, extra: str) -> ModuleType:
     """``module``, imported; skip or fail (see :func:`absent`) when it does not import."""
+    __tracebackhide__ = True
     found = _import(module)
     if isinstance(found, str):
         absent(f"the {extra} extra is missing ({module} does not import: {found})", extra)
@@ -55,6 +57,7 @@ def need(module: str, extra: str) -> ModuleType:
 
 def installed(module: str, extra: str) -> bool:
     """For a test whose extra covers only part of it: whether ``module`` imports (fails where extras are required)."""
+    __tracebackhide__ = True
     found = _import(module)
     if isinstance(found, str) and required():
         absent(f"the {extra} extra is missing ({module} does not import: {found})", extra)

@@ -65,6 +65,7 @@ def test_missing_extras_skip_with_the_install_command_and_fail_where_required(tm
     for test, install in NEEDING.items():
         outcome, message = found[test]
         assert outcome == "skipped" and install in message and "\n" not in message.strip(), (test, found[test])
+        assert test.split("::")[0] in message, message  # reported at the test's own line, not in tests/extras.py
     assert found[PARTLY] == ("passed", "")  # runs without the lmms-eval reader
 
     found = _pytest_without_extras(tmp_path / "require", require=True)
