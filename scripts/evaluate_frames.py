@@ -1,7 +1,7 @@
 """Many frames, one budget: accuracy against TOTAL visual tokens for predictor-allocated scales, uniform scales,
 a collage, and a known-frame reference, at equal budgets.
 
-Example (the README's table):
+Example (the table in docs/frames.md):
     python scripts/evaluate_frames.py --model runs/tiny-m3-frames --predictor runs/frame-predictor \\
         --data runs/frames/test.json --budgets 4,8,16,32,64,128,256,512,1024,2304 --out runs/frames-eval
 

@@ -23,6 +23,7 @@ from m3_demo.session import ROOT, SHIPPED_PREDICTOR, Asked, DemoModel, load_demo
 from m3_demo.views import model_input_pixels, patch_means, pooled_cells, pooled_view, saving
 from predictor import MLPScalePredictor
 
+from . import extras
 from .synthetic_oracle import write_synthetic_oracle
 
 SCALES = (1, 9, 36, 144, 576)
@@ -247,7 +248,7 @@ def test_scale_cards_carry_what_the_browser_reads():
 
 
 def test_page_handlers_turn_every_user_error_into_a_message(shipped, tmp_path):
-    pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
+    extras.need("gradio", "demo")
     from m3_demo.app import NO_IMAGE, NO_QUESTION, _Page
 
     page = _Page(shipped, load_examples(), text_tokens=30)

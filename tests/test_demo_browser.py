@@ -1,7 +1,8 @@
 """The demo page in a real browser: headless Chromium (Selenium, /usr/bin/chromedriver) drives the app served
 in-process on a free loopback port, and what the page shows is checked against AdaptiveM3 itself.
 
-Needs the `browser-test` extra (gradio, selenium) and Debian's chromium + chromium-driver (.ci/run installs all).
+Needs the `browser-test` extra (gradio, selenium) and Debian's chromium + chromium-driver: skipped without them,
+required where M3_REQUIRE_EXTRAS=1 (.ci/run installs all and sets it).
 Set M3_DEMO_SCREENSHOT=PATH to keep the screenshot somewhere (docs/demo.png comes from here).
 """
 
@@ -11,24 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from . import extras
+
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
-
-def _absent(reason: str) -> None:
-    """Skip when something the test needs is missing, except where M3_REQUIRE_BROWSER_TEST=1 (.ci/run sets it after
-    installing everything): there a missing piece fails the run instead of passing it silently."""
-    if os.environ.get("M3_REQUIRE_BROWSER_TEST") == "1":
-        pytest.fail(f"M3_REQUIRE_BROWSER_TEST=1 but {reason}", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-
+# skipped without them, naming the install command; required where M3_REQUIRE_EXTRAS=1 (.ci/run)
 for _module in ("gradio", "selenium"):
-    try:
-        __import__(_module)
-    except ImportError:
-        _absent(f"{_module} is not installed: pip install -e '.[browser-test]'")
+    extras.need(_module, "browser-test")
 if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-    _absent("chromium is absent: apt-get install chromium chromium-driver")
+    extras.absent(f"{CHROMIUM} or {CHROMEDRIVER} is absent", "chromium")
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402

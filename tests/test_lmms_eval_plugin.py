@@ -1,8 +1,8 @@
 """The lmms-eval plugin, end to end through lmms-eval's own CLI: its accuracy per scale equals the oracle's.
 
-lmms-eval is an optional extra (``pip install --no-deps lmms-eval==0.7.3 && pip install -e ".[lmms-eval]"``), and CI
-installs it: without it these tests FAIL, naming the install command. Set M3_SKIP_LMMS_EVAL=1 to skip them on
-purpose (a machine that deliberately goes without the extra).
+lmms-eval is an optional extra (``pip install --no-deps lmms-eval==0.7.3 && pip install -e ".[lmms-eval]"``): without
+it these tests skip, naming the install command; CI installs it and sets M3_REQUIRE_EXTRAS=1, so there they are
+required (``tests/extras.py``).
 """
 
 import glob
@@ -18,28 +18,14 @@ import yaml
 from m3.data.granularity import FAMILIES, write_split
 from oracle_data import build_oracle, load_oracle
 
-from . import hf_layouts
+from . import extras, hf_layouts
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "checkpoints" / "tiny-m3"
 SCALES = [1, 9, 36, 144, 576]
-INSTALL = 'pip install --no-deps lmms-eval==0.7.3 && pip install -e ".[lmms-eval]"'
 
-if os.environ.get("M3_SKIP_LMMS_EVAL") == "1":
-    pytest.skip("M3_SKIP_LMMS_EVAL=1: the lmms-eval extra is deliberately absent", allow_module_level=True)
-try:
-    import lmms_eval
-
-    MISSING = None
-except ImportError as error:
-    MISSING = f"lmms-eval is not installed ({error}); install the extra: {INSTALL} (or set M3_SKIP_LMMS_EVAL=1)"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def lmms_eval_installed():
-    """Every test here FAILS without lmms-eval (CI installs it); the rest of the suite still runs."""
-    if MISSING:
-        pytest.fail(MISSING)
+extras.need("m3_lmms_eval.models", "lmms-eval")  # skips the module without the extra (fails in CI)
+import lmms_eval  # noqa: E402
 
 
 def offline_env(tmp: Path) -> dict:
@@ -66,7 +52,7 @@ def fit_adaptive(oracle_dir: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(lmms_eval_installed, tmp_path_factory):
+def runs(tmp_path_factory):
     """The granularity test slice (4 images, 16 questions), its oracle, an AdaptiveM3 folder, and three lmms-eval
     CLI runs on a local task over the slice (scales 9 and 576, and routed), run side by side."""
     from m3_lmms_eval.tasks import write_llava_task

@@ -2,11 +2,10 @@
 and a multiple-choice (loglikelihood) task, scored, in one process and in two (``torchrun``, gloo on CPU). The scores
 and answers equal what the project's inference code gives directly, and the two-process run merges to the same.
 
-Needs the lmms-eval extra, like tests/test_lmms_eval_plugin.py (M3_SKIP_LMMS_EVAL=1 skips on purpose)."""
+Needs the lmms-eval extra, like tests/test_lmms_eval_plugin.py (skipped without it; required in CI)."""
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from . import extras
 from .lmms_eval_tasks import CHOICE_TASK, GEN_TASK, offline_env, read_run, write_tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,16 +22,8 @@ MODEL = REPO / "checkpoints" / "tiny-m3"
 SCALE = 36
 MAX_NEW_TOKENS = 6
 UNTIL = ["\n\n", "USER:"]
-INSTALL = 'pip install --no-deps lmms-eval==0.7.3 && pip install -e ".[lmms-eval]"'
 
-if os.environ.get("M3_SKIP_LMMS_EVAL") == "1":
-    pytest.skip("M3_SKIP_LMMS_EVAL=1: the lmms-eval extra is deliberately absent", allow_module_level=True)
-try:
-    import lmms_eval  # noqa: F401
-
-    MISSING = None
-except ImportError as error:
-    MISSING = f"lmms-eval is not installed ({error}); install the extra: {INSTALL} (or set M3_SKIP_LMMS_EVAL=1)"
+extras.need("m3_lmms_eval.models", "lmms-eval")  # skips the module without the extra (fails in CI)
 
 
 def free_port() -> int:
@@ -43,8 +35,6 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The tasks, and lmms-eval runs on both in 1 and in 2 processes."""
-    if MISSING:
-        pytest.fail(MISSING)
     root = tmp_path_factory.mktemp("lmms-eval-runs")
     docs = write_tasks(root / "tasks", MAX_NEW_TOKENS)
     arguments = ["-m", "lmms_eval", "--model", "m3", "--model_args", f"pretrained={MODEL},scale={SCALE}",

@@ -1,4 +1,4 @@
-"""Many processes on CPU, launched the way the README tells users to: ``ACCELERATE_USE_CPU=true torchrun
+"""Many processes on CPU, launched the way docs/training.md tells users to: ``ACCELERATE_USE_CPU=true torchrun
 --nproc_per_node 2 scripts/...`` over gloo. Each test starts real processes (about 10 s of imports each), so they
 carry the ``multiprocess`` marker: the default suite leaves them out, ``python -m pytest -m multiprocess`` runs them
 (``.ci/run`` does).
