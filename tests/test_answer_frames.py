@@ -20,10 +20,9 @@ from m3.inference import answer_images
 from m3.processing import M3Processor
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
 from m3.video import collage, is_square_only
+from oracle_data.synthetic import write_synthetic_oracle
 from predictor import MLPScalePredictor
 from predictor.base import ScalePredictor
-
-from .synthetic_oracle import write_synthetic_oracle
 
 HIDDEN = 32
 QUESTION = "what color is the left square ?"

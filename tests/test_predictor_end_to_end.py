@@ -6,10 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from oracle_data.synthetic import write_synthetic_oracle
 from predictor import LGBMScalePredictor, MLPScalePredictor, evaluate_routing, summarize_routing, write_evaluation
 from predictor.evaluation import budget_rows
-
-from .synthetic_oracle import write_synthetic_oracle
 
 REPO = Path(__file__).resolve().parents[1]
 
