@@ -9,6 +9,7 @@ already trained on, so a killed and resumed run ends with the same weights as an
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -17,8 +18,9 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedType, set_seed, str_to_bool
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import HfArgumentParser, get_scheduler
 
 from .data.granularity import DEFAULT_NUM_IMAGES
 from .data.llava import LlavaDataset, M3Collator
@@ -47,15 +49,6 @@ LOSS_WINDOW = 10  # random scale sampling: the progress bar shows each scale's m
 # what a finished run leaves in output_dir besides the tokenizer and image processor files
 FINAL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "train_summary.json")
 FINAL_FILES += (FINGERPRINT_NAME,)
-# settings that make a checkpoint part of one run: --resume refuses a checkpoint written with other values
-RUN_SETTINGS = (
-    "family", "scales", "scale_sampling", "mixed_scale_fraction",
-    "token_selection", "train_vision_tower", "learning_rate", "weight_decay",
-    "warmup_ratio", "lr_scheduler", "num_epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
-    "max_length", "conversation_template", "max_grad_norm", "mixed_precision", "seed", "skip_bad_images",
-    "tiny_hidden_size", "tiny_vision_layers", "tiny_text_layers", "tiny_projector_hidden_act",
-    "tiny_vision_feature_layer",
-)  # fmt: skip
 
 
 class OutputDirInUseError(FileExistsError):
@@ -76,15 +69,56 @@ class NonFiniteTrainingError(ValueError):
     """The loss or the weights stopped being finite; nothing non-finite is saved."""
 
 
-@dataclass
-class TrainConfig:
-    """Every training setting, with the defaults of the ``tiny`` CPU preset (see ``PRESETS``)."""
+RUN_IDENTITY = "run_identity"  # field metadata: the setting makes checkpoints part of one run (see run_identity())
 
-    output_dir: str = field(default="runs/tiny-m3", metadata={"help": "where checkpoints and the final model go"})
+
+def run_setting(default, **metadata):
+    """A field that makes a checkpoint part of one run: ``--resume`` refuses a checkpoint written with another value."""
+    return field(default=default, metadata={RUN_IDENTITY: True, **metadata})
+
+
+@dataclass
+class ModelArguments:
+    """What model trains: a checkpoint or a tiny one from scratch, its scales and how a grid becomes s tokens."""
+
+    _argument_group_name = "model"
+
     model: str | None = field(
         default=None, metadata={"help": "llava-hf checkpoint directory; unset: a tiny model from scratch"}
     )
-    family: str = field(default="llava", metadata={"help": "tiny model family: llava or llava_next"})
+    family: str = run_setting("llava", help="tiny model family: llava or llava_next")
+    scales: str = run_setting("1,9,36,144,576", help="trained scales; '576' = SS baseline")
+    token_selection: str = run_setting(
+        "avg_pool",
+        help="how a grid becomes s tokens: avg_pool (M3), spatial or sequential (paper Table 6)",
+        choices=TOKEN_SELECTIONS,
+    )
+    train_vision_tower: bool = run_setting(True, help="train the vision tower too")
+    conversation_template: str | None = run_setting(
+        None,
+        help="plain, vicuna_v1 or chat_template (m3.templates); default: the model's (its config's "
+        "m3_conversation_template, else its chat template, else plain); saved in the trained model's config",
+    )
+    tiny_hidden_size: int = run_setting(128)
+    tiny_vision_layers: int = run_setting(1)
+    tiny_text_layers: int = run_setting(2)
+    tiny_projector_hidden_act: str = run_setting(
+        "linear", help="tiny projector activation ('linear': pooling commutes with it)"
+    )
+    tiny_vision_feature_layer: int = run_setting(
+        0, help="tiny tower layer fed to the projector (0: patch + 2-D sin-cos position codes)"
+    )
+
+    def scale_list(self) -> list[int]:
+        return sorted(parse_scales(self.scales))
+
+
+@dataclass
+class DataArguments:
+    """What it trains and evaluates on: a LLaVA JSON file or a Hugging Face dataset, or a generated benchmark."""
+
+    _argument_group_name = "data"
+
     data_path: str = field(
         default="runs/granularity/train.chat.json",
         metadata={"help": "LLaVA-format JSON, or a Hugging Face dataset (save_to_disk folder, *.parquet, hub id)"},
@@ -95,7 +129,9 @@ class TrainConfig:
     data_columns: str | None = field(
         default=None, metadata={"help": "column mapping of a dataset data_path (ROLE=COLUMN,...; see m3.data.hf)"}
     )
+    skip_bad_images: bool = run_setting(False, help="drop unreadable images (counted)")
     eval_data_path: str | None = field(default="runs/granularity/validation.json", metadata={"help": "eval JSON"})
+    eval_samples: int = field(default=200, metadata={"help": "records used by each periodic evaluation"})
     dataset: str = field(
         default="granularity",
         metadata={
@@ -104,9 +140,8 @@ class TrainConfig:
             "choices": DATASETS,
         },
     )
-    num_frames: int = field(default=4, metadata={"help": "frames per video of a generated frames benchmark"})
-    eval_samples: int = field(default=200, metadata={"help": "records used by each periodic evaluation"})
     generate_data: bool = field(default=True, metadata={"help": "write the granularity benchmark if missing"})
+    num_frames: int = field(default=4, metadata={"help": "frames per video of a generated frames benchmark"})
     train_images: int = field(
         default=DEFAULT_NUM_IMAGES["train"],
         metadata={"help": "images (frames benchmark: videos) in a generated train split (4 questions each)"},
@@ -115,50 +150,39 @@ class TrainConfig:
         default=DEFAULT_NUM_IMAGES["validation"],
         metadata={"help": "images (frames benchmark: videos) in a generated validation split"},
     )
-    scales: str = field(default="1,9,36,144,576", metadata={"help": "trained scales; '576' = SS baseline"})
-    scale_sampling: str = field(
-        default="averaged",
-        metadata={
-            "help": "averaged: every step's loss is the mean over the scales (M3); random: one scale per optimizer "
-            "step, drawn uniformly from a generator seeded by (seed, step) (paper Table 8)",
-            "choices": SCALE_SAMPLINGS,
-        },
+
+
+@dataclass
+class TrainingArguments:
+    """How it trains: the loss over the scales, the optimizer and schedule, precision, checkpoints and logging."""
+
+    _argument_group_name = "training"
+
+    output_dir: str = field(default="runs/tiny-m3", metadata={"help": "where checkpoints and the final model go"})
+    scale_sampling: str = run_setting(
+        "averaged",
+        help="averaged: every step's loss is the mean over the scales (M3); random: one scale per optimizer "
+        "step, drawn uniformly from a generator seeded by (seed, step) (paper Table 8)",
+        choices=SCALE_SAMPLINGS,
     )
-    mixed_scale_fraction: float = field(
-        default=0.0,
-        metadata={
-            "help": "multi-image rows whose images take different scales in a pass (drawn per row and step; over the "
-            "passes every image still meets every scale once); 0: every image of a pass at one scale, as M3"
-        },
+    mixed_scale_fraction: float = run_setting(
+        0.0,
+        help="multi-image rows whose images take different scales in a pass (drawn per row and step; over the "
+        "passes every image still meets every scale once); 0: every image of a pass at one scale, as M3",
     )
-    token_selection: str = field(
-        default="avg_pool",
-        metadata={
-            "help": "how a grid becomes s tokens: avg_pool (M3), spatial or sequential (paper Table 6)",
-            "choices": TOKEN_SELECTIONS,
-        },
-    )
-    train_vision_tower: bool = field(default=True, metadata={"help": "train the vision tower too"})
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    num_epochs: float = 1.0
-    max_steps: int = field(default=2000, metadata={"help": "optimizer steps; overrides num_epochs when > 0"})
-    batch_size: int = field(default=8, metadata={"help": "per device"})
-    gradient_accumulation_steps: int = 1
-    max_length: int = 2048
-    conversation_template: str | None = field(
-        default=None,
-        metadata={
-            "help": "plain, vicuna_v1 or chat_template (m3.templates); default: the model's (its config's "
-            "m3_conversation_template, else its chat template, else plain); saved in the trained model's config"
-        },
-    )
-    max_grad_norm: float = 1.0
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    learning_rate: float = run_setting(1e-3)
+    weight_decay: float = run_setting(0.0)
+    warmup_ratio: float = run_setting(0.03)
+    lr_scheduler: str = run_setting("cosine")
+    num_epochs: float = run_setting(1.0)
+    max_steps: int = run_setting(2000, help="optimizer steps; overrides num_epochs when > 0")
+    batch_size: int = run_setting(8, help="per device")
+    gradient_accumulation_steps: int = run_setting(1)
+    max_length: int = run_setting(2048)
+    max_grad_norm: float = run_setting(1.0)
+    mixed_precision: str = run_setting("no", help="no, fp16 or bf16")
     gradient_checkpointing: bool = False
-    seed: int = 0
+    seed: int = run_setting(0)
     logging_steps: int = 10
     save_steps: int = 200
     eval_steps: int = 350
@@ -168,22 +192,43 @@ class TrainConfig:
         default=False, metadata={"help": "start afresh in a used output_dir, deleting its checkpoints and model"}
     )
     stop_after_steps: int = field(default=-1, metadata={"help": "testing: save and stop as if killed"})
-    skip_bad_images: bool = field(default=False, metadata={"help": "drop unreadable images (counted)"})
     num_threads: int = field(
         default=1, metadata={"help": "torch CPU threads; 0 leaves the default (1 is fastest for tiny)"}
     )
-    tiny_hidden_size: int = 128
-    tiny_vision_layers: int = 1
-    tiny_text_layers: int = 2
-    tiny_projector_hidden_act: str = field(
-        default="linear", metadata={"help": "tiny projector activation ('linear': pooling commutes with it)"}
-    )
-    tiny_vision_feature_layer: int = field(
-        default=0, metadata={"help": "tiny tower layer fed to the projector (0: patch + 2-D sin-cos position codes)"}
-    )
 
-    def scale_list(self) -> list[int]:
-        return sorted(parse_scales(self.scales))
+
+@dataclass
+class TrainConfig(TrainingArguments, DataArguments, ModelArguments):
+    """Every training setting in one flat object (model, then data, then training fields), with the defaults of the
+    ``tiny`` CPU preset (see ``PRESETS``): what presets, ``--config`` files and ``train_summary.json`` hold.
+
+    The command line parses its three parts with one ``HfArgumentParser`` (:func:`argument_parser`), as the
+    official M3 recipe does, and joins them with :meth:`from_arguments`."""
+
+    @classmethod
+    def from_arguments(cls, *parts: ModelArguments | DataArguments | TrainingArguments) -> TrainConfig:
+        return cls(**{f.name: getattr(part, f.name) for part in parts for f in fields(part)})
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
+RUN_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get(RUN_IDENTITY))
+
+
+class _ArgumentParser(HfArgumentParser):
+    """HfArgumentParser that keeps :data:`RUN_IDENTITY` out of argparse (it passes field metadata on as options)."""
+
+    @staticmethod
+    def _parse_dataclass_field(parser, field_: Field) -> None:
+        options = {key: value for key, value in field_.metadata.items() if key != RUN_IDENTITY}
+        field_ = copy.copy(field_)
+        field_.metadata = MappingProxyType(options)
+        HfArgumentParser._parse_dataclass_field(parser, field_)
+
+
+def argument_parser(**kwargs) -> HfArgumentParser:
+    """One parser for :data:`ARGUMENT_CLASSES` (a help group each); ``parse_args_into_dataclasses`` returns the
+    three parts first (join them with :meth:`TrainConfig.from_arguments`)."""
+    return _ArgumentParser(ARGUMENT_CLASSES, **kwargs)
 
 
 # The paper's recipe (the official github mu-cai/matryoshka-mm training scripts): 1 epoch of llava_v1_5_mix665k,
@@ -504,8 +549,8 @@ def prepare_output_dir(config: TrainConfig, is_main_process: bool) -> Path | Non
 def run_identity(config: TrainConfig, num_processes: int, dataset=None) -> dict:
     """What makes checkpoints part of one run: the data (a file's path and sha256; a Hugging Face dataset's location
     and fingerprint), the image folder, the starting model (path and weights fingerprint), the number of processes
-    and :data:`RUN_SETTINGS`. Stored in every checkpoint; ``--resume`` compares it. ``dataset``: what
-    :func:`open_training_data` returned (default: opened here)."""
+    and the fields marked :data:`RUN_IDENTITY` (:data:`RUN_SETTINGS`). Stored in every checkpoint; ``--resume``
+    compares it. ``dataset``: what :func:`open_training_data` returned (default: opened here)."""
     from .data.hf import HFInstructionDataset
 
     settings = {name: getattr(config, name) for name in RUN_SETTINGS}
