@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import Field, asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 
@@ -30,7 +31,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_scheduler
 
+from .data.frames import FramesConfig
+from .data.frames import ensure_split as ensure_frames_split
 from .data.granularity import DEFAULT_NUM_IMAGES
+from .data.granularity import ensure_split as ensure_granularity_split
+from .data.hf import HFInstructionDataset, is_hf_location, load_hf
 from .data.llava import LlavaDataset, M3Collator
 from .files import dumps_json, read_json, writing
 from .fingerprint import FINGERPRINT_NAME, file_sha256, model_fingerprint
@@ -403,22 +408,27 @@ def unread_tower_modules(model) -> list[torch.nn.Module]:
     return unread
 
 
+def ensure_generated_data(config: TrainConfig) -> None:
+    """Write the generated benchmark ``config.dataset`` names (:func:`ensure_granularity_data` or
+    :func:`ensure_frames_data`) where its splits are missing."""
+    (ensure_frames_data if config.dataset == "frames" else ensure_granularity_data)(config)
+
+
 def ensure_granularity_data(config: TrainConfig) -> None:
-    """Write the generated splits the config names (train, validation) if they are missing: the granularity
-    benchmark, or with ``dataset="frames"`` the frames one; refuse splits of another generator version (see
-    :func:`m3.data.granularity.ensure_split`, :func:`m3.data.frames.ensure_split`)."""
-    from .data.hf import is_hf_location
+    """Write the granularity benchmark's splits the config names (train, validation) if they are missing; refuse
+    splits of another generator version (see :func:`m3.data.granularity.ensure_split`)."""
+    _ensure_splits(config, ensure_granularity_split)
 
-    if config.dataset == "frames":
-        from functools import partial
 
-        from .data.frames import FramesConfig
-        from .data.frames import ensure_split as ensure_frames
+def ensure_frames_data(config: TrainConfig) -> None:
+    """Write the frames benchmark's splits (``num_frames`` frames per video) the config names if they are missing;
+    refuse splits of another generator version (see :func:`m3.data.frames.ensure_split`)."""
+    _ensure_splits(config, partial(ensure_frames_split, config=FramesConfig(num_frames=config.num_frames)))
 
-        ensure_split = partial(ensure_frames, config=FramesConfig(num_frames=config.num_frames))
-    else:
-        from .data.granularity import ensure_split
 
+def _ensure_splits(config: TrainConfig, ensure_split) -> None:
+    """``ensure_split(path, split, size, seed)`` for the train split (unless it is a Hugging Face dataset) and the
+    validation split."""
     hf_train = config.data_split is not None or is_hf_location(config.data_path)
     for path, split, num_images in (
         (None if hf_train else config.data_path, "train", config.train_images),
@@ -433,8 +443,6 @@ def open_training_data(config: TrainConfig):
     Parquet files, a hub id, or any ``data_path`` with ``data_split`` set), :class:`m3.data.hf.HFInstructionDataset`
     (one-turn conversations with lmms-eval's prompt and the reference answer). Every image of a LLaVA JSON file is
     decoded here, before the model is built (a bad one raises, or is dropped with ``skip_bad_images``)."""
-    from .data.hf import HFInstructionDataset, is_hf_location, load_hf
-
     if config.data_split is not None or config.data_columns is not None or is_hf_location(config.data_path):
         data = load_hf(config.data_path, config.data_split, config.data_config, columns=config.data_columns)
         return HFInstructionDataset(data, skip_bad_images=config.skip_bad_images)
@@ -551,8 +559,6 @@ def run_identity(config: TrainConfig, num_processes: int, dataset=None) -> dict:
     and fingerprint), the image folder, the starting model (path and weights fingerprint), the number of processes
     and the fields marked :data:`RUN_IDENTITY` (:data:`RUN_SETTINGS`). Stored in every checkpoint; ``--resume``
     compares it. ``dataset``: what :func:`open_training_data` returned (default: opened here)."""
-    from .data.hf import HFInstructionDataset
-
     settings = {name: getattr(config, name) for name in RUN_SETTINGS}
     settings["scales"] = config.scale_list()
     dataset = open_training_data(config) if dataset is None else dataset
@@ -663,7 +669,7 @@ def train(config: TrainConfig) -> Path:
     check_launch(accelerator)
     set_seed(config.seed)
     if config.generate_data and accelerator.is_main_process:
-        ensure_granularity_data(config)
+        ensure_generated_data(config)
     accelerator.wait_for_everyone()
     resume_from = prepare_output_dir(config, accelerator.is_main_process)
     dataset = open_training_data(config)
