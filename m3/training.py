@@ -650,6 +650,22 @@ def _evaluate(model, processor, items, scales: list[int]) -> dict[int, float]:
     return {row["scale"]: row["accuracy"] for row in accuracy_table(rows) if row["family"] == OVERALL}
 
 
+@dataclass
+class TrainingRun:
+    """What the step loop works on: the prepared model, optimizer, schedule and data (see :func:`train`), the run's
+    identity (saved in every checkpoint) and the periodic evaluation's records."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    processor: M3Processor
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    total_steps: int
+    identity: dict
+    eval_items: list
+
+
 def train(config: TrainConfig) -> Path:
     """Train an M3 (or single-scale) model; returns the directory of the final ``save_pretrained`` model.
 
@@ -681,7 +697,6 @@ def train(config: TrainConfig) -> Path:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    scales = model.config.m3_scales
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -700,28 +715,45 @@ def train(config: TrainConfig) -> Path:
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    step, epoch, batches_done = 0, 0, 0
+    position = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
-        step, epoch = resumed_state["step"], resumed_state["epoch"]
-        batches_done = resumed_state["batches_in_epoch"]
+        position = {key: resumed_state[key] for key in position}
         accelerator.print(
-            f"resuming from {resume_from}: step {step} of {total_steps} (epoch {epoch}, batch {batches_done})"
+            f"resuming from {resume_from}: step {position['step']} of {total_steps} (epoch {position['epoch']}, "
+            f"batch {position['batches_in_epoch']})"
         )
-
     eval_items = []
     if config.eval_data_path and config.eval_steps > 0 and Path(config.eval_data_path).exists():
         eval_set = LlavaDataset(config.eval_data_path, str(Path(config.eval_data_path).parent))
         eval_items = [eval_set[i] for i in range(min(config.eval_samples, len(eval_set)))]
 
-    clip = config.max_grad_norm > 0 and accelerator.distributed_type != DistributedType.DEEPSPEED
-    progress = tqdm(total=total_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
+    run = TrainingRun(accelerator, model, processor, optimizer, scheduler, loader, total_steps, identity, eval_items)
+    step, history, stopped_early = train_steps(run, config, **position)
+    if stopped_early:
+        accelerator.print(f"stopped after step {step} (stop_after_steps); resume with --resume")
+        return output_dir
+    save_final_model(run, config, step, history)
+    return output_dir
+
+
+def train_steps(
+    run: TrainingRun, config: TrainConfig, step: int, epoch: int, batches_in_epoch: int
+) -> tuple[int, list[dict], bool]:
+    """The optimizer steps from ``step`` (``batches_in_epoch`` batches into ``epoch``) to ``run.total_steps``, with
+    logging, periodic evaluation and checkpoints; returns the last step, the history and whether
+    ``stop_after_steps`` stopped it early."""
+    accelerator, model, loader = run.accelerator, run.model, run.loader
+    output_dir = Path(config.output_dir)
+    scales = accelerator.unwrap_model(model).config.m3_scales
+    batches_done = batches_in_epoch
+    progress = tqdm(total=run.total_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
     history: list[dict] = []
     random_scale = config.scale_sampling == "random"
     meter = ScaleLossMeter(LOSS_WINDOW if random_scale else 1)
     stopped_early = False
     started = time.perf_counter()  # the history's "seconds": wall time since this process's loop began
-    while step < total_steps and not stopped_early:
+    while step < run.total_steps and not stopped_early:
         loader.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
         for batch in epoch_loader:
@@ -733,22 +765,7 @@ def train(config: TrainConfig) -> Path:
                     batch["input_ids"], batch["attention_mask"], image_token_id, scales, config.mixed_scale_fraction,
                     config.seed, epoch * len(loader) + batches_done,
                 )  # fmt: skip
-            with accelerator.accumulate(model):
-                outputs = model(**batch, m3_scales=passes)
-                outputs.per_scale_loss = dict(zip(step_scales, outputs.per_scale_loss.values()))  # a pass by its scale
-                if not torch.isfinite(outputs.loss.detach()):
-                    per_scale = ", ".join(f"{s}: {v.item():.4g}" for s, v in outputs.per_scale_loss.items())
-                    raise NonFiniteTrainingError(
-                        f"step {step + 1}: the loss is not finite ({per_scale}); training stopped before this step "
-                        f"changed the weights. Lower --learning_rate (now {config.learning_rate}) and resume from "
-                        "the last checkpoint (--resume) or start afresh (--overwrite)"
-                    )
-                accelerator.backward(outputs.loss)
-                if clip and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+            outputs = _optimizer_pass(run, config, batch, passes, step_scales, step)
             batches_done += 1
             if not accelerator.sync_gradients:
                 continue
@@ -760,33 +777,60 @@ def train(config: TrainConfig) -> Path:
             progress.set_postfix({k: f"{v:.3f}" if k != "scale" else v for k, v in losses.items()})  # keeps the order
             if step % config.logging_steps == 0:
                 history.append({"step": step, **losses, "seconds": round(time.perf_counter() - started, 4)})
-            if eval_items and step % config.eval_steps == 0 and accelerator.is_main_process:
-                accuracy = _evaluate(accelerator.unwrap_model(model), processor, eval_items, scales)
+            if run.eval_items and step % config.eval_steps == 0 and accelerator.is_main_process:
+                accuracy = _evaluate(accelerator.unwrap_model(model), run.processor, run.eval_items, scales)
                 history.append({"step": step, "eval_accuracy": accuracy})
                 progress.write(f"step {step} eval accuracy " + " ".join(f"{s}:{a:.3f}" for s, a in accuracy.items()))
             epoch_done = batches_done == len(loader)
             state = {"step": step, "epoch": epoch + epoch_done, "batches_in_epoch": 0 if epoch_done else batches_done}
             if (config.save_steps and step % config.save_steps == 0) or step == config.stop_after_steps:
                 check_finite_weights(model, step, config)
-                save_checkpoint(accelerator, output_dir, {**state, "run": identity}, config.save_total_limit)
+                save_checkpoint(accelerator, output_dir, {**state, "run": run.identity}, config.save_total_limit)
             if step == config.stop_after_steps:
                 stopped_early = True
-            if step >= total_steps or stopped_early:
+            if step >= run.total_steps or stopped_early:
                 break
         else:
             epoch, batches_done = epoch + 1, 0
     progress.close()
-    if stopped_early:
-        accelerator.print(f"stopped after step {step} (stop_after_steps); resume with --resume")
-        return output_dir
-    check_finite_weights(model, step, config)
-    state_dict = accelerator.get_state_dict(model)  # every process takes part: FSDP and ZeRO-3 gather the shards
+    return step, history, stopped_early
+
+
+def _optimizer_pass(run: TrainingRun, config: TrainConfig, batch: dict, passes, step_scales: list[int], step: int):
+    """Forward and backward of one micro-batch (the optimizer steps when accelerate has accumulated enough); the
+    outputs' ``per_scale_loss`` is keyed by each pass's scale. A non-finite loss raises before the weights change."""
+    accelerator, model = run.accelerator, run.model
+    with accelerator.accumulate(model):
+        outputs = model(**batch, m3_scales=passes)
+        outputs.per_scale_loss = dict(zip(step_scales, outputs.per_scale_loss.values()))  # a pass by its scale
+        if not torch.isfinite(outputs.loss.detach()):
+            per_scale = ", ".join(f"{s}: {v.item():.4g}" for s, v in outputs.per_scale_loss.items())
+            raise NonFiniteTrainingError(
+                f"step {step + 1}: the loss is not finite ({per_scale}); training stopped before this step "
+                f"changed the weights. Lower --learning_rate (now {config.learning_rate}) and resume from "
+                "the last checkpoint (--resume) or start afresh (--overwrite)"
+            )
+        accelerator.backward(outputs.loss)
+        clip = config.max_grad_norm > 0 and accelerator.distributed_type != DistributedType.DEEPSPEED
+        if clip and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+    return outputs
+
+
+def save_final_model(run: TrainingRun, config: TrainConfig, step: int, history: list[dict]) -> None:
+    """``save_pretrained`` the trained model and its processor into ``output_dir``, with ``train_summary.json`` (the
+    flat config, the steps and the history); non-finite weights are refused."""
+    accelerator, output_dir = run.accelerator, Path(config.output_dir)
+    check_finite_weights(run.model, step, config)
+    state_dict = accelerator.get_state_dict(run.model)  # every process takes part: FSDP and ZeRO-3 gather the shards
     if accelerator.is_main_process:
         fix = "free some space, then save it from the last checkpoint with --resume"
         with writing(f"the model to {output_dir}", [output_dir / name for name in FINAL_FILES], fix):
-            accelerator.unwrap_model(model).save_pretrained(output_dir, state_dict=state_dict)
-            processor.save_pretrained(output_dir)
+            accelerator.unwrap_model(run.model).save_pretrained(output_dir, state_dict=state_dict)
+            run.processor.save_pretrained(output_dir)
             summary = {"config": asdict(config), "steps": step, "history": history}
             (output_dir / "train_summary.json").write_text(dumps_json(summary, indent=2))
     accelerator.wait_for_everyone()
-    return output_dir
