@@ -33,16 +33,18 @@ from transformers import HfArgumentParser, get_scheduler
 
 from .data.frames import FramesConfig
 from .data.frames import ensure_split as ensure_frames_split
-from .data.granularity import DEFAULT_NUM_IMAGES
+from .data.granularity import DEFAULT_NUM_IMAGES, VOCABULARY
 from .data.granularity import ensure_split as ensure_granularity_split
 from .data.hf import HFInstructionDataset, is_hf_location, load_hf
 from .data.llava import LlavaDataset, M3Collator
+from .evaluation import OVERALL, accuracy_table, evaluate_scales
 from .files import dumps_json, read_json, writing
 from .fingerprint import FINGERPRINT_NAME, file_sha256, model_fingerprint
 from .loading import load_m3_config, load_m3_model, non_finite_parameters
 from .pooling import TOKEN_SELECTIONS, check_scales, check_token_selection, parse_scales
 from .processing import M3Processor
 from .runs import check_output_dir
+from .tiny import IMAGE_SIZE, PATCH_SIZE, build_tiny_tokenizer, tiny_image_processor, tiny_model
 
 logger = logging.getLogger(__name__)
 
@@ -360,9 +362,6 @@ def build_model_and_processor(config: TrainConfig):
     if config.model is not None:
         model = load_m3_model(config.model, **m3_settings)
         return model, M3Processor.from_pretrained(config.model, config=model.config)
-    from .data.granularity import VOCABULARY
-    from .tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
-
     tokenizer = build_tiny_tokenizer(extra_words=VOCABULARY)
     model = tiny_model(
         config.family,
@@ -508,8 +507,6 @@ def check_config(config: TrainConfig) -> None:
     if config.resume and config.overwrite:
         raise ValueError("--resume continues the run in output_dir, --overwrite deletes it: give one of them")
     if config.model is None:
-        from .tiny import IMAGE_SIZE, PATCH_SIZE
-
         grid = (IMAGE_SIZE // PATCH_SIZE) ** 2
     else:
         grid = load_m3_config(config.model).grid_tokens
@@ -641,8 +638,6 @@ def check_finite_weights(model, step: int, config: TrainConfig) -> None:
 
 
 def _evaluate(model, processor, items, scales: list[int]) -> dict[int, float]:
-    from .evaluation import OVERALL, accuracy_table, evaluate_scales
-
     was_training = model.training
     model.eval()
     rows = evaluate_scales(model, processor, items, scales, show_progress=False)
