@@ -24,7 +24,8 @@ from .evaluation import comparison_markdown, run_evaluation
 from .files import read_json
 from .metrics import OVERALL
 from .pooling import TOKEN_SELECTIONS
-from .training import PRESETS, TrainConfig, latest_checkpoint, train
+from .training import latest_checkpoint, train
+from .training_args import PRESETS, TrainConfig
 
 # The setting each run changes from the preset; everything else (steps, data, lr, seed) is shared.
 RUNS: dict[str, dict] = {

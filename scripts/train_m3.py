@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None):
-    from m3.training import PRESETS, TrainConfig, argument_parser
+    from m3.training_args import PRESETS, TrainConfig, argument_parser
 
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)

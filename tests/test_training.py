@@ -113,7 +113,7 @@ def test_the_run_identity_fields_are_the_ones_checkpoints_record():
     --resume compares them, so a checkpoint of an older version resumes only while the set stays the same."""
     from dataclasses import fields
 
-    from m3.training import ARGUMENT_CLASSES, RUN_SETTINGS
+    from m3.training_args import ARGUMENT_CLASSES, RUN_SETTINGS
 
     assert set(RUN_SETTINGS) == {
         "family", "scales", "scale_sampling", "mixed_scale_fraction", "token_selection", "train_vision_tower",
