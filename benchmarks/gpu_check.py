@@ -170,8 +170,8 @@ def section_routing(model, processor, tiny: bool) -> None:
     from timing import machine
 
     from adaptive import AdaptiveM3
+    from oracle_data.synthetic import QUESTIONS, write_synthetic_oracle
     from predictor import MLPScalePredictor
-    from tests.synthetic_oracle import QUESTIONS, write_synthetic_oracle
 
     hidden = model.config.text_config.hidden_size
     with tempfile.TemporaryDirectory() as tmp:

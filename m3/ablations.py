@@ -19,11 +19,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .data.granularity import DEFAULT_NUM_IMAGES, ensure_split
 from .evaluation import comparison_markdown, run_evaluation
 from .files import read_json
 from .metrics import OVERALL
 from .pooling import TOKEN_SELECTIONS
-from .training import PRESETS, TrainConfig, latest_checkpoint, train
+from .training import latest_checkpoint, train
+from .training_args import PRESETS, TrainConfig
 
 # The setting each run changes from the preset; everything else (steps, data, lr, seed) is shared.
 RUNS: dict[str, dict] = {
@@ -104,8 +106,6 @@ def trained_model(config: TrainConfig) -> Path:
 
 def granularity_test_split(settings: AblationSettings) -> Path:
     """The granularity test split (written if missing, seed 0 like ``python -m m3.data.granularity``)."""
-    from .data.granularity import DEFAULT_NUM_IMAGES, ensure_split
-
     images = settings.test_images or (SMOKE_TEST_IMAGES if settings.smoke else DEFAULT_NUM_IMAGES["test"])
     return ensure_split(settings.data_path / "test.json", "test", images, seed=0)
 

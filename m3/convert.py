@@ -40,18 +40,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, LlamaConfig
 
-from .configuration import M3LlavaConfig, M3LlavaNextConfig
+from .configuration import M3LlavaNextConfig
 from .files import read_json, safetensors_header
-from .modeling import M3LlavaForConditionalGeneration, M3LlavaNextForConditionalGeneration
+from .modeling import MODEL_CLASSES
 
 IMAGE_TOKEN = "<image>"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM",)
 REDOWNLOAD = "download the original checkpoint again"
-FAMILY_CLASSES = {
-    "llava": (M3LlavaConfig, M3LlavaForConditionalGeneration),
-    "llava_next": (M3LlavaNextConfig, M3LlavaNextForConditionalGeneration),
-}
 
 VISION_PREFIX = "model.vision_tower."
 EMBED_KEY = "model.language_model.embed_tokens.weight"
@@ -262,7 +258,7 @@ def m3_config_from_original(config: dict, vision_config: CLIPVisionConfig, image
             raise ValueError(f"image_grid_pinpoints {pinpoints!r}: expected a list of [width, height] pairs")
         kwargs["image_grid_pinpoints"] = transformers_pinpoints(pinpoints)
         kwargs["m3_unpad_rule"] = "official"
-    return FAMILY_CLASSES[family][0](m3_conversation_template=ORIGINAL_TEMPLATE, **kwargs)
+    return MODEL_CLASSES[family].config_class(m3_conversation_template=ORIGINAL_TEMPLATE, **kwargs)
 
 
 def transformers_pinpoints(original: list) -> list[list[int]]:
@@ -534,7 +530,7 @@ def convert_llava_checkpoint(
     config.dtype = target_dtype
 
     with torch.device("meta"):
-        model = FAMILY_CLASSES[config.model_type][1](config)
+        model = MODEL_CLASSES[config.model_type](config)
     vision_hint = "; the vision tower weights are incomplete: check the vision_tower checkpoint (--vision-tower DIR)"
     check_keys(weights, set(model.state_dict()), vision_hint)
     model.load_state_dict(weights, strict=True, assign=True)

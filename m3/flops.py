@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from transformers import CLIPVisionConfig, LlamaConfig
 
+from .configuration import M3LlavaConfig
 from .markdown import markdown_table
 from .prompting import image_token_counts
 
@@ -164,8 +165,6 @@ def parameter_count(config) -> int:
 
 def llava_15_config(size: str = "7b", **m3_kwargs):
     """The config of LLaVA-1.5-7B or -13B (no weights, no tokenizer needed), for cost estimates."""
-    from .configuration import M3LlavaConfig
-
     shapes = {"7b": LLAVA_15_7B_TEXT, "13b": LLAVA_15_13B_TEXT}
     if size not in shapes:
         raise ValueError(f"unknown LLaVA-1.5 size {size!r}; expected one of {sorted(shapes)}")

@@ -6,11 +6,10 @@ import os
 from functools import cache
 from pathlib import Path
 
-from .configuration import M3LlavaConfig, M3LlavaNextConfig
 from .files import read_json, safetensors_header
 from .fingerprint import FINGERPRINT_NAME
+from .modeling import MODEL_CLASSES
 
-CONFIG_CLASSES = {"llava": M3LlavaConfig, "llava_next": M3LlavaNextConfig}
 REPAIR = "re-save, re-download or re-convert the model"
 UNCHECKED_JSON = {FINGERPRINT_NAME, "train_summary.json"}  # a cache and a training log: never read to load
 
@@ -47,14 +46,14 @@ def check_model_weights_format(path: str | os.PathLike) -> None:
 
 @cache
 def _config_fields(model_type: str) -> frozenset[str]:
-    return frozenset(vars(CONFIG_CLASSES[model_type]()))
+    return frozenset(vars(MODEL_CLASSES[model_type].config_class()))
 
 
 def check_family_options(path: str | os.PathLike, model_type: str, options) -> None:
     """Refuse an option that belongs to another model family (LLaVA-NeXT's ``image_grid_pinpoints`` for a LLaVA-1.5
     model), before anything loads: transformers would ignore it, or fail deep inside the model's constructor."""
     for key in options:
-        others = [t for t in CONFIG_CLASSES if t != model_type and key in _config_fields(t)]
+        others = [t for t in MODEL_CLASSES if t != model_type and key in _config_fields(t)]
         if key not in _config_fields(model_type) and others:
             raise ValueError(
                 f"{key} does not apply to {path}: it is a {model_type} model, and {key} is an option of "
@@ -102,8 +101,8 @@ def model_type_of(path: str | os.PathLike) -> str:
             "with scripts/convert_llava_checkpoint.py"
         )
     model_type = config.get("model_type")
-    if model_type not in CONFIG_CLASSES:
-        raise ValueError(f"{config_file} has model_type {model_type!r}; M3 supports {sorted(CONFIG_CLASSES)}")
+    if model_type not in MODEL_CLASSES:
+        raise ValueError(f"{config_file} has model_type {model_type!r}; M3 supports {sorted(MODEL_CLASSES)}")
     return model_type
 
 
@@ -115,7 +114,8 @@ def load_m3_config(path: str | os.PathLike, **overrides):
     model_type = model_type_of(path)
     check_family_options(path, model_type, overrides)
     check_model_files(path)
-    config, unused = CONFIG_CLASSES[model_type].from_pretrained(path, return_unused_kwargs=True, **overrides)
+    config_class = MODEL_CLASSES[model_type].config_class
+    config, unused = config_class.from_pretrained(path, return_unused_kwargs=True, **overrides)
     if unused:
         raise ValueError(f"{sorted(unused)} are not settings of the {model_type} model in {path}")
     config._init_m3_fields()
@@ -132,13 +132,10 @@ def load_m3_model(path: str | os.PathLike, allow_non_finite: bool = False, **kwa
 
     Damaged files are refused before loading (:func:`check_model_files`), and weights holding NaN or infinities
     after it (:class:`NonFiniteWeightsError`) unless ``allow_non_finite``."""
-    from .modeling import M3LlavaForConditionalGeneration, M3LlavaNextForConditionalGeneration
-
-    classes = {"llava": M3LlavaForConditionalGeneration, "llava_next": M3LlavaNextForConditionalGeneration}
     model_type = model_type_of(path)
     check_family_options(path, model_type, kwargs)
     check_model_files(path)
-    loaded = classes[model_type].from_pretrained(path, **kwargs)
+    loaded = MODEL_CLASSES[model_type].from_pretrained(path, **kwargs)
     model = loaded[0] if isinstance(loaded, tuple) else loaded  # a tuple: output_loading_info
     model.config._init_m3_fields()
     if not allow_non_finite:

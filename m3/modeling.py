@@ -490,15 +490,17 @@ class M3LlavaNextForConditionalGeneration(M3ForConditionalGenerationMixin, Llava
         )
 
 
+MODEL_CLASSES = {"llava": M3LlavaForConditionalGeneration, "llava_next": M3LlavaNextForConditionalGeneration}
+"""The one family table, like transformers' auto mappings: ``model_type`` -> M3 class; its config class is the
+class's ``config_class``."""
+
+
 def _register_checkpoint_conversions() -> None:
     """transformers skips key conversion for classes defined outside it unless they are registered;
     reuse the llava / llava_next rules so llava-hf checkpoints (legacy key layout) load and save alike."""
-    pairs = {
-        "M3LlavaForConditionalGeneration": "llava",
-        "M3LlavaModel": "LlavaModel",
-        "M3LlavaNextForConditionalGeneration": "llava_next",
-        "M3LlavaNextModel": "LlavaNextModel",
-    }
+    pairs = {model_class.__name__: model_type for model_type, model_class in MODEL_CLASSES.items()}
+    for inner in (M3LlavaModel, M3LlavaNextModel):
+        pairs[inner.__name__] = inner.__bases__[-1].__name__  # the transformers model it extends
     for ours, theirs in pairs.items():
         mapping = get_checkpoint_conversion_mapping(theirs)
         if mapping is not None:

@@ -5,6 +5,7 @@ and one backward per micro-batch; ``scale_sampling="random"`` (the paper's Table
 per optimizer step instead, drawn by :func:`sampled_scale`. Checkpoints are ``accelerator.save_state``
 directories written atomically; ``resume=True`` continues from the newest one and skips the batches it
 already trained on, so a killed and resumed run ends with the same weights as an uninterrupted one.
+The settings (:class:`TrainConfig`, :data:`PRESETS`) live in :mod:`m3.training_args`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,34 +30,36 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .data.granularity import DEFAULT_NUM_IMAGES
+from .data.frames import FramesConfig
+from .data.frames import ensure_split as ensure_frames_split
+from .data.granularity import VOCABULARY
+from .data.granularity import ensure_split as ensure_granularity_split
+from .data.hf import HFInstructionDataset, is_hf_location, load_hf
 from .data.llava import LlavaDataset, M3Collator
+from .evaluation import OVERALL, accuracy_table, evaluate_scales
 from .files import dumps_json, read_json, writing
 from .fingerprint import FINGERPRINT_NAME, file_sha256, model_fingerprint
 from .loading import load_m3_config, load_m3_model, non_finite_parameters
-from .pooling import TOKEN_SELECTIONS, check_scales, check_token_selection, parse_scales
+from .pooling import check_scales, check_token_selection, parse_scales
 from .processing import M3Processor
 from .runs import check_output_dir
+from .tiny import IMAGE_SIZE, PATCH_SIZE, build_tiny_tokenizer, tiny_image_processor, tiny_model
+from .training_args import (
+    DATASETS,
+    RUN_SETTINGS,
+    SCALE_SAMPLINGS,
+    TrainConfig,
+)
+from .training_args import PRESETS as PRESETS  # where scripts and users have imported it from
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
-SCALE_SAMPLINGS = ("averaged", "random")
-DATASETS = ("granularity", "frames")
 LOSS_WINDOW = 10  # random scale sampling: the progress bar shows each scale's mean over its last 10 draws
 # what a finished run leaves in output_dir besides the tokenizer and image processor files
 FINAL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "train_summary.json")
 FINAL_FILES += (FINGERPRINT_NAME,)
-# settings that make a checkpoint part of one run: --resume refuses a checkpoint written with other values
-RUN_SETTINGS = (
-    "family", "scales", "scale_sampling", "mixed_scale_fraction",
-    "token_selection", "train_vision_tower", "learning_rate", "weight_decay",
-    "warmup_ratio", "lr_scheduler", "num_epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
-    "max_length", "conversation_template", "max_grad_norm", "mixed_precision", "seed", "skip_bad_images",
-    "tiny_hidden_size", "tiny_vision_layers", "tiny_text_layers", "tiny_projector_hidden_act",
-    "tiny_vision_feature_layer",
-)  # fmt: skip
 
 
 class OutputDirInUseError(FileExistsError):
@@ -74,171 +78,6 @@ class LaunchError(ValueError):
 
 class NonFiniteTrainingError(ValueError):
     """The loss or the weights stopped being finite; nothing non-finite is saved."""
-
-
-@dataclass
-class TrainConfig:
-    """Every training setting, with the defaults of the ``tiny`` CPU preset (see ``PRESETS``)."""
-
-    output_dir: str = field(default="runs/tiny-m3", metadata={"help": "where checkpoints and the final model go"})
-    model: str | None = field(
-        default=None, metadata={"help": "llava-hf checkpoint directory; unset: a tiny model from scratch"}
-    )
-    family: str = field(default="llava", metadata={"help": "tiny model family: llava or llava_next"})
-    data_path: str = field(
-        default="runs/granularity/train.chat.json",
-        metadata={"help": "LLaVA-format JSON, or a Hugging Face dataset (save_to_disk folder, *.parquet, hub id)"},
-    )
-    image_root: str | None = field(default=None, metadata={"help": "image folder (default: the JSON's folder)"})
-    data_split: str | None = field(default=None, metadata={"help": "split of a Hugging Face dataset data_path"})
-    data_config: str | None = field(default=None, metadata={"help": "hub configuration of a dataset data_path"})
-    data_columns: str | None = field(
-        default=None, metadata={"help": "column mapping of a dataset data_path (ROLE=COLUMN,...; see m3.data.hf)"}
-    )
-    eval_data_path: str | None = field(default="runs/granularity/validation.json", metadata={"help": "eval JSON"})
-    dataset: str = field(
-        default="granularity",
-        metadata={
-            "help": "the generated benchmark --generate_data writes: granularity (m3.data.granularity) or frames "
-            "(m3.data.frames: multi-image videos)",
-            "choices": DATASETS,
-        },
-    )
-    num_frames: int = field(default=4, metadata={"help": "frames per video of a generated frames benchmark"})
-    eval_samples: int = field(default=300, metadata={"help": "records used by each periodic evaluation"})
-    generate_data: bool = field(default=True, metadata={"help": "write the granularity benchmark if missing"})
-    train_images: int = field(
-        default=DEFAULT_NUM_IMAGES["train"],
-        metadata={"help": "images (frames benchmark: videos) in a generated train split (4 questions each)"},
-    )
-    eval_images: int = field(
-        default=DEFAULT_NUM_IMAGES["validation"],
-        metadata={"help": "images (frames benchmark: videos) in a generated validation split"},
-    )
-    scales: str = field(default="1,9,36,144,576", metadata={"help": "trained scales; '576' = SS baseline"})
-    scale_sampling: str = field(
-        default="averaged",
-        metadata={
-            "help": "averaged: every step's loss is the mean over the scales (M3); random: one scale per optimizer "
-            "step, drawn uniformly from a generator seeded by (seed, step) (paper Table 8)",
-            "choices": SCALE_SAMPLINGS,
-        },
-    )
-    mixed_scale_fraction: float = field(
-        default=0.0,
-        metadata={
-            "help": "multi-image rows whose images take different scales in a pass (drawn per row and step; over the "
-            "passes every image still meets every scale once); 0: every image of a pass at one scale, as M3"
-        },
-    )
-    token_selection: str = field(
-        default="avg_pool",
-        metadata={
-            "help": "how a grid becomes s tokens: avg_pool (M3), spatial or sequential (paper Table 6)",
-            "choices": TOKEN_SELECTIONS,
-        },
-    )
-    train_vision_tower: bool = field(default=True, metadata={"help": "train the vision tower too"})
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    num_epochs: float = 1.0
-    max_steps: int = field(default=4000, metadata={"help": "optimizer steps; overrides num_epochs when > 0"})
-    batch_size: int = field(default=8, metadata={"help": "per device"})
-    gradient_accumulation_steps: int = 1
-    max_length: int = 2048
-    conversation_template: str | None = field(
-        default=None,
-        metadata={
-            "help": "plain, vicuna_v1 or chat_template (m3.templates); default: the model's (its config's "
-            "m3_conversation_template, else its chat template, else plain); saved in the trained model's config"
-        },
-    )
-    max_grad_norm: float = 1.0
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    logging_steps: int = 10
-    save_steps: int = 1000
-    eval_steps: int = 250
-    save_total_limit: int = 2
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
-    overwrite: bool = field(
-        default=False, metadata={"help": "start afresh in a used output_dir, deleting its checkpoints and model"}
-    )
-    stop_after_steps: int = field(default=-1, metadata={"help": "testing: save and stop as if killed"})
-    skip_bad_images: bool = field(default=False, metadata={"help": "drop unreadable images (counted)"})
-    num_threads: int = field(
-        default=1, metadata={"help": "torch CPU threads; 0 leaves the default (1 is fastest for tiny)"}
-    )
-    tiny_hidden_size: int = 128
-    tiny_vision_layers: int = 1
-    tiny_text_layers: int = 2
-    tiny_projector_hidden_act: str = field(
-        default="linear", metadata={"help": "tiny projector activation ('linear': pooling commutes with it)"}
-    )
-    tiny_vision_feature_layer: int = field(
-        default=0, metadata={"help": "tiny tower layer fed to the projector (0: patch + 2-D sin-cos position codes)"}
-    )
-
-    def scale_list(self) -> list[int]:
-        return sorted(parse_scales(self.scales))
-
-
-# The paper's recipe (the official github mu-cai/matryoshka-mm training scripts): 1 epoch of llava_v1_5_mix665k,
-# global batch 128 (4 x 4 accum x 8 GPUs), lr 2e-5 (1e-5 for NeXT), no weight decay, warmup 3 %, cosine, bf16,
-# max length 2048, grad checkpointing.
-_PAPER = dict(
-    max_steps=-1,
-    num_threads=0,
-    data_path="data/llava_v1_5_mix665k.json",
-    image_root="data",
-    eval_data_path=None,
-    generate_data=False,
-    train_vision_tower=False,
-    weight_decay=0.0,
-    warmup_ratio=0.03,
-    num_epochs=1.0,
-    batch_size=4,
-    gradient_accumulation_steps=4,
-    mixed_precision="bf16",
-    gradient_checkpointing=True,
-    save_steps=500,
-    eval_steps=10**9,
-    logging_steps=10,
-    conversation_template="vicuna_v1",  # --version v1 of the official fine-tune
-)
-PRESETS: dict[str, dict] = {
-    "tiny": {},
-    # many frames, one budget: tiny-m3 fine-tuned on multi-image videos of 4 granularity frames (and their collages)
-    "tiny-frames": dict(
-        model="checkpoints/tiny-m3",
-        dataset="frames",
-        data_path="runs/frames/train.chat.json",
-        eval_data_path="runs/frames/validation.json",
-        output_dir="runs/tiny-m3-frames",
-        train_images=2000,
-        eval_images=100,
-        eval_samples=100,
-        learning_rate=5e-4,
-        max_steps=240,  # under 30 min of one core (about 6 s of CPU a step)
-        save_steps=120,
-        eval_steps=120,
-        max_length=4096,  # 4 frames at 576 tokens each, and the text
-        mixed_scale_fraction=0.5,  # half the videos also see frames at different scales, as allocations make them
-    ),
-    "llava-1.5-7b": dict(
-        _PAPER, model="checkpoints/llava-1.5-7b-hf", output_dir="runs/llava-1.5-7b-m3", learning_rate=2e-5
-    ),
-    "llava-next-7b": dict(
-        _PAPER,
-        model="checkpoints/llava-v1.6-vicuna-7b-hf",
-        output_dir="runs/llava-next-7b-m3",
-        learning_rate=1e-5,
-        max_length=4096,
-    ),  # an anyres image alone can need ~2,900 tokens
-}
 
 
 def sampled_scale(scales: Sequence[int], seed: int, step: int) -> int:
@@ -310,9 +149,6 @@ def build_model_and_processor(config: TrainConfig):
     if config.model is not None:
         model = load_m3_model(config.model, **m3_settings)
         return model, M3Processor.from_pretrained(config.model, config=model.config)
-    from .data.granularity import VOCABULARY
-    from .tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
-
     tokenizer = build_tiny_tokenizer(extra_words=VOCABULARY)
     model = tiny_model(
         config.family,
@@ -358,22 +194,27 @@ def unread_tower_modules(model) -> list[torch.nn.Module]:
     return unread
 
 
+def ensure_generated_data(config: TrainConfig) -> None:
+    """Write the generated benchmark ``config.dataset`` names (:func:`ensure_granularity_data` or
+    :func:`ensure_frames_data`) where its splits are missing."""
+    (ensure_frames_data if config.dataset == "frames" else ensure_granularity_data)(config)
+
+
 def ensure_granularity_data(config: TrainConfig) -> None:
-    """Write the generated splits the config names (train, validation) if they are missing: the granularity
-    benchmark, or with ``dataset="frames"`` the frames one; refuse splits of another generator version (see
-    :func:`m3.data.granularity.ensure_split`, :func:`m3.data.frames.ensure_split`)."""
-    from .data.hf import is_hf_location
+    """Write the granularity benchmark's splits the config names (train, validation) if they are missing; refuse
+    splits of another generator version (see :func:`m3.data.granularity.ensure_split`)."""
+    _ensure_splits(config, ensure_granularity_split)
 
-    if config.dataset == "frames":
-        from functools import partial
 
-        from .data.frames import FramesConfig
-        from .data.frames import ensure_split as ensure_frames
+def ensure_frames_data(config: TrainConfig) -> None:
+    """Write the frames benchmark's splits (``num_frames`` frames per video) the config names if they are missing;
+    refuse splits of another generator version (see :func:`m3.data.frames.ensure_split`)."""
+    _ensure_splits(config, partial(ensure_frames_split, config=FramesConfig(num_frames=config.num_frames)))
 
-        ensure_split = partial(ensure_frames, config=FramesConfig(num_frames=config.num_frames))
-    else:
-        from .data.granularity import ensure_split
 
+def _ensure_splits(config: TrainConfig, ensure_split) -> None:
+    """``ensure_split(path, split, size, seed)`` for the train split (unless it is a Hugging Face dataset) and the
+    validation split."""
     hf_train = config.data_split is not None or is_hf_location(config.data_path)
     for path, split, num_images in (
         (None if hf_train else config.data_path, "train", config.train_images),
@@ -388,8 +229,6 @@ def open_training_data(config: TrainConfig):
     Parquet files, a hub id, or any ``data_path`` with ``data_split`` set), :class:`m3.data.hf.HFInstructionDataset`
     (one-turn conversations with lmms-eval's prompt and the reference answer). Every image of a LLaVA JSON file is
     decoded here, before the model is built (a bad one raises, or is dropped with ``skip_bad_images``)."""
-    from .data.hf import HFInstructionDataset, is_hf_location, load_hf
-
     if config.data_split is not None or config.data_columns is not None or is_hf_location(config.data_path):
         data = load_hf(config.data_path, config.data_split, config.data_config, columns=config.data_columns)
         return HFInstructionDataset(data, skip_bad_images=config.skip_bad_images)
@@ -455,8 +294,6 @@ def check_config(config: TrainConfig) -> None:
     if config.resume and config.overwrite:
         raise ValueError("--resume continues the run in output_dir, --overwrite deletes it: give one of them")
     if config.model is None:
-        from .tiny import IMAGE_SIZE, PATCH_SIZE
-
         grid = (IMAGE_SIZE // PATCH_SIZE) ** 2
     else:
         grid = load_m3_config(config.model).grid_tokens
@@ -504,10 +341,8 @@ def prepare_output_dir(config: TrainConfig, is_main_process: bool) -> Path | Non
 def run_identity(config: TrainConfig, num_processes: int, dataset=None) -> dict:
     """What makes checkpoints part of one run: the data (a file's path and sha256; a Hugging Face dataset's location
     and fingerprint), the image folder, the starting model (path and weights fingerprint), the number of processes
-    and :data:`RUN_SETTINGS`. Stored in every checkpoint; ``--resume`` compares it. ``dataset``: what
-    :func:`open_training_data` returned (default: opened here)."""
-    from .data.hf import HFInstructionDataset
-
+    and the fields marked as such (:data:`m3.training_args.RUN_SETTINGS`). Stored in every checkpoint; ``--resume``
+    compares it. ``dataset``: what :func:`open_training_data` returned (default: opened here)."""
     settings = {name: getattr(config, name) for name in RUN_SETTINGS}
     settings["scales"] = config.scale_list()
     dataset = open_training_data(config) if dataset is None else dataset
@@ -590,13 +425,27 @@ def check_finite_weights(model, step: int, config: TrainConfig) -> None:
 
 
 def _evaluate(model, processor, items, scales: list[int]) -> dict[int, float]:
-    from .evaluation import OVERALL, accuracy_table, evaluate_scales
-
     was_training = model.training
     model.eval()
     rows = evaluate_scales(model, processor, items, scales, show_progress=False)
     model.train(was_training)
     return {row["scale"]: row["accuracy"] for row in accuracy_table(rows) if row["family"] == OVERALL}
+
+
+@dataclass
+class TrainingRun:
+    """What the step loop works on: the prepared model, optimizer, schedule and data (see :func:`train`), the run's
+    identity (saved in every checkpoint) and the periodic evaluation's records."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    processor: M3Processor
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    total_steps: int
+    identity: dict
+    eval_items: list
 
 
 def train(config: TrainConfig) -> Path:
@@ -618,7 +467,7 @@ def train(config: TrainConfig) -> Path:
     check_launch(accelerator)
     set_seed(config.seed)
     if config.generate_data and accelerator.is_main_process:
-        ensure_granularity_data(config)
+        ensure_generated_data(config)
     accelerator.wait_for_everyone()
     resume_from = prepare_output_dir(config, accelerator.is_main_process)
     dataset = open_training_data(config)
@@ -630,7 +479,6 @@ def train(config: TrainConfig) -> Path:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    scales = model.config.m3_scales
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -649,28 +497,45 @@ def train(config: TrainConfig) -> Path:
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    step, epoch, batches_done = 0, 0, 0
+    position = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
-        step, epoch = resumed_state["step"], resumed_state["epoch"]
-        batches_done = resumed_state["batches_in_epoch"]
+        position = {key: resumed_state[key] for key in position}
         accelerator.print(
-            f"resuming from {resume_from}: step {step} of {total_steps} (epoch {epoch}, batch {batches_done})"
+            f"resuming from {resume_from}: step {position['step']} of {total_steps} (epoch {position['epoch']}, "
+            f"batch {position['batches_in_epoch']})"
         )
-
     eval_items = []
     if config.eval_data_path and config.eval_steps > 0 and Path(config.eval_data_path).exists():
         eval_set = LlavaDataset(config.eval_data_path, str(Path(config.eval_data_path).parent))
         eval_items = [eval_set[i] for i in range(min(config.eval_samples, len(eval_set)))]
 
-    clip = config.max_grad_norm > 0 and accelerator.distributed_type != DistributedType.DEEPSPEED
-    progress = tqdm(total=total_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
+    run = TrainingRun(accelerator, model, processor, optimizer, scheduler, loader, total_steps, identity, eval_items)
+    step, history, stopped_early = train_steps(run, config, **position)
+    if stopped_early:
+        accelerator.print(f"stopped after step {step} (stop_after_steps); resume with --resume")
+        return output_dir
+    save_final_model(run, config, step, history)
+    return output_dir
+
+
+def train_steps(
+    run: TrainingRun, config: TrainConfig, step: int, epoch: int, batches_in_epoch: int
+) -> tuple[int, list[dict], bool]:
+    """The optimizer steps from ``step`` (``batches_in_epoch`` batches into ``epoch``) to ``run.total_steps``, with
+    logging, periodic evaluation and checkpoints; returns the last step, the history and whether
+    ``stop_after_steps`` stopped it early."""
+    accelerator, model, loader = run.accelerator, run.model, run.loader
+    output_dir = Path(config.output_dir)
+    scales = accelerator.unwrap_model(model).config.m3_scales
+    batches_done = batches_in_epoch
+    progress = tqdm(total=run.total_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
     history: list[dict] = []
     random_scale = config.scale_sampling == "random"
     meter = ScaleLossMeter(LOSS_WINDOW if random_scale else 1)
     stopped_early = False
     started = time.perf_counter()  # the history's "seconds": wall time since this process's loop began
-    while step < total_steps and not stopped_early:
+    while step < run.total_steps and not stopped_early:
         loader.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
         for batch in epoch_loader:
@@ -682,22 +547,7 @@ def train(config: TrainConfig) -> Path:
                     batch["input_ids"], batch["attention_mask"], image_token_id, scales, config.mixed_scale_fraction,
                     config.seed, epoch * len(loader) + batches_done,
                 )  # fmt: skip
-            with accelerator.accumulate(model):
-                outputs = model(**batch, m3_scales=passes)
-                outputs.per_scale_loss = dict(zip(step_scales, outputs.per_scale_loss.values()))  # a pass by its scale
-                if not torch.isfinite(outputs.loss.detach()):
-                    per_scale = ", ".join(f"{s}: {v.item():.4g}" for s, v in outputs.per_scale_loss.items())
-                    raise NonFiniteTrainingError(
-                        f"step {step + 1}: the loss is not finite ({per_scale}); training stopped before this step "
-                        f"changed the weights. Lower --learning_rate (now {config.learning_rate}) and resume from "
-                        "the last checkpoint (--resume) or start afresh (--overwrite)"
-                    )
-                accelerator.backward(outputs.loss)
-                if clip and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+            outputs = _optimizer_pass(run, config, batch, passes, step_scales, step)
             batches_done += 1
             if not accelerator.sync_gradients:
                 continue
@@ -709,33 +559,60 @@ def train(config: TrainConfig) -> Path:
             progress.set_postfix({k: f"{v:.3f}" if k != "scale" else v for k, v in losses.items()})  # keeps the order
             if step % config.logging_steps == 0:
                 history.append({"step": step, **losses, "seconds": round(time.perf_counter() - started, 4)})
-            if eval_items and step % config.eval_steps == 0 and accelerator.is_main_process:
-                accuracy = _evaluate(accelerator.unwrap_model(model), processor, eval_items, scales)
+            if run.eval_items and step % config.eval_steps == 0 and accelerator.is_main_process:
+                accuracy = _evaluate(accelerator.unwrap_model(model), run.processor, run.eval_items, scales)
                 history.append({"step": step, "eval_accuracy": accuracy})
                 progress.write(f"step {step} eval accuracy " + " ".join(f"{s}:{a:.3f}" for s, a in accuracy.items()))
             epoch_done = batches_done == len(loader)
             state = {"step": step, "epoch": epoch + epoch_done, "batches_in_epoch": 0 if epoch_done else batches_done}
             if (config.save_steps and step % config.save_steps == 0) or step == config.stop_after_steps:
                 check_finite_weights(model, step, config)
-                save_checkpoint(accelerator, output_dir, {**state, "run": identity}, config.save_total_limit)
+                save_checkpoint(accelerator, output_dir, {**state, "run": run.identity}, config.save_total_limit)
             if step == config.stop_after_steps:
                 stopped_early = True
-            if step >= total_steps or stopped_early:
+            if step >= run.total_steps or stopped_early:
                 break
         else:
             epoch, batches_done = epoch + 1, 0
     progress.close()
-    if stopped_early:
-        accelerator.print(f"stopped after step {step} (stop_after_steps); resume with --resume")
-        return output_dir
-    check_finite_weights(model, step, config)
-    state_dict = accelerator.get_state_dict(model)  # every process takes part: FSDP and ZeRO-3 gather the shards
+    return step, history, stopped_early
+
+
+def _optimizer_pass(run: TrainingRun, config: TrainConfig, batch: dict, passes, step_scales: list[int], step: int):
+    """Forward and backward of one micro-batch (the optimizer steps when accelerate has accumulated enough); the
+    outputs' ``per_scale_loss`` is keyed by each pass's scale. A non-finite loss raises before the weights change."""
+    accelerator, model = run.accelerator, run.model
+    with accelerator.accumulate(model):
+        outputs = model(**batch, m3_scales=passes)
+        outputs.per_scale_loss = dict(zip(step_scales, outputs.per_scale_loss.values()))  # a pass by its scale
+        if not torch.isfinite(outputs.loss.detach()):
+            per_scale = ", ".join(f"{s}: {v.item():.4g}" for s, v in outputs.per_scale_loss.items())
+            raise NonFiniteTrainingError(
+                f"step {step + 1}: the loss is not finite ({per_scale}); training stopped before this step "
+                f"changed the weights. Lower --learning_rate (now {config.learning_rate}) and resume from "
+                "the last checkpoint (--resume) or start afresh (--overwrite)"
+            )
+        accelerator.backward(outputs.loss)
+        clip = config.max_grad_norm > 0 and accelerator.distributed_type != DistributedType.DEEPSPEED
+        if clip and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+    return outputs
+
+
+def save_final_model(run: TrainingRun, config: TrainConfig, step: int, history: list[dict]) -> None:
+    """``save_pretrained`` the trained model and its processor into ``output_dir``, with ``train_summary.json`` (the
+    flat config, the steps and the history); non-finite weights are refused."""
+    accelerator, output_dir = run.accelerator, Path(config.output_dir)
+    check_finite_weights(run.model, step, config)
+    state_dict = accelerator.get_state_dict(run.model)  # every process takes part: FSDP and ZeRO-3 gather the shards
     if accelerator.is_main_process:
         fix = "free some space, then save it from the last checkpoint with --resume"
         with writing(f"the model to {output_dir}", [output_dir / name for name in FINAL_FILES], fix):
-            accelerator.unwrap_model(model).save_pretrained(output_dir, state_dict=state_dict)
-            processor.save_pretrained(output_dir)
+            accelerator.unwrap_model(run.model).save_pretrained(output_dir, state_dict=state_dict)
+            run.processor.save_pretrained(output_dir)
             summary = {"config": asdict(config), "steps": step, "history": history}
             (output_dir / "train_summary.json").write_text(dumps_json(summary, indent=2))
     accelerator.wait_for_everyone()
-    return output_dir

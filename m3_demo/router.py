@@ -19,7 +19,8 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from predictor import CertifiedRouter, saved_certificate
+from m3.data.granularity import ensure_split
+from predictor import CertifiedRouter, MLPScalePredictor, saved_certificate
 from predictor.risk_control import Certificate
 
 CERTIFICATES_NAME = "certificates.json"
@@ -44,9 +45,7 @@ def build_demo_predictor(
 
     Returns ``out_dir``: a predictor folder certified at ``default_epsilon`` plus ``certificates.json``.
     """
-    from m3.data.granularity import ensure_split
-    from oracle_data import build_oracle
-    from predictor import MLPScalePredictor
+    from oracle_data import build_oracle  # pyarrow and the model loaders: only when a predictor is built
 
     if default_epsilon not in epsilons:
         raise ValueError(f"default_epsilon {default_epsilon} is not one of the epsilons {list(epsilons)}")

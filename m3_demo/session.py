@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image
 
 from adaptive import AdaptiveM3
+from adaptive.model import load_rgb
+from m3.fingerprint import model_fingerprint, same_weights
 from m3.inference import answer_at_scales, compact_prompts
 from predictor.risk_control import Certificate
 
@@ -115,8 +117,6 @@ def predictor_matches(predictor_dir: str | os.PathLike, model_dir: str | os.Path
     """Whether a saved predictor may serve these model weights: not known to come from other weights
     (:func:`m3.fingerprint.same_weights`; a predictor whose fingerprint cannot be compared is taken on trust, and
     AdaptiveM3 warns about it; scales and sizes are checked at load)."""
-    from m3.fingerprint import model_fingerprint, same_weights
-
     state = json.loads((Path(predictor_dir) / "predictor.json").read_text(encoding="utf-8"))
     recorded = (state.get("fingerprint") or {}).get("model_fingerprint")
     return same_weights(recorded, model_fingerprint(model_dir)) is not False
@@ -168,8 +168,6 @@ def _from_adaptive_folder(folder: Path, source: str) -> DemoModel:
 
 def open_image(path: str | os.PathLike) -> Image.Image:
     """An uploaded file as an RGB image, or ``ValueError`` saying why it is not one (never a traceback)."""
-    from adaptive.model import load_rgb
-
     name = Path(path).name
     try:
         return load_rgb(path)

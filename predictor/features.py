@@ -1,12 +1,14 @@
 """Predictor inputs: cheap image features, question features and the :class:`FeatureBuilder` that stacks them.
 
-Three blocks, each optional:
+Six blocks (:data:`BLOCKS`, in feature order), each optional:
 
 * **embedding**: the model's scale-1 visual token (the oracle's ``embedding`` column), standardised;
-* **question**: length, question word and a few flags (:func:`question_features`), plus TF-IDF of word 1-2-grams
-  (scikit-learn's ``TfidfVectorizer``);
+* **question**: length, question word and a few flags (:func:`question_features`);
+* **tfidf**: TF-IDF of the question's word 1-2-grams (scikit-learn's ``TfidfVectorizer``), on with ``question``;
 * **image**: statistics of the picture alone (:func:`image_features`): size, aspect, brightness, contrast,
-  colourfulness, chroma, edge density, luma entropy and zlib-compressed bytes per pixel.
+  colourfulness, chroma, edge density, luma entropy and zlib-compressed bytes per pixel;
+* **probe_confidence**: a probe answer's mean token log-probability at a cheap scale, and its probability;
+* **probe_hidden**: the LLM's last hidden state for that probe answer, standardised.
 
 The builder is fitted on training data only and saved as JSON (vocabulary, idf weights and standardisation
 statistics): no pickle.
@@ -295,7 +297,7 @@ class FeatureBuilder(BaseEstimator):
         return names
 
     def _dense(self, queries) -> np.ndarray:
-        """The blocks that get standardised, side by side: embedding, question statistics, image statistics."""
+        """The blocks that get standardised, side by side: every block but TF-IDF, in :data:`BLOCKS` order."""
         n = len(queries)
         parts = []
         if self.use_embedding:

@@ -21,16 +21,14 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None):
-    from transformers import HfArgumentParser
-
-    from m3.training import PRESETS, TrainConfig
+    from m3.training_args import PRESETS, TrainConfig, argument_parser
 
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(TrainConfig, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="defaults to start from")
     parser.add_argument("--config", help="JSON or YAML file of TrainConfig fields (overrides the preset)")
     defaults = dict(PRESETS[known.preset])
@@ -40,8 +38,8 @@ def parse_args(argv: list[str] | None = None):
     if unknown:
         parser.error(f"unknown settings in the preset/config file: {sorted(unknown)}")
     parser.set_defaults(**defaults)
-    (config,) = parser.parse_args_into_dataclasses(args=rest + ["--preset", known.preset])[:1]
-    return config
+    model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses(args=rest + ["--preset", known.preset])
+    return TrainConfig.from_arguments(model_args, data_args, training_args)
 
 
 def read_config_file(path: str) -> dict:

@@ -9,6 +9,7 @@ from m3.data.llava import BadImageError
 from m3.processing import M3Processor, llava_prompt
 from m3.prompting import image_token_counts
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
+from oracle_data.synthetic import write_synthetic_oracle
 from predictor import (
     CalibratedRouter,
     LGBMScalePredictor,
@@ -17,8 +18,6 @@ from predictor import (
     as_oracle_set,
     load_predictor,
 )
-
-from .synthetic_oracle import write_synthetic_oracle
 
 HIDDEN = 32
 

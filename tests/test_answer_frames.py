@@ -20,13 +20,12 @@ from m3.processing import M3Processor
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
 from m3.video import collage, is_square_only
 from oracle_data.frames import build_frame_oracle
+from oracle_data.synthetic import write_synthetic_oracle
 from predictor import MLPScalePredictor
 from predictor.base import ScalePredictor
 from predictor.budget import uniform_scale
 from predictor.training import fit_frame_predictor
 from routing_study.frames import evaluate_frames, known_frame_scales
-
-from .synthetic_oracle import write_synthetic_oracle
 
 HIDDEN = 32
 QUESTION = "what color is in the white frame ?"

@@ -300,9 +300,8 @@ def adaptive(tmp_path_factory):
     from adaptive import AdaptiveM3
     from m3.processing import M3Processor
     from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
+    from oracle_data.synthetic import write_synthetic_oracle
     from predictor import MLPScalePredictor
-
-    from .synthetic_oracle import write_synthetic_oracle
 
     oracle = write_synthetic_oracle(tmp_path_factory.mktemp("oracle"), num_images=40, embedding_dim=32)
     predictor = MLPScalePredictor(hidden_sizes=(16,), max_epochs=5, use_image=True).fit(oracle)

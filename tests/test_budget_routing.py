@@ -61,9 +61,9 @@ def test_the_knapsack_is_at_least_the_threshold_sweep_at_equal_budget_on_a_hand_
 
 @pytest.fixture(scope="module")
 def adaptive(tmp_path_factory):
+    from oracle_data.synthetic import write_synthetic_oracle
     from predictor import MLPScalePredictor
 
-    from .synthetic_oracle import write_synthetic_oracle
     from .test_adaptive import make_adaptive
 
     oracle = write_synthetic_oracle(tmp_path_factory.mktemp("o"), num_images=40, embedding_dim=32)
@@ -92,9 +92,8 @@ def test_adaptive_m3_routes_a_batch_under_a_mean_budget(adaptive):
 
 def test_a_certificate_is_visible_on_adaptive_m3_and_survives_saving(adaptive, tmp_path):
     from adaptive import AdaptiveM3
+    from oracle_data.synthetic import write_synthetic_oracle
     from predictor import CertifiedRouter
-
-    from .synthetic_oracle import write_synthetic_oracle
 
     assert adaptive.certificate is None
     calibration = write_synthetic_oracle(tmp_path / "cal", num_images=100, embedding_dim=32, seed=7)

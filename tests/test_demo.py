@@ -21,10 +21,10 @@ from m3_demo.page import scale_card_html, summary_html
 from m3_demo.router import CERTIFICATES_NAME, load_certificates
 from m3_demo.session import ROOT, SHIPPED_PREDICTOR, Asked, DemoModel, load_demo_model, predictor_matches
 from m3_demo.views import model_input_pixels, patch_means, pooled_cells, pooled_view, saving
+from oracle_data.synthetic import write_synthetic_oracle
 from predictor import MLPScalePredictor
 
 from . import extras
-from .synthetic_oracle import write_synthetic_oracle
 
 SCALES = (1, 9, 36, 144, 576)
 

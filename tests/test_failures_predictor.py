@@ -9,11 +9,11 @@ import pytest
 
 import predictor.training
 from oracle_data import load_oracle
+from oracle_data.synthetic import write_synthetic_oracle
 from predictor import LGBMScalePredictor, MLPScalePredictor, Queries, load_predictor
 from routing_study import evaluate_routing, write_evaluation
 
 from .damage import REPO, one_line_error, run_script, strict_json, truncate
-from .synthetic_oracle import write_synthetic_oracle
 
 DIM = 8
 

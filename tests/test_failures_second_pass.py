@@ -21,10 +21,10 @@ import adaptive.model
 import m3.loading
 from m3.data.granularity import write_split
 from m3.data.llava import BadImageError, open_rgb
+from oracle_data.synthetic import write_synthetic_oracle
 
 from . import extras
 from .damage import TINY_M3, copy_tiny_m3, load_script, one_line_error, run_script
-from .synthetic_oracle import write_synthetic_oracle
 
 ROUTER = TINY_M3.parent / "tiny-m3-router"
 

@@ -13,7 +13,7 @@ from m3.data import frames, granularity
 from m3.data.llava import LlavaDataset, M3Collator
 from m3.processing import M3Processor
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
-from m3.training import PRESETS, TrainConfig, ensure_granularity_data, train
+from m3.training import PRESETS, TrainConfig, ensure_frames_data, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def test_the_frames_preset_generates_its_data_and_trains(tmp_path):
         mixed_scale_fraction=1.0,
         logging_steps=1,
     )
-    ensure_granularity_data(config)
+    ensure_frames_data(config)
     meta = json.loads((tmp_path / "data" / "train.meta.json").read_text())
     assert meta["generator"] == "frames" and meta["config"]["num_frames"] == 3 and meta["num_videos"] == 4
     output = train(config)

@@ -5,6 +5,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
+from oracle_data.synthetic import write_synthetic_oracle
 from predictor import (
     PREDICTOR_CLASSES,
     CalibratedRouter,
@@ -19,8 +20,6 @@ from predictor import (
 from predictor.routing_metrics import routing_point
 from predictor.thresholds import DEFAULT_THRESHOLD, candidate_thresholds
 from routing_study import evaluate_routing, summarize_routing
-
-from .synthetic_oracle import write_synthetic_oracle
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,8 @@ import pyarrow as pa
 import pytest
 
 from oracle_data import load_oracle
+from oracle_data.synthetic import write_synthetic_oracle
 from predictor import as_oracle_set, grouped_split, split_oracle
-
-from .synthetic_oracle import write_synthetic_oracle
 
 SCALES = [1, 9, 36, 144, 576]
 

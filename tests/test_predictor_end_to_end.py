@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from oracle_data.synthetic import write_synthetic_oracle
 from predictor import LGBMScalePredictor, MLPScalePredictor
 from routing_study import evaluate_routing, summarize_routing, write_evaluation
 from routing_study.evaluation import budget_rows
-
-from .synthetic_oracle import write_synthetic_oracle
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,6 +5,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
+from oracle_data.synthetic import write_synthetic_oracle
 from predictor import (
     LGBMScalePredictor,
     MLPScalePredictor,
@@ -15,8 +16,6 @@ from predictor import (
     split_oracle,
     tune,
 )
-
-from .synthetic_oracle import write_synthetic_oracle
 
 FAST_MLP = dict(max_epochs=15, hidden_sizes=(32,))
 PREDICTORS = {

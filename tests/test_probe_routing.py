@@ -15,12 +15,11 @@ from m3.loading import load_m3_model
 from m3.processing import M3Processor, llava_prompt
 from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
 from oracle_data import build_oracle, load_oracle, read_manifest
+from oracle_data.synthetic import write_synthetic_oracle
 from predictor import CalibratedRouter, LGBMScalePredictor, MLPScalePredictor, as_oracle_set, split_oracle
 from predictor.costs import routing_costs
 from predictor.tuning import validation_loss
 from routing_study.evaluation import evaluate_routing, summarize_routing
-
-from .synthetic_oracle import write_synthetic_oracle
 
 HIDDEN = 32
 SCALES = [1, 9, 36, 144, 576]

@@ -132,10 +132,9 @@ def test_certify_reports_what_it_certified():
 
 
 def test_certified_router_fits_saves_and_loads_its_certificate(tmp_path):
+    from oracle_data.synthetic import write_synthetic_oracle
     from predictor import CertifiedRouter, LGBMScalePredictor, load_predictor, saved_certificate, split_oracle
     from predictor.data import as_oracle_set
-
-    from .synthetic_oracle import write_synthetic_oracle
 
     data = as_oracle_set(write_synthetic_oracle(tmp_path / "oracle", num_images=300, noise=0.02, seed=1))
     fit_part, calibration = split_oracle(data, 0.5, seed=0)
@@ -171,11 +170,10 @@ def test_auto_chooses_the_p_value_from_n_eps_and_delta_alone():
 
 
 def test_a_certified_reference_router_that_certifies_nothing_answers_at_the_largest_scale(tmp_path):
+    from oracle_data.synthetic import write_synthetic_oracle
     from predictor import CertifiedRouter
     from predictor.data import as_oracle_set
     from predictor.reference import ReferenceRouter
-
-    from .synthetic_oracle import write_synthetic_oracle
 
     data = as_oracle_set(write_synthetic_oracle(tmp_path / "oracle", num_images=20, noise=0.0, seed=2))
     reference = ReferenceRouter(grouping="family").fit(data)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from oracle_data.synthetic import write_synthetic_oracle
 from predictor import CertifiedRouter, as_oracle_set, load_predictor, saved_certificate
 from predictor.data import grouped_sample
 from predictor.routing_metrics import routing_point
@@ -23,7 +24,6 @@ from routing_study.validity import (
 )
 
 from .routing_cases import SCALES, KnownRouter, oracle_table
-from .synthetic_oracle import write_synthetic_oracle
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -108,6 +108,24 @@ def test_scripts_parse_presets_and_overrides(tmp_path):
         script.parse_args(["--config", str(tmp_path / "bad.json")])
 
 
+def test_the_run_identity_fields_are_the_ones_checkpoints_record():
+    """Checkpoints store these settings (a hand-kept list named them before the arguments were split by concern);
+    --resume compares them, so a checkpoint of an older version resumes only while the set stays the same."""
+    from dataclasses import fields
+
+    from m3.training_args import ARGUMENT_CLASSES, RUN_SETTINGS
+
+    assert set(RUN_SETTINGS) == {
+        "family", "scales", "scale_sampling", "mixed_scale_fraction", "token_selection", "train_vision_tower",
+        "learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler", "num_epochs", "max_steps", "batch_size",
+        "gradient_accumulation_steps", "max_length", "conversation_template", "max_grad_norm", "mixed_precision",
+        "seed", "skip_bad_images", "tiny_hidden_size", "tiny_vision_layers", "tiny_text_layers",
+        "tiny_projector_hidden_act", "tiny_vision_feature_layer",
+    }  # fmt: skip
+    parts = [{f.name for f in fields(part)} for part in ARGUMENT_CLASSES]
+    assert sum(map(len, parts)) == len(set().union(*parts)) == len(fields(TrainConfig))  # each field in one part
+
+
 def test_training_starts_from_a_saved_checkpoint_with_new_m3_settings(tmp_path):
     """The real path: --model DIR (a llava-hf style folder with tokenizer and image processor)."""
     from m3.data.granularity import VOCABULARY

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..cli import user_errors
 from ..files import atomic_write, read_json, write_json_atomic
 from ..metrics import majority_baseline
 from ..processing import IMAGE_PLACEHOLDER
@@ -278,8 +279,6 @@ def main(argv: list[str] | None = None) -> None:
         flag = "--" + item.name.replace("_", "-")
         parser.add_argument(flag, default=item.default, help=item.metadata["help"], **kind)
     args = parser.parse_args(argv)
-    from ..cli import user_errors
-
     with user_errors():
         config = FramesConfig(**{item.name: getattr(args, item.name) for item in fields(FramesConfig)})
         for split in SPLITS if args.split == "all" else (args.split,):

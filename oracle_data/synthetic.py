@@ -1,4 +1,5 @@
-"""Test fixture: a synthetic oracle folder in the real schema, with a known rule for which scale answers.
+"""A synthetic oracle folder in the real schema, with a known rule for which scale answers (for tests and benchmarks:
+fitting and timing predictors without running a model).
 
 Each image is 32 px with a detail level 0, 1 or 2 (a flat colour, a few blocks, many small blocks). Each of its
 questions belongs to a family that needs a minimum scale (``background`` 1, ``position`` 9, ``shape`` 36,
@@ -20,10 +21,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from oracle_data import monotone_oracle, oracle_schema, paper_oracle
-from oracle_data.store import (
+from .labels import monotone_oracle, paper_oracle
+from .store import (
     SCHEMA_VERSION,
     default_hidden_scales,
+    oracle_schema,
     shard_entry,
     update_manifest,
     write_manifest,
