@@ -455,7 +455,6 @@ def train(config: TrainConfig) -> Path:
     ``resume`` or ``overwrite``; a resumed checkpoint must belong to this run) and every training image (decoded).
     A non-finite loss stops training with :class:`NonFiniteTrainingError`; non-finite weights are never saved."""
     check_config(config)
-    check_output_dir(config.output_dir, "--output_dir")  # before the data is generated and the model trained
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     output_dir = Path(config.output_dir)
@@ -464,7 +463,8 @@ def train(config: TrainConfig) -> Path:
         mixed_precision=config.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    check_launch(accelerator)
+    check_launch(accelerator)  # a refused launch leaves nothing behind, not even the output folder
+    check_output_dir(config.output_dir, "--output_dir")  # before the data is generated and the model trained
     set_seed(config.seed)
     if config.generate_data and accelerator.is_main_process:
         ensure_generated_data(config)
