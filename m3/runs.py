@@ -68,8 +68,13 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     return path
 
 
-def _shown(value) -> str:
-    return json.dumps(value)
+def setting_differences(recorded: dict, current: dict) -> list[str]:
+    """``"key: X there, Y now"`` for every setting of ``current`` that ``recorded`` holds otherwise (JSON-shown)."""
+    return [
+        f"{key}: {json.dumps(recorded.get(key))} there, {json.dumps(value)} now"
+        for key, value in current.items()
+        if recorded.get(key) != value
+    ]
 
 
 def claim_run_folder(out: str | os.PathLike, made_by: dict, option: str = "--out") -> str:
@@ -85,11 +90,7 @@ def claim_run_folder(out: str | os.PathLike, made_by: dict, option: str = "--out
     if record_path.is_file():
         recorded = read_json(record_path, f"delete {out} (or just {RUN_RECORD}) to start afresh")
         recorded = recorded if isinstance(recorded, dict) else {}
-        differences = [
-            f"{key}: {_shown(recorded.get(key))} there, {_shown(value)} now"
-            for key, value in made_by.items()
-            if recorded.get(key) != value
-        ]
+        differences = setting_differences(recorded, made_by)
         if differences:
             raise RunFolderMismatchError(
                 f"{option} {out} holds a run made with other settings ({'; '.join(differences)}); its outputs would "

@@ -42,7 +42,7 @@ from .fingerprint import FINGERPRINT_NAME, file_sha256, model_fingerprint
 from .loading import load_m3_config, load_m3_model, non_finite_parameters
 from .pooling import check_scales, check_token_selection, parse_scales
 from .processing import M3Processor
-from .runs import check_output_dir
+from .runs import check_output_dir, setting_differences
 from .tiny import IMAGE_SIZE, PATCH_SIZE, build_tiny_tokenizer, tiny_image_processor, tiny_model
 from .training_args import (
     DATASETS,
@@ -369,11 +369,7 @@ def check_resumable(checkpoint: Path, identity: dict) -> dict:
     if saved is None:
         logger.warning("%s records no run settings (an older version wrote it); they cannot be checked", checkpoint)
         return state
-    differences = [
-        f"{key}: {json.dumps(saved.get(key))} there, {json.dumps(value)} now"
-        for key, value in identity.items()
-        if saved.get(key) != value
-    ]
+    differences = setting_differences(saved, identity)
     if differences:
         raise ResumeMismatchError(
             f"{checkpoint} belongs to a run with other settings ({'; '.join(differences)}); resume it with its own "
