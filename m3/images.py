@@ -68,17 +68,7 @@ def to_rgb(image: Image.Image, name: str = "the image") -> Image.Image:
 def open_rgb(path: str | os.PathLike, owner: str = "") -> Image.Image:
     """The image file at ``path`` as RGB (:func:`to_rgb`); :class:`BadImageError` naming the file (and ``owner``,
     e.g. ``"record 42"``) when it is missing, unreadable or of pixels without an RGB meaning."""
-    path = Path(path)
-    where = f" of {owner}" if owner else ""
-    if not path.is_file():
-        raise BadImageError(f"image file {path}{where} does not exist")
-    try:
-        with Image.open(path) as image:
-            return to_rgb(image, f"image file {path}{where}")
-    except BadImageError:
-        raise
-    except Exception as error:  # re-raised with the file named
-        raise BadImageError(f"cannot read image file {path}{where}: {error}") from error
+    return _decode_rgb(path, owner, reduced=False)
 
 
 def check_image(path: str | os.PathLike, owner: str = "") -> None:
@@ -87,15 +77,21 @@ def check_image(path: str | os.PathLike, owner: str = "") -> None:
 
     ``Image.verify`` is not enough (it does not decode a JPEG at all); a JPEG is decoded at 1/8 size instead,
     which still reads every byte of it, so a truncated file is caught at a fraction of a full decode's cost."""
+    _decode_rgb(path, owner, reduced=True)
+
+
+def _decode_rgb(path: str | os.PathLike, owner: str, reduced: bool) -> Image.Image:
+    """The one reading path of :func:`open_rgb` and :func:`check_image` (``reduced``: JPEGs at 1/8 size)."""
     path = Path(path)
     where = f" of {owner}" if owner else ""
     if not path.is_file():
         raise BadImageError(f"image file {path}{where} does not exist")
     try:
         with Image.open(path) as image:
-            image.draft("RGB", (1, 1))  # JPEG only: DCT scaling; other formats decode in full
-            image.load()
-            to_rgb(image, f"image file {path}{where}")
+            if reduced:
+                image.draft("RGB", (1, 1))  # JPEG only: DCT scaling; other formats decode in full
+                image.load()
+            return to_rgb(image, f"image file {path}{where}")
     except BadImageError:
         raise
     except Exception as error:  # re-raised with the file named
