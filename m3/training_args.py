@@ -123,7 +123,12 @@ class TrainingArguments:
     learning_rate: float = run_setting(1e-3)
     weight_decay: float = run_setting(0.0)
     warmup_ratio: float = run_setting(0.03)
-    lr_scheduler: str = run_setting("cosine")
+    lr_scheduler: str = run_setting(
+        "cosine", help="a transformers schedule: cosine, cosine_with_restarts (see lr_cycles), warmup_stable_decay "
+        "(see lr_decay_ratio), linear, constant_with_warmup, ..."
+    )
+    lr_cycles: int = run_setting(1, help="cosine_with_restarts: cosine cycles, each restarting at the full rate")
+    lr_decay_ratio: float = run_setting(0.2, help="warmup_stable_decay: share of the steps spent decaying at the end")
     num_epochs: float = run_setting(1.0)
     max_steps: int = run_setting(4000, help="optimizer steps; overrides num_epochs when > 0")
     batch_size: int = run_setting(8, help="per device")
