@@ -3,7 +3,8 @@
 The training oracle is split by image: ``1 - calibration_fraction`` to fit (and tune, on its own grouped
 holdout) and ``calibration_fraction`` to choose each predictor's operating threshold
 (:class:`predictor.calibration.CalibratedRouter`: the cheapest one that matches full-scale accuracy there;
-:func:`certify_routers` certifies thresholds on the same split). The test oracle is never seen.
+:func:`certify_routers` certifies thresholds or prices on the same split, :func:`budget_routers` fits prices to
+mean-token budgets there). The test oracle is never seen.
 
 Besides the learned predictors, ``question-only`` is the reference router of :mod:`predictor.reference` (per
 question family, the train accuracy of each scale): what the question alone tells, the bar a learned router must
@@ -95,17 +96,38 @@ def certify_routers(
     delta: float = 0.1,
     p_value: str = DEFAULT_P_VALUE,
     save_dir: str | os.PathLike | None = None,
-    suffix: str = "-certified",
+    suffix: str | None = None,
+    rule: str = "threshold",
 ) -> dict[str, CertifiedRouter]:
-    """A :class:`CertifiedRouter` around each router's predictor, certified on ``calibration`` (images none of them
-    was fitted on); saved to ``save_dir/NAME{suffix}`` where the predictor can be saved."""
+    """A :class:`CertifiedRouter` of ``rule`` around each router's predictor, certified on ``calibration`` (images
+    none of them was fitted on); saved to ``save_dir/NAME{suffix}`` where the predictor can be saved (default
+    suffix: :func:`certified_suffix`)."""
+    suffix = certified_suffix(rule) if suffix is None else suffix
     certified = {}
     for name, router in routers.items():
         predictor = router.predictor if isinstance(router, CalibratedRouter) else router
-        certified[name] = CertifiedRouter(predictor, max_drop, delta, p_value).fit(calibration)
+        certified[name] = CertifiedRouter(predictor, max_drop, delta, p_value, rule=rule).fit(calibration)
         if save_dir is not None and hasattr(predictor, "save_pretrained"):
             certified[name].save_pretrained(Path(save_dir) / f"{name}{suffix}")
     return certified
+
+
+def certified_suffix(rule: str) -> str:
+    """The folder suffix of a certified router: ``-certified`` (threshold) or ``-price-certified``."""
+    return "-certified" if rule == "threshold" else f"-{rule}-certified"
+
+
+def budget_routers(
+    routers: dict, calibration, budgets: Sequence[float], rule: str = "price"
+) -> dict[str, dict[float, CalibratedRouter]]:
+    """Per router and mean-token budget, a :class:`CalibratedRouter` of ``rule`` fitted to that budget on
+    ``calibration`` (the strictest value whose calibration mean tokens are within it; no label is used)."""
+    data = as_oracle_set(calibration)
+    fitted = {}
+    for name, router in routers.items():
+        predictor = router.predictor if isinstance(router, CalibratedRouter) else router
+        fitted[name] = {budget: CalibratedRouter(predictor, rule=rule, budget=budget).fit(data) for budget in budgets}
+    return fitted
 
 
 def fit_frame_predictor(oracle, out_dir: str | os.PathLike | None = None, name: str = "mlp-image", seed: int = 0):
