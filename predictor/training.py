@@ -21,9 +21,11 @@ from pathlib import Path
 
 from .base import ScalePredictor
 from .calibration import CalibratedRouter, CertifiedRouter
+from .costs import probe_scale_of, routing_costs
 from .data import OracleSet, as_oracle_set, split_oracle
 from .registry import DEFAULT_PREDICTORS, PREDICTORS
 from .risk_control import DEFAULT_P_VALUE
+from .thresholds import RULES
 from .tuning import tune
 
 
@@ -118,16 +120,45 @@ def certified_suffix(rule: str) -> str:
 
 
 def budget_routers(
-    routers: dict, calibration, budgets: Sequence[float], rule: str = "price"
+    routers: dict, calibration, shares: Sequence[float], rule: str = "price"
 ) -> dict[str, dict[float, CalibratedRouter]]:
-    """Per router and mean-token budget, a :class:`CalibratedRouter` of ``rule`` fitted to that budget on
-    ``calibration`` (the strictest value whose calibration mean tokens are within it; no label is used)."""
+    """Per router and share, a :class:`CalibratedRouter` of ``rule`` fitted on ``calibration`` to a budget of that
+    share of the largest scale's mean tokens there (the strictest value whose calibration mean tokens are within it;
+    no label is used)."""
     data = as_oracle_set(calibration)
     fitted = {}
     for name, router in routers.items():
         predictor = router.predictor if isinstance(router, CalibratedRouter) else router
-        fitted[name] = {budget: CalibratedRouter(predictor, rule=rule, budget=budget).fit(data) for budget in budgets}
+        largest = float(routing_costs(data.tokens(), data.scales, probe_scale_of(predictor))[:, -1].mean())
+        fitted[name] = {
+            share: CalibratedRouter(predictor, rule=rule, budget=share * largest).fit(data) for share in shares
+        }
     return fitted
+
+
+def calibrate_rules(
+    routers: dict,
+    calibration,
+    max_drop: float = 0.02,
+    delta: float = 0.1,
+    p_value: str = DEFAULT_P_VALUE,
+    shares: Sequence[float] = (0.05, 0.1, 0.25),
+    rules: Sequence[str] = RULES,
+    save_dir: str | os.PathLike | None = None,
+) -> tuple[dict[str, list[CertifiedRouter]], dict[str, list[CalibratedRouter]]]:
+    """``(certified, budgeted)``: per router, one :class:`CertifiedRouter` per rule (:func:`certify_routers`, saved to
+    ``save_dir/NAME{certified_suffix(rule)}``) and one :class:`CalibratedRouter` per rule and budget share
+    (:func:`budget_routers`), all on ``calibration``: what :func:`routing_study.evaluate_routing` marks."""
+    certified: dict[str, list[CertifiedRouter]] = {name: [] for name in routers}
+    budgeted: dict[str, list[CalibratedRouter]] = {name: [] for name in routers}
+    for rule in rules:
+        for name, router in certify_routers(
+            routers, calibration, max_drop, delta, p_value, save_dir, rule=rule
+        ).items():
+            certified[name].append(router)
+        for name, fitted in budget_routers(routers, calibration, shares, rule).items():
+            budgeted[name].extend(fitted.values())
+    return certified, budgeted
 
 
 def fit_frame_predictor(oracle, out_dir: str | os.PathLike | None = None, name: str = "mlp-image", seed: int = 0):

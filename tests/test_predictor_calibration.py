@@ -66,7 +66,7 @@ def test_a_calibrated_router_saves_as_a_predictor_at_its_threshold(predictor, da
     assert record["accuracy"] == "score"
     # evaluate_routing marks the router's own threshold as the calibrated point
     rows = {row["router"]: row for row in summarize_routing(evaluate_routing(data[1], {"lgbm": router}))}
-    assert rows["lgbm"]["calibrated_threshold"] == router.threshold_
+    assert rows["lgbm"]["calibrated_value"] == router.threshold_
     assert rows["lgbm"]["calibrated_tokens"] == pytest.approx(router.tokens_)
 
 
