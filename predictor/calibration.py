@@ -274,6 +274,11 @@ class CertifiedRouter(CalibratedRouter):
         return {**super().record(), "certificate": self.certificate_.to_dict()}
 
 
+def unwrapped(router):
+    """The fitted predictor a :class:`CalibratedRouter` wraps, or ``router`` itself when it is not one."""
+    return router.predictor if isinstance(router, CalibratedRouter) else router
+
+
 def saved_certificate(predictor) -> Certificate | None:
     """The certificate a loaded predictor (or a fitted :class:`CertifiedRouter`) carries, else None."""
     if isinstance(predictor, CertifiedRouter):
@@ -290,15 +295,6 @@ def certified_point(certificate: Certificate) -> tuple[str, float]:
     """``(rule, value)`` a certificate holds at: its own rule and value, or threshold 1 (every query at the largest
     scale) when nothing cheaper was certified, whatever the rule."""
     return LARGEST if certificate.threshold is None else (certificate.rule, float(certificate.threshold))
-
-
-def certified_threshold(certificate: Certificate) -> float:
-    """The threshold a threshold certificate holds at: its own, or 1 (every query at the largest scale) when nothing
-    cheaper was certified."""
-    rule, value = certified_point(certificate)
-    if rule != "threshold":
-        raise ValueError(f"this certificate holds at price {value:g}, not at a threshold")
-    return value
 
 
 def certificate_at(

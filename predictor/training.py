@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .base import ScalePredictor
-from .calibration import CalibratedRouter, CertifiedRouter
+from .calibration import CalibratedRouter, CertifiedRouter, unwrapped
 from .costs import probe_scale_of, routing_costs
 from .data import OracleSet, as_oracle_set, split_oracle
 from .registry import DEFAULT_PREDICTORS, PREDICTORS
@@ -107,7 +107,7 @@ def certify_routers(
     suffix = certified_suffix(rule) if suffix is None else suffix
     certified = {}
     for name, router in routers.items():
-        predictor = router.predictor if isinstance(router, CalibratedRouter) else router
+        predictor = unwrapped(router)
         certified[name] = CertifiedRouter(predictor, max_drop, delta, p_value, rule=rule).fit(calibration)
         if save_dir is not None and hasattr(predictor, "save_pretrained"):
             certified[name].save_pretrained(Path(save_dir) / f"{name}{suffix}")
@@ -128,7 +128,7 @@ def budget_routers(
     data = as_oracle_set(calibration)
     fitted = {}
     for name, router in routers.items():
-        predictor = router.predictor if isinstance(router, CalibratedRouter) else router
+        predictor = unwrapped(router)
         largest = float(routing_costs(data.tokens(), data.scales, probe_scale_of(predictor))[:, -1].mean())
         fitted[name] = {
             share: CalibratedRouter(predictor, rule=rule, budget=share * largest).fit(data) for share in shares

@@ -36,6 +36,7 @@ from predictor.calibration import (
     certified_point,
     operating_point_of,
     saved_certificate,
+    unwrapped,
 )
 from predictor.costs import probe_scale_of, routing_costs
 from predictor.data import OracleSet, accuracy_values, as_oracle_set
@@ -226,7 +227,7 @@ def predictor_routers(
     )
     largest = float(costs[:, -1].mean()) if len(costs) else float(scales[-1])
     budget_points = [(router.budget / largest, operating_point_of(router)) for router in router_list(budgeted)]
-    estimator = predictor.predictor if isinstance(predictor, CalibratedRouter) else predictor
+    estimator = unwrapped(predictor)
     target = getattr(predictor, "target", "correct")
     scoring, kept_costs = Scoring(values, costs, scales), None if probe is None else costs
     routers = []

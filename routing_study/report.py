@@ -399,8 +399,9 @@ def plot_shift(shift, path: str | os.PathLike) -> None:
     colours: dict[str, str] = {}
     for row in shift.rows:
         colour = colours.setdefault(row["router"], f"C{len(colours) % 10}")
-        label = f"{row['router']}: {row['threshold_from']}"
-        axis.plot(row["tokens"], row["accuracy"], markers[row["threshold_from"]], color=colour, label=label)
+        label = f"{row['router']} ({row['rule']}): {row['threshold_from']}"
+        marker = markers.get(row["threshold_from"], "o")  # "train threshold" or "train price": o
+        axis.plot(row["tokens"], row["accuracy"], marker, color=colour, label=label)
     for router in evaluation.routers:
         if router.kind == "fixed":
             point = router.points[0]

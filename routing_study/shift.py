@@ -28,6 +28,7 @@ from predictor.calibration import (
     certified_point,
     operating_point_of,
     saved_certificate,
+    unwrapped,
 )
 from predictor.data import OracleSet, as_oracle_set, grouped_sample
 from predictor.risk_control import DEFAULT_P_VALUE
@@ -74,7 +75,7 @@ def evaluate_shift(
     calibration, rest = data.take(calibration_rows), data.take(rest_rows)
     certified = {
         name: [
-            CertifiedRouter(_unwrap(router), max_drop=max_drop, delta=delta, p_value=p_value, rule=rule).fit(
+            CertifiedRouter(unwrapped(router), max_drop=max_drop, delta=delta, p_value=p_value, rule=rule).fit(
                 calibration
             )
             for rule in rules
@@ -84,10 +85,6 @@ def evaluate_shift(
     evaluation = evaluate_routing(rest, routers, accuracy, certified=certified, budgeted=budgeted, rules=rules)
     rows = shift_rows(evaluation, routers, certified, train_certified or {})
     return ShiftEvaluation(evaluation, calibration, certified, rows, max_drop, delta)
-
-
-def _unwrap(router):
-    return router.predictor if isinstance(router, CalibratedRouter) else router
 
 
 def shift_rows(

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from oracle_data.synthetic import write_synthetic_oracle
-from predictor import CertifiedRouter, as_oracle_set, load_predictor, saved_certificate
+from predictor import CalibratedRouter, CertifiedRouter, as_oracle_set, load_predictor, saved_certificate
 from predictor.data import grouped_sample
 from predictor.routing_metrics import routing_point
 from predictor.thresholds import route_by_rule
+from routing_study.report import write_shift
 from routing_study.shift import evaluate_shift, shift_markdown
 from routing_study.validity import (
     binomial_bound,
@@ -39,7 +40,7 @@ def shifted_case(n: int = 400, seed: int = 0):
     return oracle_table(correct), proba, correct
 
 
-def test_shift_rows_compare_train_and_shift_thresholds_on_the_held_out_part():
+def test_shift_rows_compare_train_and_shift_thresholds_on_the_held_out_part(tmp_path):
     table, proba, correct = shifted_case()
     router = KnownRouter(proba, threshold=0.5)
     shift = evaluate_shift(table, {"known": router}, n_calibration=200, max_drop=0.02, delta=0.1, seed=3)
@@ -70,6 +71,12 @@ def test_shift_rows_compare_train_and_shift_thresholds_on_the_held_out_part():
     for name in ("fixed 1", "fixed 576", "random", "confidence cascade", "oracle (paper)", "oracle (monotone)"):
         assert name in names
     assert "| known | threshold | certified on shift |" in shift_markdown(shift)
+    # a router saved with the priced rule is shown at its train price, beside the prices certified on the shift
+    priced = CalibratedRouter(router, rule="price", budget=100).fit(as_oracle_set(table).take(calibration_rows))
+    shift = evaluate_shift(table, {"priced": priced}, n_calibration=200, max_drop=0.02, delta=0.1, seed=3)
+    train = next(row for row in shift.rows if row["threshold_from"] == "train price")
+    assert train["rule"] == "price" and train["value"] == priced.price_ and train["threshold"] is None
+    assert (tmp_path / "shift" / "shift.png") in write_shift(shift, tmp_path / "shift").values()
 
 
 def test_the_validity_study_counts_splits_over_eps_and_certifies_fixed_scales_largest_first():
