@@ -437,16 +437,18 @@ class M3(_M3Base):
 
 class M3Adaptive(_M3Base):
     """An :class:`adaptive.AdaptiveM3` folder: ``--model m3_adaptive --model_args pretrained=DIR[,threshold=T]
-    [,budget=B]``.
+    [,price=P][,budget=B]``.
 
-    ``threshold`` overrides the saved one (the probability a scale must reach). ``budget`` caps the visual tokens
-    of each image (AdaptiveM3's ``max_tokens``): the router picks among the scales within it. A one-image question
-    is answered by :meth:`adaptive.AdaptiveM3.generate`; each image of a several-image question is routed on its own
-    (with the question) and all are answered in one prompt; a text-only question needs no routing. Loglikelihood
-    requests are scored at the routed scale of each image (a predictor that reads a probe answer cannot route them).
+    ``threshold`` overrides the saved operating point with the threshold rule (the probability a scale must reach),
+    ``price`` with the priced rule (accuracy per share of the largest scale's tokens); not both. ``budget`` caps the
+    visual tokens of each image (AdaptiveM3's ``max_tokens``): the router picks among the scales within it. A
+    one-image question is answered by :meth:`adaptive.AdaptiveM3.generate`; each image of a several-image question
+    is routed on its own (with the question) and all are answered in one prompt; a text-only question needs no
+    routing. Loglikelihood requests are scored at the routed scale of each image (a predictor that reads a probe
+    answer cannot route them).
     """
 
-    def __init__(self, pretrained: str, threshold=None, budget=None, dtype: str = "auto", **kwargs) -> None:
+    def __init__(self, pretrained: str, threshold=None, budget=None, dtype: str = "auto", price=None, **kwargs) -> None:
         super().__init__(**kwargs)
         from adaptive import AdaptiveM3
 
@@ -457,6 +459,9 @@ class M3Adaptive(_M3Base):
         self.budget = _number(budget, "budget", int)
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        self.price = _number(price, "price")
+        if self.price is not None:  # the priced rule: checked as AdaptiveM3 checks it
+            self.adaptive.operating_point(self.threshold, self.price)
         self.routing: list[dict] = []  # per routed answer: scale, visual tokens, P(correct) per scale
 
     @property
@@ -475,7 +480,7 @@ class M3Adaptive(_M3Base):
         if not questions:
             return []
         pil = [image for doc in docs for image in doc.images]
-        return self.adaptive.route(pil, grids, sizes, questions, self.threshold, self.budget)
+        return self.adaptive.route(pil, grids, sizes, questions, self.threshold, self.budget, self.price)
 
     @staticmethod
     def _one_image_in_front(doc: Doc) -> bool:
@@ -492,7 +497,8 @@ class M3Adaptive(_M3Base):
         if single:
             answers = self.adaptive.generate(
                 [docs[i].images[0] for i in single], [self._question(docs[i]) for i in single],
-                threshold=self.threshold, max_tokens=self.budget, max_new_tokens=max_new_tokens, **settings,
+                threshold=self.threshold, max_tokens=self.budget, max_new_tokens=max_new_tokens, price=self.price,
+                **settings,
             )  # fmt: skip
             lengths = self._compact_lengths([docs[i] for i in single])
             for i, answer, length in zip(single, answers, lengths):
