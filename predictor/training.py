@@ -14,6 +14,7 @@ its confidence): probe predictors, whose cost includes that answer.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -112,6 +113,26 @@ def certify_routers(
         if save_dir is not None and hasattr(predictor, "save_pretrained"):
             certified[name].save_pretrained(Path(save_dir) / f"{name}{suffix}")
     return certified
+
+
+def cheapest_certified(
+    certified: dict[str, list[CertifiedRouter]], names: Sequence[str]
+) -> tuple[str, CertifiedRouter]:
+    """Of the routers ``names`` (each certified by one or more rules, as :func:`calibrate_rules` returns them), the
+    ``(name, router)`` whose certified operating point spends the fewest mean tokens on its calibration data; ties go
+    to the smaller calibration drop. Chosen without any test label, as a deployment would choose. A router nothing
+    could be certified for (it answers at the largest scale) is taken only when no other is left."""
+    candidates = [(name, router) for name in names for router in certified.get(name, [])]
+    if not candidates:
+        raise ValueError(f"none of {list(names)} was certified")
+
+    def cost(candidate: tuple[str, CertifiedRouter]) -> tuple[float, float]:
+        certificate = candidate[1].certificate_
+        if certificate.threshold is None:
+            return math.inf, math.inf
+        return certificate.calibration_tokens, certificate.calibration_drop
+
+    return min(candidates, key=cost)
 
 
 def certified_suffix(rule: str) -> str:

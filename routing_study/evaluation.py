@@ -669,22 +669,3 @@ def scorecard_rows(
                 entry[f"knapsack_{share:g}"] = knapsack.get(row["base"], {}).get(f"accuracy_at_{share:g}", math.nan)
         card.append(entry)
     return card
-
-
-def best_predictor(rows: list[dict], names) -> str:
-    """Of the routers ``names`` in :func:`summarize_routing`'s ``rows`` (e.g. ``lgbm`` and ``lgbm (price)``): the
-    one needing the fewest mean tokens to reach full-scale accuracy minus 0.01 on the test curve (matching full
-    exactly is noise when the two largest scales differ by 0.01; APGR is not discriminative when a small scale
-    already closes most of the gap); on a tie, or when none gets there, the higher APGR. The first name when no row
-    is among them."""
-    names = list(names)
-    by_router = {row["router"]: row for row in rows}
-
-    def key(name: str) -> tuple[float, float]:
-        row = by_router[name]
-        tokens = row[f"tokens_to_full_minus_{BELOW_FULL[0]:g}"]
-        tokens = float("inf") if math.isnan(tokens) else tokens
-        return tokens, -(float("-inf") if row["apgr"] is None or math.isnan(row["apgr"]) else row["apgr"])
-
-    candidates = [name for name in names if name in by_router]
-    return min(candidates, key=key) if candidates else names[0]

@@ -467,9 +467,10 @@ def pipeline_report(
     lines = [
         "# Quickstart report",
         "",
-        f"Model: `{model_dir}`. Best predictor and rule: `{best}`, the one needing the fewest tokens to reach "
-        f"full-scale accuracy - 0.01 on the test curve; `{adaptive_dir}` holds the model with it at its certified "
-        "threshold or price (see 'Predictors at their CERTIFIED threshold or price' below).",
+        f"Model: `{model_dir}`. Deployed predictor and rule: `{best}`, the learned one whose certified operating "
+        f"point spends the fewest tokens on the calibration images (no test label chooses it); `{adaptive_dir}` "
+        "holds the model with it at its certified threshold or price (see 'Predictors at their CERTIFIED threshold "
+        "or price' below).",
         "",
         "Stage times (s): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items()),
         "",

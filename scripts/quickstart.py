@@ -15,12 +15,12 @@ continues where it stopped; what is reused is printed):
    calibration images of the train oracle (drop <= 0.02 below 576 tokens with probability >= 0.9;
    OUT/predictors/NAME-certified and NAME-price-certified) and fitted there to 5, 10 and 25 % of the tokens; the
    question-only and attribute reference routers (routed alike); and the routing evaluation on the test oracle
-   (OUT/router) and on the shifted test split (smaller squares, closer together:
+   (OUT/router) and on the shifted test split (smaller squares, more clutter, noisier:
    m3.data.granularity.SHIFTED_CONFIG; OUT/router-shift, with thresholds and prices re-certified on 200 labelled
    shifted queries);
-5. an AdaptiveM3 folder (the model with the best predictor and rule, the fewest test tokens to full - 0.01, at its
-   certified threshold or price; OUT/adaptive) and OUT/report.md with the scorecards, the per-scale table, the
-   oracle table, the router tables and the accuracy-vs-tokens plot.
+5. an AdaptiveM3 folder (the model with the learned predictor and rule whose certified operating point spends the
+   fewest tokens on the calibration images, at that threshold or price; OUT/adaptive) and OUT/report.md with the
+   scorecards, the per-scale table, the oracle table, the router tables and the accuracy-vs-tokens plot.
 """
 
 from __future__ import annotations
@@ -136,9 +136,8 @@ def run(args: argparse.Namespace) -> None:
     timings["oracle"] = time.perf_counter() - start
 
     start = stage("4/5 scale predictors and routing evaluation")
-    from predictor.thresholds import RULES
-    from predictor.training import calibrate_rules, calibration_split, certified_suffix, fit_predictors
-    from routing_study import best_predictor, evaluate_routing, summarize_routing, write_evaluation
+    from predictor.training import calibrate_rules, calibration_split, cheapest_certified, fit_predictors
+    from routing_study import evaluate_routing, write_evaluation
     from routing_study.evaluation import SCORECARD_SHARES, rule_name
     from routing_study.report import write_shift
     from routing_study.shift import DEFAULT_SHIFT_CALIBRATION, evaluate_shift
@@ -166,12 +165,12 @@ def run(args: argparse.Namespace) -> None:
 
     start = stage("5/5 AdaptiveM3 and the report")
     from adaptive import AdaptiveM3
+    from predictor.training import certified_suffix
     from routing_study.report import pipeline_report
 
-    rows = {row["router"]: row for row in summarize_routing(evaluation)}
-    best = best_predictor(list(rows.values()), [rule_name(name, rule) for name in LEARNED for rule in RULES])
-    chosen = out / "predictors" / f"{rows[best]['base']}{certified_suffix(rows[best]['rule'])}"
-    adaptive = AdaptiveM3.from_pretrained(model_dir, chosen)  # the best predictor and rule, certified
+    name, router = cheapest_certified(certified, LEARNED)  # chosen on calibration data, not on the test split
+    best = rule_name(name, router.rule)
+    adaptive = AdaptiveM3.from_pretrained(model_dir, out / "predictors" / f"{name}{certified_suffix(router.rule)}")
     adaptive_dir = out / "adaptive"
     if adaptive_dir.exists():
         shutil.rmtree(adaptive_dir)

@@ -222,3 +222,29 @@ def test_a_price_certificate_saved_before_rules_reads_as_a_threshold_and_nothing
         1.0,
     )
     assert router.certificate_.threshold is None and len(PRICE_GRID) > 500
+
+
+def test_the_deployed_router_is_the_cheapest_certified_one_on_calibration_data():
+    """The quickstart deploys the learned router and rule whose CERTIFIED operating point spends the fewest tokens on
+    its calibration images: no test label takes part. Ties go to the smaller calibration drop; a router nothing could
+    be certified for (it answers at the largest scale) only when nothing else is left."""
+    from types import SimpleNamespace
+
+    from predictor.risk_control import Certificate
+    from predictor.training import cheapest_certified
+
+    def certified(value, tokens, drop, rule="threshold"):
+        certificate = Certificate(0.02, 0.1, 600, value, "binomial", 0.01, drop, tokens, 3, rule=rule)
+        return SimpleNamespace(certificate_=certificate, rule=rule)
+
+    routers = {
+        "mlp": [certified(0.8, 200.0, 0.01), certified(0.02, 150.0, 0.015, "price")],
+        "lgbm": [certified(0.7, 150.0, 0.005), certified(None, None, None, "price")],
+        "other": [certified(0.9, 10.0, 0.0)],
+    }
+    name, router = cheapest_certified(routers, ["mlp", "lgbm"])  # "other" is not a candidate
+    assert (name, router.rule, router.certificate_.calibration_tokens) == ("lgbm", "threshold", 150.0)
+    name, router = cheapest_certified({"lgbm": routers["lgbm"][1:]}, ["lgbm"])
+    assert router.certificate_.threshold is None  # the only one left
+    with pytest.raises(ValueError, match="none of"):
+        cheapest_certified(routers, ["knn"])
