@@ -72,9 +72,10 @@ def route_by_price(
     """``(n,)`` chosen scales: per row, the scale maximising ``score_s - price * tokens_s / tokens_largest``.
 
     ``tokens``: the visual tokens each scale costs, ``(scales,)`` or ``(n, scales)`` (a probe predictor's costs,
-    LLaVA-NeXT counts; default: the scales themselves), increasing with the scale; each row is divided by its last
-    column (the largest scale), so ``price`` is accuracy per share of the largest scale's tokens. Ties (within
-    :data:`TIE_TOLERANCE`) go to the smaller scale. ``allowed`` (``(n, scales)`` bool) restricts each row to some
+    which need not grow with the scale: the probed scale reuses the probe's answer; LLaVA-NeXT counts; default: the
+    scales themselves), all positive; each row is divided by its last column (the largest scale), so ``price`` is
+    accuracy per share of the largest scale's tokens. Ties (within :data:`TIE_TOLERANCE`) go to the fewest tokens,
+    then to the smaller scale. ``allowed`` (``(n, scales)`` bool) restricts each row to some
     scales, as in :func:`route_by_threshold`. Price 0 picks the most probable scale; a higher price never picks a
     scale with more tokens (monotone), and a price above every gain per token picks the smallest (allowed) scale.
     """
@@ -84,14 +85,14 @@ def route_by_price(
         raise ValueError(f"scores must be (n, {len(scales)} scales), got shape {scores.shape}")
     price = check_price(price)
     cost = np.broadcast_to(np.asarray(scales if tokens is None else tokens, dtype=np.float64), scores.shape)
-    if (cost <= 0).any() or (np.diff(cost, axis=1) <= 0).any():
-        raise ValueError("tokens must be positive and increase with the scale in every row")
+    if not (cost > 0).all():
+        raise ValueError("tokens must be positive in every row")
     value = scores - price * (cost / cost[:, -1:])
     if allowed is not None:
         allowed = _check_allowed(allowed, scores.shape)
         value = np.where(allowed, value, -np.inf)
     ties = value >= value.max(axis=1, keepdims=True) - TIE_TOLERANCE
-    return scales[ties.argmax(axis=1)]
+    return scales[np.where(ties, cost, np.inf).argmin(axis=1)]  # the cheapest tie; equal costs: the smaller scale
 
 
 def route_by_rule(

@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes everywhere: checks the chain, learns nothing")
     parser.add_argument("--oracle-train-images", type=int, default=1000, help="train images for the oracle")
     parser.add_argument("--trials", type=int, default=10, help="optuna trials per predictor")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for the tiny model)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch CPU threads (give 1 when another job shares a 2-core machine)"
+    )
     return parser.parse_args(argv)
 
 

@@ -56,8 +56,13 @@ def test_the_priced_rule_on_hand_made_rows():
     for bad, message in ((-0.1, "price"), (float("nan"), "price"), (float("inf"), "price")):
         with pytest.raises(ValueError, match=message):
             route_by_price(proba, SCALES, bad)
-    with pytest.raises(ValueError, match="increase with the scale"):
-        route_by_price(proba, SCALES, 0.1, tokens=[1, 9, 9, 144, 576])
+    with pytest.raises(ValueError, match="tokens must be positive"):
+        route_by_price(proba, SCALES, 0.1, tokens=[0, 9, 36, 144, 576])
+    # a probe at 9 tokens: answering at 9 reuses the probe, so 1 token costs more than 9 (10 against 9); a tie in
+    # value goes to the fewer tokens
+    probe = [10, 9, 45, 153, 585]
+    assert route_by_price(np.array([[0.5, 0.5, 0.5, 0.5, 0.5]]), SCALES, 1.0, tokens=probe).tolist() == [9]
+    assert route_by_price(np.array([[0.9, 0.5, 0.5, 0.5, 0.5]]), SCALES, 1.0, tokens=probe).tolist() == [1]
     with pytest.raises(ValueError, match="unknown routing rule"):
         route_by_rule(proba, SCALES, "cost", 1.0)
 
@@ -68,12 +73,16 @@ def test_a_higher_price_never_picks_more_tokens(seed):
     coarse probabilities (many exact ties) and per-row tokens (a probe's costs)."""
     rng = np.random.default_rng(seed)
     proba = np.round(rng.random((300, 5)), 1 if seed % 2 else 6)
-    tokens = routing_costs(np.tile(SCALES.astype(float), (300, 1)), SCALES, 1 if seed > 1 else None)
+    tokens = routing_costs(np.tile(SCALES.astype(float), (300, 1)), SCALES, (None, None, 1, 9)[seed])
     prices = candidate_prices(proba, tokens)
     chosen = np.stack([np.searchsorted(SCALES, route_by_price(proba, SCALES, p, tokens)) for p in prices])
-    assert (np.diff(chosen, axis=0) <= 0).all()
+    spent = np.take_along_axis(np.broadcast_to(tokens, proba.shape), chosen.T, axis=1).T
+    assert (np.diff(spent, axis=0) <= 0).all()  # never more tokens (with a probe at 9, 1 token costs more than 9)
+    if seed < 3:  # costs that grow with the scale: never a larger scale either
+        assert (np.diff(chosen, axis=0) <= 0).all()
     assert (chosen[0] == proba.argmax(axis=1)).mean() > 0.9  # price 0: the most probable (ties to the smaller)
-    assert (chosen[-1] == 0).all()  # the grid ends where every query takes the smallest scale
+    cheapest = np.broadcast_to(tokens, proba.shape).argmin(axis=1)
+    assert (chosen[-1] == cheapest).all()  # the grid ends where every query takes the cheapest scale
 
 
 def test_the_priced_routing_is_the_best_trade_of_accuracy_for_tokens():
