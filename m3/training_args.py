@@ -124,8 +124,9 @@ class TrainingArguments:
     weight_decay: float = run_setting(0.0)
     warmup_ratio: float = run_setting(0.03)
     lr_scheduler: str = run_setting(
-        "warmup_stable_decay", help="a transformers schedule: cosine, cosine_with_restarts (see lr_cycles), warmup_stable_decay "
-        "(see lr_decay_ratio), linear, constant_with_warmup, ..."
+        "warmup_stable_decay",
+        help="a transformers schedule: cosine, cosine_with_restarts (see lr_cycles), warmup_stable_decay "
+        "(see lr_decay_ratio), linear, constant_with_warmup, ...",
     )
     lr_cycles: int = run_setting(1, help="cosine_with_restarts: cosine cycles, each restarting at the full rate")
     lr_decay_ratio: float = run_setting(0.2, help="warmup_stable_decay: share of the steps spent decaying at the end")
