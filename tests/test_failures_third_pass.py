@@ -3,13 +3,27 @@
 The lmms-eval plugin's own cases need the extra and live in tests/test_lmms_eval_failures.py.
 """
 
+import importlib
+import json
+
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from m3.data.granularity import write_split
 from m3.images import BadImageError, check_image, open_rgb, to_rgb
 
-from .damage import truncate
+from .damage import one_line_error, truncate
+
+
+def run_module(module: str, argv: list[str], capsys) -> tuple[int, str]:
+    """``python -m MODULE ARGV`` in-process: ``(exit code, stderr)`` (0 when ``main`` returns)."""
+    capsys.readouterr()
+    try:
+        importlib.import_module(module).main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code, capsys.readouterr().err
+    return 0, capsys.readouterr().err
 
 
 # ---- 2. a truncated image is refused whatever PIL's process-wide LOAD_TRUNCATED_IMAGES says (lmms-eval sets it)
@@ -26,3 +40,58 @@ def test_a_truncated_image_is_refused_even_when_pil_is_told_to_load_truncated_im
     with Image.open(path) as lazy, pytest.raises(BadImageError, match="doc 5: cannot decode it.*truncated"):
         to_rgb(lazy, "doc 5")  # a task's doc_to_visual that opened the file without decoding it
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was
+
+
+# ---- 7 (and 3). the local lmms-eval task writer: odd records and paths, and a task already there
+@pytest.fixture(scope="module")
+def test_split(tmp_path_factory):
+    """A granularity test split of one image (its questions)."""
+    return write_split(tmp_path_factory.mktemp("data"), "test", num_images=1, seed=0)
+
+
+def test_task_writer_takes_text_only_records_and_refuses_what_it_cannot_write(test_split, tmp_path, capsys):
+    from m3_lmms_eval.tasks import llava_doc_to_text, llava_doc_to_visual, llava_process_results
+
+    records = json.loads(test_split.read_text())
+    text_only = {"id": "text"}  # no image
+    text_only["conversations"] = [{"from": "human", "value": "what is 2 + 2 ?"}, {"from": "gpt", "value": "4"}]
+    mixed = test_split.with_name("mixed.json")
+    mixed.write_text(json.dumps([*records, text_only]))
+    code, err = run_module("m3_lmms_eval.tasks", [str(mixed), str(tmp_path / "tasks")], capsys)
+    assert code == 0, err  # before: a text-only record was a TypeError when its doc was read
+    assert llava_doc_to_visual(text_only, str(mixed.parent)) == [] and llava_doc_to_text(text_only) == "what is 2 + 2 ?"
+    assert llava_process_results(text_only, ["4"]) == {"exact_match": 1.0}
+    nan_answer = test_split.with_name("nan.json")
+    nan_answer.write_text(json.dumps([dict(records[0], answer=float("nan"))]))
+    png = test_split.parent / records[0]["image"]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    cases = {
+        (str(test_split), str(a_file)): f"FOLDER {a_file} cannot be a folder: it is a file",  # before: a traceback
+        (str(test_split.parent), "x"): "is a folder; give the split's JSON file",  # before: "does not exist"
+        (str(png), "x"): "is not a LLaVA JSON split",  # before: a task over a PNG
+        (str(test_split), "x", "--task", "../escaped"): "--task '../escaped' must be letters",  # before: written in ..
+        (str(test_split), "x", "--task", "x: y"): "--task 'x: y' must be letters",  # before: invalid YAML
+        (str(test_split), "x", "--max-new-tokens", "-1"): "--max-new-tokens must be a whole number >= 1, got -1",
+        (str(nan_answer), "x"): "its answers must be a non-empty list of strings (or finite numbers), got [nan]",
+    }
+    for argv, message in cases.items():
+        code, err = run_module("m3_lmms_eval.tasks", [*argv[:1], str(tmp_path / argv[1]), *argv[2:]]
+                               if argv[1] == "x" else list(argv), capsys)  # fmt: skip
+        assert code == 2 and message in one_line_error(err), (argv, err)
+    assert not (tmp_path / "escaped.yaml").exists() and not (tmp_path / "x").exists()
+
+
+def test_task_writer_refuses_to_replace_a_task_over_another_split(test_split, tmp_path, capsys):
+    other = write_split(tmp_path / "other", "test", num_images=2, seed=1)
+    folder = tmp_path / "tasks"
+    assert run_module("m3_lmms_eval.tasks", [str(test_split), str(folder)], capsys)[0] == 0
+    before = (folder / "m3_granularity.yaml").read_text()
+    assert run_module("m3_lmms_eval.tasks", [str(test_split), str(folder)], capsys)[0] == 0  # the same task again
+    code, err = run_module("m3_lmms_eval.tasks", [str(other), str(folder)], capsys)
+    assert code == 2 and f"holds task m3_granularity over {test_split.resolve()}" in one_line_error(err)
+    assert "--overwrite" in err and (folder / "m3_granularity.yaml").read_text() == before  # before: replaced
+    code, err = run_module("m3_lmms_eval.tasks", [str(test_split), str(folder), "--max-new-tokens", "4"], capsys)
+    assert code == 2 and "with other settings" in one_line_error(err)
+    assert run_module("m3_lmms_eval.tasks", [str(other), str(folder), "--overwrite"], capsys)[0] == 0
+    assert str(other.resolve()) in (folder / "m3_granularity.yaml").read_text()
