@@ -7,6 +7,7 @@
 * :func:`claim_run_folder`: a run folder records what made it (``run.json``: the settings whose outputs a rerun
   reuses or leaves in place). Rerunning with the same settings continues the run; other settings are refused,
   listing every difference; a used folder that records nothing is reused with a warning that names what it holds.
+  A script with an ``--overwrite`` flag refuses such a folder too, and with the flag takes it over.
 """
 
 from __future__ import annotations
@@ -77,30 +78,45 @@ def setting_differences(recorded: dict, current: dict) -> list[str]:
     ]
 
 
-def claim_run_folder(out: str | os.PathLike, made_by: dict, option: str = "--out") -> str:
+def claim_run_folder(
+    out: str | os.PathLike, made_by: dict, option: str = "--out", overwrite: bool | None = None
+) -> str:
     """Check ``out`` against what this run is made of (``made_by``: JSON values), before any work, and record it.
 
     Returns ``"new"`` (a missing or empty folder: ``run.json`` is written), ``"continued"`` (its record matches: a
     rerun or a resumed run reuses what is there) or ``"unrecorded"`` (a used folder without a record, e.g. of an
     older version: a warning names what it holds, which this run may reuse; the record is written). A record that
-    differs raises :class:`RunFolderMismatchError` listing every difference."""
+    differs raises :class:`RunFolderMismatchError` listing every difference.
+
+    ``overwrite`` is the caller's ``--overwrite`` flag (None: it has none). False refuses a differing record and a
+    used folder without one, naming the flag; True takes either over: the record is rewritten and ``"replaced"``
+    returned (the caller then replaces its outputs there)."""
     out = check_output_dir(out, option)
     record_path = out / RUN_RECORD
     made_by = json.loads(json.dumps(made_by))  # the values as they read back
+    way_out = f"delete {out} to start afresh" if overwrite is None else "pass --overwrite to replace it"
     if record_path.is_file():
         recorded = read_json(record_path, f"delete {out} (or just {RUN_RECORD}) to start afresh")
         recorded = recorded if isinstance(recorded, dict) else {}
         differences = setting_differences(recorded, made_by)
-        if differences:
+        if differences and not overwrite:
             raise RunFolderMismatchError(
                 f"{option} {out} holds a run made with other settings ({'; '.join(differences)}); its outputs would "
-                f"be reused or left beside this run's: choose another {option}, or delete {out} to start afresh"
+                f"be reused or left beside this run's: choose another {option}, or {way_out}"
             )
-        return "continued"
+        if not differences:
+            return "continued"
     held = sorted(entry.name for entry in out.iterdir())
+    shown = ", ".join(held[:6]) + (f" and {len(held) - 6} more" if len(held) > 6 else "")
     state = "new"
-    if held:
-        shown = ", ".join(held[:6]) + (f" and {len(held) - 6} more" if len(held) > 6 else "")
+    if held and overwrite is False:
+        raise RunFolderMismatchError(
+            f"{option} {out} already holds {shown}, and no {RUN_RECORD} says what made them; choose another "
+            f"{option}, or pass --overwrite to write over them"
+        )
+    if held and overwrite:
+        state = "replaced"
+    elif held:
         warnings.warn(
             f"{out} already holds {shown}, and no {RUN_RECORD} says what made them; this run reuses or keeps them",
             stacklevel=2,

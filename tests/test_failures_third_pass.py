@@ -13,7 +13,7 @@ from PIL import Image, ImageFile
 from m3.data.granularity import write_split
 from m3.images import BadImageError, check_image, open_rgb, to_rgb
 
-from .damage import one_line_error, truncate
+from .damage import TINY_M3, load_script, one_line_error, run_script, truncate
 
 
 def run_module(module: str, argv: list[str], capsys) -> tuple[int, str]:
@@ -95,3 +95,24 @@ def test_task_writer_refuses_to_replace_a_task_over_another_split(test_split, tm
     assert code == 2 and "with other settings" in one_line_error(err)
     assert run_module("m3_lmms_eval.tasks", [str(other), str(folder), "--overwrite"], capsys)[0] == 0
     assert str(other.resolve()) in (folder / "m3_granularity.yaml").read_text()
+
+
+# ---- 3. evaluate.py --out over another run's folder
+def test_evaluate_refuses_another_runs_folder_unless_overwrite(test_split, tmp_path, capsys):
+    other = write_split(tmp_path / "other", "test", num_images=1, seed=1)
+    out = tmp_path / "eval"
+    argv = ["--model", str(TINY_M3), "--out", str(out), "--scales", "9", "--threads", "1"]
+    load_script("evaluate").main([*argv, "--data", str(test_split)])
+    load_script("evaluate").main([*argv, "--data", str(test_split)])  # the same run again: its results replaced
+    report = (out / "report.md").read_text()
+    code, err = run_script("evaluate", [*argv, "--data", str(other), "--scales", "36"], capsys)
+    assert code == 2 and "--overwrite" in one_line_error(err) and "scales: [9] there, [36] now" in err
+    assert (out / "report.md").read_text() == report  # before: replaced, exit 0
+    (out / "tiny-m3" / "stale.txt").write_text("")
+    load_script("evaluate").main([*argv, "--data", str(other), "--scales", "36", "--overwrite"])
+    assert str(other) in (out / "report.md").read_text() and not (out / "tiny-m3" / "stale.txt").exists()
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    code, err = run_script("evaluate", [*argv, "--data", str(test_split), "--out", str(used)], capsys)
+    assert code == 2 and "already holds notes.txt" in one_line_error(err)
