@@ -4,6 +4,7 @@
   name (``A/final`` and ``B/final`` become ``A-final`` and ``B-final``); an input given twice is refused.
 * :func:`check_output_dir`: an output path that cannot be a folder (an existing file) is refused before the work
   that would end in writing to it.
+* :func:`check_same_record`: what a record (e.g. a generated split's meta) says made a folder's files must match.
 * :func:`claim_run_folder`: a run folder records what made it (``run.json``: the settings whose outputs a rerun
   reuses or leaves in place). Rerunning with the same settings continues the run; other settings are refused,
   listing every difference; a used folder that records nothing is reused with a warning that names what it holds.
@@ -76,6 +77,19 @@ def setting_differences(recorded: dict, current: dict) -> list[str]:
         for key, value in current.items()
         if recorded.get(key) != value
     ]
+
+
+def check_same_record(record_path: str | os.PathLike, wanted: dict, what: str, way_out: str) -> None:
+    """Refuse (:class:`RunFolderMismatchError`) to write or use ``what`` when its record (a JSON file such as a
+    generated split's ``.meta.json``) holds other values for ``wanted``'s keys, listing each difference, then
+    ``way_out``; a missing record passes (nothing there yet, or the user's own data)."""
+    record_path = Path(record_path)
+    if not record_path.is_file():
+        return
+    recorded = read_json(record_path, f"delete {record_path.parent} to start afresh")
+    differences = setting_differences(recorded if isinstance(recorded, dict) else {}, json.loads(json.dumps(wanted)))
+    if differences:
+        raise RunFolderMismatchError(f"{what} was made otherwise ({'; '.join(differences)}): {way_out}")
 
 
 def claim_run_folder(

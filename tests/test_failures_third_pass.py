@@ -116,3 +116,21 @@ def test_evaluate_refuses_another_runs_folder_unless_overwrite(test_split, tmp_p
     (used / "notes.txt").write_text("mine")
     code, err = run_script("evaluate", [*argv, "--data", str(test_split), "--out", str(used)], capsys)
     assert code == 2 and "already holds notes.txt" in one_line_error(err)
+
+
+# ---- 3 and 8. python -m m3.data.granularity (and m3.data.frames) over another split, or into a file
+@pytest.mark.parametrize("module, count", [("m3.data.granularity", "--num-images"), ("m3.data.frames", "--num-videos")])
+def test_split_writers_refuse_a_split_drawn_otherwise_unless_overwrite(module, count, tmp_path, capsys):
+    out = tmp_path / "data"
+    argv = ["--out", str(out), "--split", "test", count, "2"]
+    assert run_module(module, argv, capsys)[0] == 0
+    written = (out / "test.json").read_text()
+    assert run_module(module, argv, capsys)[0] == 0 and (out / "test.json").read_text() == written  # the same
+    code, err = run_module(module, [*argv, "--seed", "3"], capsys)
+    assert code == 2 and "seed: 0 there, 3 now" in one_line_error(err) and "--overwrite" in err
+    assert (out / "test.json").read_text() == written  # before: replaced, exit 0
+    assert run_module(module, ["--out", str(out), "--split", "test", count, "1", "--overwrite"], capsys)[0] == 0
+    assert json.loads((out / "test.meta.json").read_text())[count[2:].replace("-", "_")] == 1
+    assert all(p.name.startswith("test_000000") for p in (out / "images" / "test").iterdir())  # no old image stays
+    code, err = run_module(module, ["--out", str(out / "test.json"), "--split", "test"], capsys)
+    assert code == 2 and "cannot be a folder: it is a file" in one_line_error(err)  # before: a traceback
