@@ -5,6 +5,8 @@
 * :func:`check_output_dir`: an output path that cannot be a folder (an existing file) is refused before the work
   that would end in writing to it.
 * :func:`check_same_record`: what a record (e.g. a generated split's meta) says made a folder's files must match.
+* :func:`held_run_folder`: one run at a time in a folder (a lock naming its holder), and a refused run leaves no
+  folder behind that it created.
 * :func:`claim_run_folder`: a run folder records what made it (``run.json``: the settings whose outputs a rerun
   reuses or leaves in place). Rerunning with the same settings continues the run; other settings are refused,
   listing every difference; a used folder that records nothing is reused with a warning that names what it holds.
@@ -15,18 +17,27 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
+import time
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from .files import read_json, write_json_atomic
 
 RUN_RECORD = "run.json"
+LOCK_NAME = ".m3-run.lock"  # held (flock) by the process running in the folder; it says who that is
 
 
 class RunFolderMismatchError(ValueError):
     """A run folder was made by other settings than the run about to use it."""
+
+
+class RunFolderLockedError(FileExistsError):
+    """Another process runs in the folder (it holds the folder's lock)."""
 
 
 def distinct_names(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -138,3 +149,71 @@ def claim_run_folder(
         state = "unrecorded"
     write_json_atomic(record_path, made_by)
     return state
+
+
+def _lock(folder: Path, option: str) -> int:
+    """Take ``folder``'s lock (an exclusive ``flock`` on :data:`LOCK_NAME`, released by the kernel when the process
+    ends, so the lock of a killed run is simply taken over) and write who holds it; returns its descriptor.
+    :class:`RunFolderLockedError` names the holder (pid, host, start time, command) when another process has it."""
+    import fcntl
+
+    path = folder / LOCK_NAME
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(handle, 4096).decode("utf-8", "replace")
+            os.close(handle)
+            try:
+                held = json.loads(holder)
+                who = f"pid {held['pid']} on {held['host']}, started {held['started']}: {held['command']}"
+            except (ValueError, KeyError, TypeError):
+                who = "a process that has not said who it is yet"
+            raise RunFolderLockedError(
+                f"{option} {folder} is in use by another run ({who}); wait for it to end, or choose another {option}"
+            ) from None
+        try:
+            same = os.fstat(handle).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a lock file its last holder removed while this process was opening it
+            break
+        os.close(handle)
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    os.ftruncate(handle, 0)
+    os.write(handle, json.dumps({**me, "command": command}).encode())
+    return handle
+
+
+@contextmanager
+def held_run_folder(path: str | os.PathLike, option: str = "--output_dir", lock: bool = True) -> Iterator[Path]:
+    """The output folder of one run, for the time of the ``with`` body: created (:func:`check_output_dir`), locked
+    against a second run (``lock``: the main process of a distributed run; :class:`RunFolderLockedError` names the
+    holder) and, when the body raises while the folder holds nothing, removed again with the parents this call
+    created: a refused run leaves no empty folder behind."""
+    path = Path(path)
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    path = check_output_dir(path, option)
+    handle = None
+    try:
+        handle = _lock(path, option) if lock else None
+        yield path
+    except BaseException:
+        _release(path, handle)
+        handle = None
+        for folder in missing:  # innermost first; a folder holding anything stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    finally:
+        _release(path, handle)
+
+
+def _release(folder: Path, handle: int | None) -> None:
+    if handle is not None:
+        (folder / LOCK_NAME).unlink(missing_ok=True)  # before the unlock: no one else holds it meanwhile
+        os.close(handle)

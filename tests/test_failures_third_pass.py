@@ -5,6 +5,9 @@ The lmms-eval plugin's own cases need the extra and live in tests/test_lmms_eval
 
 import importlib
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from PIL import Image, ImageFile
 from m3.data.granularity import write_split
 from m3.images import BadImageError, check_image, open_rgb, to_rgb
 
-from .damage import TINY_M3, load_script, one_line_error, run_script, truncate
+from .damage import REPO, TINY_M3, load_script, one_line_error, run_script, truncate
 
 
 def run_module(module: str, argv: list[str], capsys) -> tuple[int, str]:
@@ -134,3 +137,116 @@ def test_split_writers_refuse_a_split_drawn_otherwise_unless_overwrite(module, c
     assert all(p.name.startswith("test_000000") for p in (out / "images" / "test").iterdir())  # no old image stays
     code, err = run_module(module, ["--out", str(out / "test.json"), "--split", "test"], capsys)
     assert code == 2 and "cannot be a folder: it is a file" in one_line_error(err)  # before: a traceback
+
+
+# ---- 4. --train_images / --eval_images are honoured: a generated split of another size is refused, 0 is refused
+def test_train_images_is_honoured_or_refused(tmp_path, caplog):
+    from m3.training import train
+
+    from .test_training import tiny_run
+
+    data = tmp_path / "data"
+    write_split(data, "train", num_images=6, seed=0)  # what an earlier run with --train_images 6 generated
+    split = str(data / "train.chat.json")
+    with pytest.raises(ValueError, match="train split in .*num_images: 6 there, 4 now.*--train_images 4"):
+        train(tiny_run(tmp_path, "four", data_path=split, train_images=4, max_steps=1))  # before: trained on 6
+    with pytest.raises(ValueError, match="--train_images must be >= 1"):
+        train(tiny_run(tmp_path, "zero", data_path=split, train_images=0, max_steps=1))  # before: accepted
+    with pytest.raises(ValueError, match="--eval_images must be >= 1"):
+        train(tiny_run(tmp_path, "zero", data_path=split, eval_data_path=str(data / "validation.json"), max_steps=1))
+    with pytest.raises(ValueError, match="validation split in .*num_images: 3 there, 2 now.*--eval_images 2"):
+        write_split(data, "validation", num_images=3, seed=0)
+        train(tiny_run(tmp_path, "e", data_path=split, eval_data_path=str(data / "validation.json"), eval_images=2))
+    assert not any((tmp_path / name).exists() for name in ("four", "zero", "e"))  # refused launches leave nothing
+    train(tiny_run(tmp_path, "six", data_path=split, max_steps=1, save_steps=1, stop_after_steps=1))
+    with pytest.raises(ValueError, match="train_images: 6 there, 5 now"):  # before: not among the differences
+        train(tiny_run(tmp_path, "six", data_path=split, train_images=5, generate_data=False, resume=True))
+
+
+# ---- 9. training run folders: one run at a time, interrupted saves, refused launches leave nothing
+def train_args(data, out) -> list[str]:
+    return ["--data_path", str(data), "--generate_data", "false", "--eval_data_path", "", "--output_dir", str(out),
+            "--max_steps", "2", "--save_steps", "2", "--batch_size", "4", "--eval_steps", "0",
+            "--tiny_hidden_size", "32"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_4(tmp_path_factory):
+    return write_split(tmp_path_factory.mktemp("data"), "train", num_images=4, seed=0)
+
+
+def test_a_second_run_into_a_held_output_dir_is_refused_naming_the_holder(data_4, tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from m3.runs import held_run_folder\n"
+         f"with held_run_folder({str(out)!r}):\n    print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, err = run_script("train_m3", train_args(data_4, out), capsys)
+        assert code == 2 and f"--output_dir {out} is in use by another run (pid {holder.pid} on " in err, err
+        assert "started " in one_line_error(err) and not (out / "checkpoints").exists()  # before: both trained
+    finally:
+        holder.kill()  # kill -9: the lock file stays behind, naming a dead process
+        holder.wait()
+    assert (out / ".m3-run.lock").exists()
+    load_script("train_m3").main(train_args(data_4, out))  # the dead run's lock is taken over
+    assert (out / "model.safetensors").exists() and not (out / ".m3-run.lock").exists()
+
+
+def test_an_unfinished_first_checkpoint_points_to_overwrite(data_4, tmp_path, capsys):
+    out = tmp_path / "run"
+    load_script("train_m3").main([*train_args(data_4, out), "--stop_after_steps", "2"])
+    checkpoint = out / "checkpoints" / "step-0000002"
+    checkpoint.rename(checkpoint.with_name("step-0000002.tmp"))  # what kill -9 during the first save leaves
+    code, err = run_script("train_m3", [*train_args(data_4, out), "--resume"], capsys)
+    assert code == 2 and "step-0000002.tmp: cut off while being saved); start afresh with --overwrite" in err
+    code, err = run_script("train_m3", train_args(data_4, out), capsys)  # before: "pass --resume", a circle
+    assert code == 2 and "holds an unfinished checkpoint" in one_line_error(err) and "pass --overwrite" in err
+    load_script("train_m3").main([*train_args(data_4, out), "--overwrite"])
+    assert (out / "model.safetensors").exists()
+
+
+def test_a_refused_launch_leaves_no_output_folder(data_4, tmp_path, capsys):
+    out = tmp_path / "new" / "run"
+    code, err = run_script("train_m3", [*train_args(data_4, out), "--resume"], capsys)
+    assert code == 2 and "holds no checkpoint to resume from; run without --resume" in one_line_error(err)
+    assert not (tmp_path / "new").exists()  # before: an empty folder stayed
+    records = json.loads(data_4.read_text())
+    truncate(data_4.parent / records[0]["image"])
+    code, err = run_script("train_m3", train_args(data_4, out), capsys)
+    assert code == 2 and "truncated" in one_line_error(err) and not (tmp_path / "new").exists()
+    write_split(data_4.parent, "train", num_images=4, seed=0, overwrite=True)  # the module's data, repaired
+
+
+# ---- 10. a resume checks that the checkpoint's files are the ones its run saved
+def test_a_changed_checkpoint_file_is_refused_on_resume(data_4, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    load_script("train_m3").main([*train_args(data_4, out), "--stop_after_steps", "1", "--save_steps", "1"])
+    checkpoint = out / "checkpoints" / "step-0000001"
+    recorded = json.loads((checkpoint / "trainer_state.json").read_text())["files"]
+    assert "random_states_0.pkl" in recorded and "model.safetensors" in recorded
+    states = torch.load(checkpoint / "random_states_0.pkl", weights_only=False)
+    states["random_state"] = __import__("random").Random(7).getstate()  # valid, loads without a word: another run
+    torch.save(states, checkpoint / "random_states_0.pkl")
+    code, err = run_script("train_m3", [*train_args(data_4, out), "--resume"], capsys)
+    assert code == 2 and "is not as its run saved it: random_states_0.pkl (changed)" in one_line_error(err)
+    (checkpoint / "extra.bin").write_bytes(b"x")
+    (checkpoint / "random_states_0.pkl").unlink()
+    code, err = run_script("train_m3", [*train_args(data_4, out), "--resume"], capsys)
+    assert "extra.bin (added), random_states_0.pkl (missing)" in one_line_error(err)
+
+
+def test_a_checkpoint_of_an_older_version_still_resumes_with_warnings(data_4, tmp_path, caplog):
+    out = tmp_path / "run"
+    load_script("train_m3").main([*train_args(data_4, out), "--stop_after_steps", "1", "--save_steps", "1"])
+    state_file = out / "checkpoints" / "step-0000001" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["files"], state["run"]["train_images"], state["run"]["eval_images"]  # what the last version wrote
+    state_file.write_text(json.dumps(state))
+    load_script("train_m3").main([*train_args(data_4, out), "--resume"])
+    assert (out / "model.safetensors").exists()
+    assert "records no file hashes" in caplog.text and "records no eval_images, train_images" in caplog.text
