@@ -64,14 +64,21 @@ def distinct_names(paths: Sequence[str | os.PathLike]) -> list[str]:
             depth[i] += 1
 
 
-def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Create the output folder ``path`` now, so that a path that cannot be one (an existing file, or a file on the
-    way to it) or an unwritable place is refused before the work, in one line naming ``option``."""
+def check_folder_path(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse (``NotADirectoryError``, naming ``option``) a path that cannot be a folder: an existing file, or a file
+    on the way to it; nothing is created."""
     path = Path(path)
     blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         where = "" if blocking == path else f" ({blocking} is)"
         raise NotADirectoryError(f"{option} {path} cannot be a folder: it is a file{where}; choose another path")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Create the output folder ``path`` now, so that a path that cannot be one (an existing file, or a file on the
+    way to it) or an unwritable place is refused before the work, in one line naming ``option``."""
+    path = check_folder_path(path, option)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
