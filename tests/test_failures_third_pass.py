@@ -250,3 +250,46 @@ def test_a_checkpoint_of_an_older_version_still_resumes_with_warnings(data_4, tm
     load_script("train_m3").main([*train_args(data_4, out), "--resume"])
     assert (out / "model.safetensors").exists()
     assert "records no file hashes" in caplog.text and "records no eval_images, train_images" in caplog.text
+
+
+# ---- 8. exit codes and tracebacks
+def test_convert_script_reports_user_errors_with_exit_code_2(test_split, tmp_path, capsys):
+    from m3.convert import UnknownKeyError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.json").write_text("{")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    cases = {
+        (str(tmp_path / "missing"), str(tmp_path / "o1")): "no config.json in",
+        (str(empty), str(tmp_path / "o2")): "no config.json in",
+        (str(damaged), str(tmp_path / "o3")): "config.json is damaged",
+        (str(TINY_M3), str(tmp_path / "o4")): "already a llava-hf config",
+        (str(empty), str(test_split.parent)): "is not empty",
+        (str(empty), str(a_file)): f"OUTPUT {a_file} cannot be a folder: it is a file",  # before: [Errno 20]
+    }
+    for argv, message in cases.items():
+        code, err = run_script("convert_llava_checkpoint", list(argv), capsys)
+        assert code == 2 and message in one_line_error(err), (argv, err)  # before: exit code 1
+    error = UnknownKeyError("unknown key 'model.weird'")
+    assert isinstance(error, KeyError) and isinstance(error, ValueError) and str(error) == "unknown key 'model.weird'"
+
+
+def test_dataset_options_on_a_data_file_and_a_nan_answer_are_refused(test_split, tmp_path, capsys):
+    argv = ["--model", str(TINY_M3), "--data", str(test_split), "--out", str(tmp_path / "oracle")]
+    code, err = run_script("build_oracle", [*argv, "--columns", "foo"], capsys)  # before: silently ignored
+    assert code == 2 and "--columns applies to a Hugging Face dataset, but" in one_line_error(err)
+    code, err = run_script("build_oracle", [*argv, "--split", "test", "--layout", "pope"], capsys)
+    assert code == 2 and "--split and --layout apply to a Hugging Face dataset" in one_line_error(err)
+    assert not (tmp_path / "oracle").exists()
+    records = json.loads(test_split.read_text())
+    records[1]["conversations"][1]["value"] = float("nan")
+    nan = tmp_path / "nan.json"
+    nan.write_text(json.dumps(records))
+    code, err = run_script("train_m3", ["--data_path", str(nan), "--generate_data", "false", "--output_dir",
+                                        str(tmp_path / "run"), "--eval_data_path", ""], capsys)  # fmt: skip
+    assert code == 2, err  # before: "should be a 'gpt' turn with a string value, got from='gpt'"
+    assert f"record {records[1]['id']}: turn 1 (gpt) should have a string value, got nan (float)" in one_line_error(err)
