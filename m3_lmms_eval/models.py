@@ -96,7 +96,10 @@ def _device(device: str | None, accelerator) -> torch.device:
         return accelerator.device
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available; pass --device cpu")
-    chosen = torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device (cpu, cuda, cuda:N, mps, ...)") from None
     if chosen.type == "cuda" and accelerator.num_processes > 1:
         return torch.device("cuda", accelerator.local_process_index)
     return chosen
@@ -307,6 +310,13 @@ class _M3Base(lmms):
             logger.warning(f"{type(self).__name__}: ignores generation_kwargs {ignored} (it reads "
                            f"{sorted([*GENERATION_KWARGS, 'until'])})")  # fmt: skip
         values = read_args(GENERATION_KWARGS, known, what)
+        config = self.model.config
+        context = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+        if context and values["max_new_tokens"] >= context:  # no doc could fit: the task's error, not each doc's
+            raise ValueError(
+                f"{what} max_new_tokens={values['max_new_tokens']} leaves no room for a question in the model's "
+                f"context of {context} tokens"
+            )
         settings = {}
         if values["temperature"] > 0 or values["do_sample"]:
             settings["do_sample"] = True

@@ -118,6 +118,7 @@ def test_a_question_past_the_context_is_refused(models, tmp_path):
         ({"template": "llama"}, "template='llama' must be one of plain, vicuna_v1, chat_template"),
         ({"scales": 9}, r"m3: unknown model arg\(s\) \['scales'\]; known: batch_size, device"),
         ({"pretrained": ""}, "model arg pretrained is required"),
+        ({"device": "banana"}, "device='banana' is not a torch device"),  # before: torch's RuntimeError
     ],
 )
 def test_bad_model_args_are_refused_before_the_model_loads(model_args, message, monkeypatch):
@@ -178,6 +179,7 @@ def test_integral_numbers_and_yaml_strings_are_read_as_meant(models, tmp_path, m
         ({"top_p": 2}, r"top_p=2 must be a finite number in \[0, 1\]"),
         ({"num_beams": 0}, "num_beams=0 must be a whole number >= 1"),
         ({"until": 5}, "until=5 must be a string or a list of strings"),
+        ({"max_new_tokens": 10**9}, "max_new_tokens=1000000000 leaves no room for a question in the model's context"),
     ],
 )
 def test_a_tasks_bad_generation_kwargs_stop_the_run_naming_the_setting(models, tmp_path, gen_kwargs, message):
