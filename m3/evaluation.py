@@ -11,6 +11,7 @@ from the pooled features, scored with :func:`m3.metrics.exact_match`; the result
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -36,10 +37,15 @@ def question_of(item: dict) -> str:
 
 
 def answer_of(item: dict) -> str:
-    """``item["answer"]`` if present, else the first assistant turn."""
-    if "answer" in item:
-        return str(item["answer"])
-    return item["conversations"][1]["value"]
+    """``item["answer"]`` if present (a string, or a finite number as text), else the first assistant turn; a NaN,
+    infinite or other answer is refused (``ValueError`` naming the item), never scored as the text "nan"."""
+    if "answer" not in item:
+        return item["conversations"][1]["value"]
+    answer = item["answer"]
+    number = isinstance(answer, (int, float)) and not isinstance(answer, bool)
+    if not (isinstance(answer, str) or (number and math.isfinite(answer))):
+        raise ValueError(f"item {item.get('id')}: its answer {answer!r} is not a string or a finite number")
+    return str(answer)
 
 
 def _batches(items: Sequence[dict], batch_size: int) -> list[Sequence[dict]]:
@@ -312,6 +318,7 @@ def run_evaluation(
     items = [dataset[i] for i in range(len(dataset) if limit is None else min(limit, len(dataset)))]  # images too
     for item in items:
         check_question(question_of(item), f"item {item.get('id')}")
+        answer_of(item)  # a NaN answer is refused now, not scored after the models ran
     made_by = {
         "models": [str(Path(model_dir).resolve()) for model_dir in model_dirs],
         "data": str(Path(data_path).resolve()),

@@ -66,7 +66,9 @@ def distinct_names(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 def check_folder_path(path: str | os.PathLike, option: str = "--out") -> Path:
     """Refuse (``NotADirectoryError``, naming ``option``) a path that cannot be a folder: an existing file, or a file
-    on the way to it; nothing is created."""
+    on the way to it; nothing is created. An empty path (``--out ""``) is refused: it would mean the current folder."""
+    if not str(path).strip():
+        raise ValueError(f"{option} is empty; give a folder (. for the current one)")
     path = Path(path)
     blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
@@ -166,7 +168,10 @@ def _lock(folder: Path, option: str) -> int:
 
     path = folder / LOCK_NAME
     while True:
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except IsADirectoryError:
+            raise IsADirectoryError(f"{path} is a folder, not a run lock: remove it") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

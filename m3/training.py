@@ -253,7 +253,11 @@ def open_training_data(config: TrainConfig):
         data = load_hf(config.data_path, config.data_split, config.data_config, columns=config.data_columns)
         return HFInstructionDataset(data, skip_bad_images=config.skip_bad_images)
     image_root = config.image_root or str(Path(config.data_path).parent)
-    return LlavaDataset(config.data_path, image_root, skip_bad_images=config.skip_bad_images, check_images=True)
+    dataset = LlavaDataset(config.data_path, image_root, skip_bad_images=config.skip_bad_images, check_images=True)
+    if not len(dataset):
+        skipped = f" (all {dataset.num_skipped} had bad images)" if dataset.num_skipped else ""
+        raise ValueError(f"{config.data_path} holds no training records{skipped}")
+    return dataset
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:

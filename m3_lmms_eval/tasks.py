@@ -101,6 +101,8 @@ def check_split(split_json: str | os.PathLike) -> Path:
     if path.exists() and path.suffix.lower() != ".json":
         raise ValueError(f"{path} is not a LLaVA JSON split (a .json file of records, e.g. DIR/test.json)")
     dataset = LlavaDataset(path, path.parent, check_images=True)  # records and images, or one line naming them
+    if not dataset.records:
+        raise ValueError(f"{path} holds no records: a task over it would score nothing")
     for record in dataset.records:
         _check_record(record, f"{path}: record {record['id']}")
     return path.resolve()
@@ -190,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m m3_lmms_eval.tasks", description="Write a local lmms-eval task over a LLaVA JSON split."
     )
-    parser.add_argument("split_json", type=Path, help="LLaVA JSON split, e.g. runs/granularity/test.json")
-    parser.add_argument("folder", type=Path, help="folder for the task yaml (pass it to --include_path)")
+    parser.add_argument("split_json", help="LLaVA JSON split, e.g. runs/granularity/test.json")
+    parser.add_argument("folder", help="folder for the task yaml (pass it to --include_path)")
     parser.add_argument("--task", default="m3_granularity", help="task name (default: m3_granularity)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="answer length cap (the oracle's default: 8)")
     parser.add_argument("--overwrite", action="store_true", help="replace a task of that name in FOLDER")

@@ -293,3 +293,31 @@ def test_dataset_options_on_a_data_file_and_a_nan_answer_are_refused(test_split,
                                         str(tmp_path / "run"), "--eval_data_path", ""], capsys)  # fmt: skip
     assert code == 2, err  # before: "should be a 'gpt' turn with a string value, got from='gpt'"
     assert f"record {records[1]['id']}: turn 1 (gpt) should have a string value, got nan (float)" in one_line_error(err)
+
+
+# ---- second pass (issue 31): hostile cases that broke
+def test_empty_paths_empty_data_and_odd_answers_are_one_line(test_split, data_4, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty path used to mean this folder
+    code, err = run_script("train_m3", train_args(data_4, ""), capsys)
+    assert code == 2 and "--output_dir is empty" in one_line_error(err)  # before: trained into the current folder
+    for module, argv in (("m3.data.granularity", ["--out", "", "--split", "test", "--num-images", "1"]),
+                         ("m3_lmms_eval.tasks", [str(test_split), ""])):  # fmt: skip
+        code, err = run_module(module, argv, capsys)
+        assert code == 2 and "is empty; give a folder" in one_line_error(err), module
+    code, err = run_script("evaluate", ["--model", str(TINY_M3), "--data", str(test_split), "--out", ""], capsys)
+    assert code == 2 and "--out is empty" in one_line_error(err)
+    assert list(tmp_path.iterdir()) == []
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    code, err = run_script("train_m3", train_args(empty, tmp_path / "run"), capsys)
+    assert code == 2 and "holds no training records" in one_line_error(err)  # before: torch's num_samples=0
+    code, err = run_module("m3_lmms_eval.tasks", [str(empty), str(tmp_path / "tasks")], capsys)
+    assert code == 2 and "holds no records" in one_line_error(err)  # before: a task scoring nothing
+    records = json.loads(test_split.read_text())
+    nan = test_split.with_name("nan-answer.json")
+    nan.write_text(json.dumps([dict(records[0], answer=float("nan")), *records[1:]]))
+    code, err = run_script("evaluate", ["--model", str(TINY_M3), "--data", str(nan), "--out", "e"], capsys)
+    assert code == 2 and "its answer nan is not a string or a finite number" in one_line_error(err)  # before: scored
+    (tmp_path / "locked" / ".m3-run.lock").mkdir(parents=True)
+    code, err = run_script("train_m3", train_args(data_4, tmp_path / "locked"), capsys)
+    assert code == 2 and ".m3-run.lock is a folder, not a run lock: remove it" in one_line_error(err)

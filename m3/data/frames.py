@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m m3.data.frames", description=__doc__.split("\n\n")[0], allow_abbrev=False
     )
-    parser.add_argument("--out", type=Path, required=True, help="dataset directory")
+    parser.add_argument("--out", required=True, help="dataset directory")
     parser.add_argument("--split", choices=(*SPLITS, "all"), default="all", help="split to write (default: all)")
     parser.add_argument("--num-videos", type=int, help=f"videos per split (default: {DEFAULT_NUM_VIDEOS})")
     parser.add_argument("--seed", type=int, default=0, help="base seed; each split derives its own stream")

@@ -252,7 +252,7 @@ def _main(argv: list[str] | None) -> None:
         ),
         allow_abbrev=False,
     )
-    parser.add_argument("--out", type=Path, required=True, help="dataset directory")
+    parser.add_argument("--out", required=True, help="dataset directory")
     parser.add_argument("--split", choices=(*SPLITS, "all"), default="all", help="split to write (default: all)")
     parser.add_argument(
         "--num-images", type=int, default=None, help=f"images per split (default: {DEFAULT_NUM_IMAGES})"
