@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from m3.data.llava import LlavaDataset, record_images
+from m3.data.llava import LlavaDataset, check_image_files, record_images
 from m3.files import atomic_write
 from m3.images import open_rgb
 from m3.metrics import get_metric, score
@@ -100,11 +100,12 @@ def check_split(split_json: str | os.PathLike) -> Path:
         raise IsADirectoryError(f"{path} is a folder; give the split's JSON file (e.g. {path / 'test.json'})")
     if path.exists() and path.suffix.lower() != ".json":
         raise ValueError(f"{path} is not a LLaVA JSON split (a .json file of records, e.g. DIR/test.json)")
-    dataset = LlavaDataset(path, path.parent, check_images=True)  # records and images, or one line naming them
+    dataset = LlavaDataset(path, path.parent)  # every record checked, or one line naming it
     if not dataset.records:
         raise ValueError(f"{path} holds no records: a task over it would score nothing")
     for record in dataset.records:
         _check_record(record, f"{path}: record {record['id']}")
+    check_image_files([(image, f"record {r['id']}") for r in dataset.records for image in dataset.image_files(r)])
     return path.resolve()
 
 

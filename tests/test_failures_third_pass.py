@@ -78,10 +78,13 @@ def test_task_writer_takes_text_only_records_and_refuses_what_it_cannot_write(te
         (str(test_split), "x", "--max-new-tokens", "-1"): "--max-new-tokens must be a whole number >= 1, got -1",
         (str(nan_answer), "x"): "its answers must be a non-empty list of strings (or finite numbers), got [nan]",
     }
+    missing = test_split.with_name("missing-image.json")
+    missing.write_text(json.dumps([dict(records[0], image="images/none.png")]))
+    cases[(str(missing), "x")] = "images/none.png of record"  # second pass: no hint of training's --skip_bad_images
     for argv, message in cases.items():
         code, err = run_module("m3_lmms_eval.tasks", [*argv[:1], str(tmp_path / argv[1]), *argv[2:]]
                                if argv[1] == "x" else list(argv), capsys)  # fmt: skip
-        assert code == 2 and message in one_line_error(err), (argv, err)
+        assert code == 2 and message in one_line_error(err) and "skip_bad_images" not in err, (argv, err)
     assert not (tmp_path / "escaped.yaml").exists() and not (tmp_path / "x").exists()
 
 
