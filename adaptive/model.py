@@ -1,5 +1,9 @@
 """``AdaptiveM3``: an M3 model plus a scale predictor; each query is answered at the scale the predictor picks.
 
+Each query is routed by the predictor's rule (:mod:`predictor.thresholds`): the threshold rule (the smallest scale
+whose P(correct) reaches a threshold) or the priced rule (the scale maximising P(correct) minus a price per share of
+the largest scale's tokens), at the saved threshold or price unless ``threshold=`` or ``price=`` is passed.
+
 Per batch the vision tower runs once per image. The scale-1 token of the projected grid (the predictor's
 input, the oracle's ``embedding`` column) and the tokens of the chosen scale are both pooled from that one
 pass, so routing adds only the predictor's own cost (features + a small model) to the answer.
@@ -38,14 +42,14 @@ from predictor import (
     ScalePredictor,
     certificate_at,
     check_compatible,
-    check_threshold,
     load_predictor,
-    route_by_threshold,
     saved_certificate,
 )
 from predictor.budget import budget_routing
+from predictor.calibration import operating_point_of
 from predictor.costs import probe_scale_of, routing_costs
 from predictor.risk_control import Certificate
+from predictor.thresholds import check_price, check_threshold, operating_rule, route_by_rule
 
 from .frames import FramesMixin
 from .inputs import as_integer, load_rgb
@@ -67,20 +71,22 @@ class AdaptiveAnswer:
     processed_tokens: int = 0  # visual tokens processed for this answer: ``visual_tokens`` plus a probe's, if any
     probe_scale: int | None = None  # the scale a probe predictor answered at first (None: no probe)
     reused_probe: bool = False  # the answer is the probe's own (the routed scale is the probe scale)
-    threshold: float | None = None  # the threshold routed at (None: a forced scale or a budget)
+    threshold: float | None = None  # the threshold routed at (None: the priced rule, a forced scale or a budget)
     certificate: dict | None = None  # the certificate that holds for this routing (None: not certified)
+    rule: str | None = None  # the routing rule, "threshold" or "price" (None: a forced scale or a budget)
+    price: float | None = None  # the price routed at (None: the threshold rule, a forced scale or a budget)
 
     def __post_init__(self) -> None:
         self.processed_tokens = self.processed_tokens or self.visual_tokens
 
 
 def check_generation_options(
-    config, threshold=None, max_tokens=None, scale=None, max_new_tokens: int = 32
+    config, threshold=None, max_tokens=None, scale=None, max_new_tokens: int = 32, price=None
 ) -> int | None:
     """Refuse :meth:`AdaptiveM3.generate` options that cannot work, from the model's config alone, so that a script
     can ask before the model loads (``generate`` asks the same). Returns ``scale`` as an int (or None)."""
-    if threshold is not None:
-        check_threshold(threshold)
+    if threshold is not None or price is not None:
+        operating_rule("threshold", threshold, price, at_threshold=threshold, at_price=price)
     if max_tokens is not None and as_integer(max_tokens, "max_tokens") < 1:
         raise ValueError(f"max_tokens={max_tokens} is below the smallest scale (1 visual token or more)")
     if as_integer(max_new_tokens, "max_new_tokens") < 1:
@@ -120,10 +126,11 @@ def check_same_weights(fingerprint: dict, model_fp: dict | None, model_dir, allo
 class AdaptiveM3(FramesMixin):
     """Answer each (image, question) at the fewest visual tokens the predictor expects to be enough.
 
-    ``predictor``: a fitted scale predictor or a :class:`predictor.CalibratedRouter`. ``threshold``: the default
-    probability a scale must reach, in [0, 1] (the predictor's own ``threshold_`` when None: the calibrated or
-    certified one it was saved with). ``certificate`` is the predictor's certificate, if it has one; it holds at
-    the certified threshold only (:meth:`certificate_at`). ``model_fingerprint``
+    ``predictor``: a fitted scale predictor or a :class:`predictor.CalibratedRouter`; it routes at its own operating
+    point (its ``rule_`` at its ``threshold_`` or ``price_``: the calibrated or certified one it was saved with)
+    unless ``threshold`` (the probability a scale must reach, in [0, 1]) or ``price`` (accuracy per share of the
+    largest scale's tokens, >= 0) sets another default. ``certificate`` is the predictor's certificate, if it has
+    one; it holds at the certified rule and value only (:meth:`certificate_at`). ``model_fingerprint``
     (:func:`m3.fingerprint.model_fingerprint` of the model's folder; :meth:`from_pretrained` fills it in) lets a
     predictor fitted on other weights be refused, unless ``allow_other_weights`` (then it is a warning).
     """
@@ -136,6 +143,7 @@ class AdaptiveM3(FramesMixin):
         threshold: float | None = None,
         model_fingerprint: dict | None = None,
         allow_other_weights: bool = False,
+        price: float | None = None,
     ) -> None:
         check_compatible(predictor.fingerprint_, model_config=model.config, where="the predictor")
         where = model.config.name_or_path or "the model"
@@ -144,7 +152,10 @@ class AdaptiveM3(FramesMixin):
         self.model = model.eval()
         self.processor = processor
         self.predictor = predictor
+        if threshold is not None and price is not None:
+            raise ValueError("pass a threshold or a price, not both: they are two routing rules")
         self.threshold = None if threshold is None else check_threshold(threshold)
+        self.price = None if price is None else check_price(price)
         self.scales = list(predictor.scales_)
         self.probe_scale = probe_scale_of(predictor)
         if self.probe_scale is not None:
@@ -155,11 +166,16 @@ class AdaptiveM3(FramesMixin):
         """The predictor's certificate (eps, delta, n, threshold, p-value, calibration data hash), or None."""
         return saved_certificate(self.predictor)
 
-    def certificate_at(self, threshold: float | None = None, max_tokens: int | None = None) -> Certificate | None:
-        """The certificate that holds for threshold routing at ``threshold`` (default: the one :meth:`generate`
-        uses) without a token cap; None when such routing is not certified (another threshold, or a cap, which
-        changes the routing the certificate was computed for)."""
-        return None if max_tokens is not None else certificate_at(self.certificate, self._threshold(threshold))
+    def certificate_at(
+        self, threshold: float | None = None, max_tokens: int | None = None, price: float | None = None
+    ) -> Certificate | None:
+        """The certificate that holds for routing at ``threshold`` or ``price`` (default: the operating point
+        :meth:`generate` uses) without a token cap; None when such routing is not certified (another rule or value,
+        or a cap, which changes the routing the certificate was computed for)."""
+        if max_tokens is not None:
+            return None
+        rule, value = self.operating_point(threshold, price)
+        return certificate_at(self.certificate, value, rule)
 
     # ---- loading and saving
     @classmethod
@@ -173,7 +189,7 @@ class AdaptiveM3(FramesMixin):
         """Load an M3 model folder and a predictor folder, or (``predictor_dir=None``) a folder that
         :meth:`save_pretrained` wrote. A predictor built for other scales or embedding size is refused, and so
         (before the model loads) is one fitted on the oracle of other weights, unless ``allow_other_weights``."""
-        threshold = None
+        threshold = price = None
         if predictor_dir is None:
             root = Path(m3_dir)
             config_path = root / CONFIG_NAME
@@ -182,7 +198,8 @@ class AdaptiveM3(FramesMixin):
                     f"{root} is not a saved AdaptiveM3 ({CONFIG_NAME} is missing): pass the M3 model folder and the "
                     "predictor folder"
                 )
-            threshold = read_json(config_path, "save the AdaptiveM3 again").get("threshold")
+            saved = read_json(config_path, "save the AdaptiveM3 again")
+            threshold, price = saved.get("threshold"), saved.get("price")
             m3_dir, predictor_dir = root / MODEL_DIR, root / PREDICTOR_DIR
         predictor = load_predictor(predictor_dir, model_config=m3_dir)
         fingerprint = model_fingerprint(m3_dir)
@@ -190,7 +207,7 @@ class AdaptiveM3(FramesMixin):
             check_same_weights(predictor.fingerprint_, fingerprint, m3_dir, allow_other_weights)
         model = load_m3_model(m3_dir, **model_kwargs)
         processor = M3Processor.from_pretrained(m3_dir, config=model.config)
-        return cls(model, processor, predictor, threshold, fingerprint, allow_other_weights)
+        return cls(model, processor, predictor, threshold, fingerprint, allow_other_weights, price)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``model/`` (weights, tokenizer, image processor), ``predictor/`` and ``adaptive_config.json``."""
@@ -198,7 +215,7 @@ class AdaptiveM3(FramesMixin):
         self.model.save_pretrained(directory / MODEL_DIR)
         self.processor.save_pretrained(directory / MODEL_DIR)
         self.predictor.save_pretrained(directory / PREDICTOR_DIR)
-        config = {"threshold": self.threshold, "scales": self.scales}
+        config = {"threshold": self.threshold, "price": self.price, "scales": self.scales}
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return directory
 
@@ -259,18 +276,21 @@ class AdaptiveM3(FramesMixin):
         token_counts: np.ndarray,
         threshold: float | None = None,
         max_tokens: int | None = None,
+        price: float | None = None,
     ) -> list[int]:
-        """Per query, the threshold rule (:func:`predictor.route_by_threshold`) over the scales within
-        ``max_tokens`` visual tokens (``token_counts``: ``(n, scales)``): the smallest that reaches the threshold,
-        the largest such scale when none does."""
-        threshold = self._threshold(threshold)
+        """Per query, the routing rule at the operating point (:meth:`operating_point`;
+        :func:`predictor.thresholds.route_by_rule`) over the scales within ``max_tokens`` visual tokens
+        (``token_counts``: ``(n, scales)``): the threshold rule's smallest scale that reaches the threshold (the
+        largest such scale when none does), or the priced rule's best scale, its tokens being those processed
+        (:meth:`costs`)."""
+        rule, value = self.operating_point(threshold, price)
         allowed = None
         if max_tokens is not None:
             allowed = np.asarray(token_counts) <= max_tokens
             if not allowed.any(axis=1).all():
                 smallest = int(np.asarray(token_counts)[~allowed.any(axis=1)].min())
                 raise ValueError(f"max_tokens={max_tokens} is below the smallest scale's {smallest} visual tokens")
-        return route_by_threshold(probabilities, self.scales, threshold, allowed).tolist()
+        return route_by_rule(probabilities, self.scales, rule, value, self.costs(token_counts), allowed).tolist()
 
     def route(
         self,
@@ -280,8 +300,9 @@ class AdaptiveM3(FramesMixin):
         questions: list[str],
         threshold: float | None = None,
         max_tokens: int | None = None,
+        price: float | None = None,
     ) -> list[int]:
-        """The scale the threshold rule picks for each encoded (image, question) (:meth:`encode`), without
+        """The scale the routing rule picks for each encoded (image, question) (:meth:`encode`), without
         answering: what :meth:`generate` would answer at. A probe predictor routes on a generated answer and is
         refused here."""
         if self.probe_scale is not None:
@@ -290,12 +311,16 @@ class AdaptiveM3(FramesMixin):
                 "generate(), or use a predictor without a probe"
             )
         probabilities = self.probabilities(pil, grids, questions)
-        return self.choose_scales(probabilities, self._token_counts(sizes, len(pil)), threshold, max_tokens)
+        return self.choose_scales(probabilities, self._token_counts(sizes, len(pil)), threshold, max_tokens, price)
 
-    def _threshold(self, threshold: float | None) -> float:
-        if threshold is None:
-            threshold = self.predictor.threshold_ if self.threshold is None else self.threshold
-        return check_threshold(threshold)
+    def operating_point(self, threshold: float | None = None, price: float | None = None) -> tuple[str, float]:
+        """``(rule, value)`` a query is routed at: ``threshold`` or ``price`` when given, else this model's own
+        default (``self.threshold`` or ``self.price``), else the predictor's saved operating point."""
+        if threshold is not None or price is not None:
+            return operating_rule("threshold", None, None, at_threshold=threshold, at_price=price)
+        if self.threshold is not None or self.price is not None:
+            return operating_rule("threshold", None, None, at_threshold=self.threshold, at_price=self.price)
+        return operating_point_of(self.predictor)
 
     def check_context(
         self,
@@ -322,21 +347,24 @@ class AdaptiveM3(FramesMixin):
         scale: int | None = None,
         budget: float | None = None,
         max_new_tokens: int = 32,
+        price: float | None = None,
         **generation_kwargs,
     ) -> AdaptiveAnswer | list[AdaptiveAnswer]:
         """Answer one (image, question), or lists of them (one vision pass per image, then one ``generate`` per
-        chosen scale). ``scale=`` forces a scale; ``max_tokens=`` caps the visual tokens the router may pick;
-        ``budget=`` (mean visual tokens per query, probes included) routes the batch by a knapsack on the
-        predictor's probabilities instead of the threshold rule (it never spends more)."""
+        chosen scale). Each query is routed on its own at the operating point (:meth:`operating_point`):
+        ``threshold=`` routes by the threshold rule there, ``price=`` by the priced rule. ``scale=`` forces a scale;
+        ``max_tokens=`` caps the visual tokens the router may pick; ``budget=`` (mean visual tokens per query,
+        probes included) routes the batch by a knapsack on the predictor's probabilities instead (it never spends
+        more)."""
         single = not isinstance(question, (list, tuple))
         images, questions = ([image], [question]) if single else (list(image), list(question))
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions")
         questions = [check_question(q) for q in questions]
-        scale = check_generation_options(self.model.config, threshold, max_tokens, scale, max_new_tokens)
-        if budget is not None and (scale is not None or threshold is not None or max_tokens is not None):
+        scale = check_generation_options(self.model.config, threshold, max_tokens, scale, max_new_tokens, price)
+        if budget is not None and any(v is not None for v in (scale, threshold, max_tokens, price)):
             raise ValueError(
-                "budget= routes the batch by itself: do not combine it with scale, threshold or max_tokens"
+                "budget= routes the batch by itself: do not combine it with scale, threshold, price or max_tokens"
             )
         pil, grids, sizes = self.encode(images)
         compact = compact_prompts(self.processor, questions)
@@ -353,9 +381,10 @@ class AdaptiveM3(FramesMixin):
         elif budget is not None:
             chosen = self.budget_scales(probabilities, counts, budget)
         else:
-            chosen = self.choose_scales(probabilities, counts, threshold, max_tokens)
-        routed_at = None if scale is not None or budget is not None else self._threshold(threshold)
-        certificate = None if routed_at is None else self.certificate_at(routed_at, max_tokens)
+            chosen = self.choose_scales(probabilities, counts, threshold, max_tokens, price)
+        forced = scale is not None or budget is not None
+        rule, routed_at = (None, None) if forced else self.operating_point(threshold, price)
+        certificate = None if rule is None else self.certificate_at(threshold, max_tokens, price)
         self.check_context(compact, chosen, image_token_counts(self.model.config, chosen, size_list), max_new_tokens)
         outputs = self._answer(compact, grids, sizes, chosen, probe, max_new_tokens, **generation_kwargs)
         answers = []
@@ -373,8 +402,10 @@ class AdaptiveM3(FramesMixin):
                     processed_tokens=output.tokens[position] + probe_tokens,
                     probe_scale=self.probe_scale,
                     reused_probe=reused,
-                    threshold=routed_at,
+                    threshold=routed_at if rule == "threshold" else None,
                     certificate=None if certificate is None else certificate.to_dict(),
+                    rule=rule,
+                    price=routed_at if rule == "price" else None,
                 )
             )
         return answers[0] if single else answers

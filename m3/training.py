@@ -28,7 +28,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedType, set_seed, str_to_bool
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import SchedulerType, get_scheduler
 
 from .data.frames import FramesConfig
 from .data.frames import ensure_split as ensure_frames_split
@@ -345,6 +345,18 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"learning_rate must be a positive number, got {config.learning_rate}")
     if not 0 <= config.warmup_ratio <= 1:
         raise ValueError(f"warmup_ratio must be in [0, 1], got {config.warmup_ratio}")
+    schedules = [kind.value for kind in SchedulerType]
+    if config.lr_scheduler not in schedules:
+        raise ValueError(f"unknown lr_scheduler {config.lr_scheduler!r}; expected one of {schedules}")
+    if config.lr_cycles < 1 or (config.lr_cycles != 1 and config.lr_scheduler != "cosine_with_restarts"):
+        raise ValueError(
+            f"lr_cycles must be >= 1, and other than 1 only with cosine_with_restarts (got {config.lr_cycles})"
+        )
+    if not 0 < config.lr_decay_ratio <= 1 - config.warmup_ratio:
+        raise ValueError(
+            f"lr_decay_ratio must be in (0, 1 - warmup_ratio], got {config.lr_decay_ratio} "
+            f"(warmup_ratio {config.warmup_ratio})"
+        )
     if config.max_steps <= 0 and not config.num_epochs > 0:
         raise ValueError(f"give max_steps > 0 or num_epochs > 0 (got {config.max_steps} and {config.num_epochs})")
     if config.resume and config.overwrite:
@@ -358,6 +370,15 @@ def check_config(config: TrainConfig) -> None:
     else:
         grid = load_m3_config(config.model).grid_tokens
     check_scales(parse_scales(config.scales), grid)
+
+
+def scheduler_kwargs(config: TrainConfig, total_steps: int) -> dict:
+    """The schedule-specific arguments of ``config.lr_scheduler`` for transformers' ``get_scheduler``."""
+    if config.lr_scheduler == "cosine_with_restarts":
+        return {"num_cycles": config.lr_cycles}
+    if config.lr_scheduler == "warmup_stable_decay":
+        return {"num_decay_steps": round(config.lr_decay_ratio * total_steps)}
+    return {}
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -493,12 +514,25 @@ def check_finite_weights(model, step: int, config: TrainConfig) -> None:
         )
 
 
-def _evaluate(model, processor, items, scales: list[int]) -> dict[int, float]:
+def _evaluate(model, processor, items, scales: list[int]) -> dict[str, dict[int, float]]:
+    """Accuracy per family (and ``overall``) and scale on the periodic evaluation's records: the overall figure
+    alone hides which family a run has learned."""
     was_training = model.training
     model.eval()
     rows = evaluate_scales(model, processor, items, scales, show_progress=False)
     model.train(was_training)
-    return {row["scale"]: row["accuracy"] for row in accuracy_table(rows) if row["family"] == OVERALL}
+    table: dict[str, dict[int, float]] = {}
+    for row in accuracy_table(rows):
+        table.setdefault(row["family"], {})[row["scale"]] = row["accuracy"]
+    return table
+
+
+def evaluation_line(step: int, table: dict[str, dict[int, float]]) -> str:
+    """One progress line: overall accuracy per scale, then each family's at the largest scale."""
+    overall = " ".join(f"{scale}:{accuracy:.3f}" for scale, accuracy in table[OVERALL].items())
+    largest = max(table[OVERALL])
+    families = " ".join(f"{family} {by_scale[largest]:.3f}" for family, by_scale in table.items() if family != OVERALL)
+    return f"step {step} eval accuracy {overall} | at {largest}: {families}"
 
 
 @dataclass
@@ -574,6 +608,7 @@ def _train(config: TrainConfig) -> Path:
         optimizer,
         num_warmup_steps=round(config.warmup_ratio * total_steps) * accelerator.num_processes,
         num_training_steps=total_steps * accelerator.num_processes,
+        scheduler_specific_kwargs=scheduler_kwargs(config, total_steps * accelerator.num_processes),
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
@@ -640,9 +675,10 @@ def train_steps(
             if step % config.logging_steps == 0:
                 history.append({"step": step, **losses, "seconds": round(time.perf_counter() - started, 4)})
             if run.eval_items and step % config.eval_steps == 0 and accelerator.is_main_process:
-                accuracy = _evaluate(accelerator.unwrap_model(model), run.processor, run.eval_items, scales)
-                history.append({"step": step, "eval_accuracy": accuracy})
-                progress.write(f"step {step} eval accuracy " + " ".join(f"{s}:{a:.3f}" for s, a in accuracy.items()))
+                table = _evaluate(accelerator.unwrap_model(model), run.processor, run.eval_items, scales)
+                families = {family: by_scale for family, by_scale in table.items() if family != OVERALL}
+                history.append({"step": step, "eval_accuracy": table[OVERALL], "eval_family_accuracy": families})
+                progress.write(evaluation_line(step, table))
             epoch_done = batches_done == len(loader)
             state = {"step": step, "epoch": epoch + epoch_done, "batches_in_epoch": 0 if epoch_done else batches_done}
             if (config.save_steps and step % config.save_steps == 0) or step == config.stop_after_steps:

@@ -1,7 +1,8 @@
 """The Gradio page: :func:`build_demo` returns the ``Blocks``; ``scripts/demo.py`` only launches it.
 
 Asking runs the model once per question (:meth:`demo.session.DemoModel.ask`: one vision pass, every scale); the
-threshold, eps, token cap and model-size controls only re-route and redraw from the stored answers. Every error a
+threshold (or price, for a model that routes by the priced rule), eps, token cap and model-size controls only
+re-route and redraw from the stored answers. Every error a
 user can cause (no image, a file that is not an image, an empty question, a cap below every scale) becomes a
 message on the page, never a traceback.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from predictor.calibration import certificate_at, certified_threshold
+from predictor.calibration import certificate_at, certified_point
 
 from .examples import Examples, load_examples
 from .page import CSS, certificate_html, message_html, scale_card_html, summary_html
@@ -20,6 +21,7 @@ from .views import DEFAULT_MODEL_SIZE, MODEL_SIZES, saving
 TITLE = "M3: one question at every scale"
 NO_IMAGE = "Choose an example image or upload one first."
 NO_QUESTION = "Type a question first (or pick one of the example questions)."
+PRICE_MAX = 2.0  # the price slider's end: at 2 a query buys 576 tokens only for 2 points of P(correct) per 576 tokens
 
 
 def theme() -> gr.themes.Base:
@@ -42,16 +44,16 @@ class _Page:
         self.text_tokens = text_tokens
         self.by_epsilon = {c.epsilon: c for c in model.certificates}
 
-    def threshold_of(self, epsilon) -> float:
+    def value_of(self, epsilon) -> float:
+        """The threshold (or price) certified at ``epsilon`` for the model's rule, else the model's default."""
         certificate = self.by_epsilon.get(float(epsilon)) if epsilon is not None else None
-        if certificate is None:
-            return self.model.default_threshold
-        return certified_threshold(certificate)
+        rule, value = (None, None) if certificate is None else certified_point(certificate)
+        return value if rule == self.model.rule else self.model.default_value
 
-    def certified_at(self, threshold: float, cap: int | None = None):
-        """The certificate that holds at this threshold (the slider may have moved off every certified one), and
-        only without a binding token cap (a cap changes the routing the certificate covers)."""
-        return None if cap is not None else certificate_at(self.model.certificates, threshold)
+    def certified_at(self, value: float, cap: int | None = None):
+        """The certificate that holds at this threshold or price (the slider may have moved off every certified
+        one), and only without a binding token cap (a cap changes the routing the certificate covers)."""
+        return None if cap is not None else certificate_at(self.model.certificates, value, self.model.rule)
 
     def blank(self, text: str = "", kind: str = "error") -> tuple:
         return (None, message_html(text, kind), *[""] * len(self.model.scales), "")
@@ -96,17 +98,18 @@ class _Page:
             empty = [""] * len(asked.scales)
             return message_html(f"{error}: raise the token cap."), empty, ""
         grid = self.model.grid_tokens
-        cards = [scale_card_html(asked, i, routed, threshold, cap, grid, truth) for i in range(len(asked.scales))]
+        rule = self.model.rule
+        cards = [scale_card_html(asked, i, routed, threshold, cap, grid, truth, rule) for i in range(len(asked.scales))]
         try:
             cost = saving(routed, size or DEFAULT_MODEL_SIZE, self.text_tokens)
         except ValueError as error:
             return message_html(f"no FLOPs estimate for scale {routed}: {error}", "info"), cards, ""
-        summary = summary_html(asked, routed, cost, threshold, self.certified_at(threshold, cap), truth)
+        summary = summary_html(asked, routed, cost, threshold, self.certified_at(threshold, cap), truth, rule)
         return message_html(""), cards, summary
 
     def epsilon_changed(self, epsilon):
         certificate = self.by_epsilon.get(float(epsilon))
-        return gr.update(value=self.threshold_of(epsilon)), certificate_html(certificate)
+        return gr.update(value=self.value_of(epsilon)), certificate_html(certificate)
 
 
 def build_demo(model: DemoModel, examples: Examples | None = None, text_tokens: int = 30) -> gr.Blocks:
@@ -117,7 +120,7 @@ def build_demo(model: DemoModel, examples: Examples | None = None, text_tokens: 
     scales = model.scales
     # the eps whose certificate the model routes at by default; None (no eps chosen) when none does, so the page
     # starts where AdaptiveM3.generate routes
-    default_epsilon = page.certified_at(model.default_threshold)
+    default_epsilon = page.certified_at(model.default_value)
     default_epsilon = None if default_epsilon is None else default_epsilon.epsilon
     with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
         gr.Markdown(
@@ -154,10 +157,16 @@ def build_demo(model: DemoModel, examples: Examples | None = None, text_tokens: 
                         elem_id="m3-epsilon",
                     )  # fmt: skip
                     certificate = gr.HTML(certificate_html(page.by_epsilon.get(default_epsilon)), elem_id="m3-cert")
-                threshold = gr.Slider(
-                    0.0, 1.0, value=model.default_threshold, step=0.001,
-                    label="threshold: the P(correct) a scale must reach", elem_id="m3-threshold",
-                )  # fmt: skip
+                if model.rule == "price":  # the priced rule: the same control, a price instead of a threshold
+                    threshold = gr.Slider(
+                        0.0, PRICE_MAX, value=min(model.default_value, PRICE_MAX), step=0.001, elem_id="m3-price",
+                        label="price: the P(correct) a query pays for all 576 visual tokens (the best scale net of it)",
+                    )  # fmt: skip
+                else:
+                    threshold = gr.Slider(
+                        0.0, 1.0, value=model.default_value, step=0.001,
+                        label="threshold: the P(correct) a scale must reach", elem_id="m3-threshold",
+                    )  # fmt: skip
                 budget = gr.Slider(
                     1, max(scales), value=max(scales), step=1, label="token cap: the most visual tokens allowed",
                     elem_id="m3-budget",

@@ -64,9 +64,12 @@ def scale_card_html(
     max_tokens: int | None,
     grid_tokens: int,
     truth: str | None = None,
+    rule: str = "threshold",
 ) -> str:
     """One scale's column: the pooled image, the answer (marked right or wrong when the truth is known), its
-    confidence (geometric-mean token probability), the visual tokens and P(correct) as a bar with the threshold."""
+    confidence (geometric-mean token probability), the visual tokens and P(correct) as a bar with the threshold
+    (``rule="price"``: ``threshold`` is the price; the bar shows what the scale is worth after paying for its
+    tokens, P(correct) - price * tokens / tokens of the largest scale)."""
     scale, answer = asked.scales[index], asked.answers[index]
     tokens, probability = asked.visual_tokens[index], asked.probabilities[index]
     is_routed = scale == routed
@@ -79,6 +82,13 @@ def scale_card_html(
         mark = f' <span class="{"m3-right" if right else "m3-wrong"}">{"&#10003;" if right else "&#10007;"}</span>'
     view = pooled_view(asked.pixels, scale, grid_tokens, display_size=192)
     cap_note = '<div class="m3-row">over the token cap</div>' if over_cap else ""
+    if rule == "price":
+        net = probability - threshold * tokens / max(asked.visual_tokens)
+        title, bar_mark = f"P(correct) {probability:.3f}, minus price {threshold:.3f} for its tokens: {net:.3f}", ""
+        worth = f'<div class="m3-row">after price {net:+.2f}</div>'
+    else:
+        title = f"P(correct) {probability:.3f}; the black mark is the threshold {threshold:.3f}"
+        bar_mark, worth = f'<div class="m3-mark" style="left: {100 * threshold:.1f}%"></div>', ""
     return (
         f'<div class="{classes}" data-scale="{scale}" data-routed="{str(is_routed).lower()}" '
         f'data-answer="{escape(answer)}" data-probability="{probability:.6f}">'
@@ -87,10 +97,9 @@ def scale_card_html(
         f'<div class="m3-answer">{escape(answer) or "&lt;empty&gt;"}{mark}</div>'
         f'<div class="m3-row">confidence {math.exp(asked.confidences[index]):.2f}</div>'
         f'<div class="m3-row">visual tokens {tokens}</div>'
-        f'<div class="m3-row">P(correct) {probability:.2f}</div>'
-        f'<div class="m3-bar" title="P(correct) {probability:.3f}; the black mark is the threshold {threshold:.3f}">'
-        f'<div class="m3-fill" style="width: {100 * probability:.1f}%"></div>'
-        f'<div class="m3-mark" style="left: {100 * threshold:.1f}%"></div></div>'
+        f'<div class="m3-row">P(correct) {probability:.2f}</div>{worth}'
+        f'<div class="m3-bar" title="{title}">'
+        f'<div class="m3-fill" style="width: {100 * probability:.1f}%"></div>{bar_mark}</div>'
         f"{cap_note}</div>"
     )
 
@@ -98,7 +107,7 @@ def scale_card_html(
 def certificate_html(certificate: Certificate | None) -> str:
     """What a certificate promises, in one paragraph (a pointer to the menu without one)."""
     if certificate is None:
-        return "<p>The default threshold is not one of the certified ones: pick an ε to route at its threshold.</p>"
+        return "<p>The default operating point is not a certified one: pick an ε to route where it is certified.</p>"
     method = P_VALUE_NAMES.get(certificate.p_value_method, certificate.p_value_method)
     head = f"ε = {certificate.epsilon:g}, δ = {certificate.delta:g}, n = {certificate.n} calibration queries ({method})"
     if certificate.threshold is None:
@@ -110,9 +119,9 @@ def certificate_html(certificate: Certificate | None) -> str:
             f"lost {100 * certificate.calibration_drop:.1f} points of accuracy."
         )
     return (
-        f"<p>{head}: threshold {certificate.threshold:.3f}. With probability at least {1 - certificate.delta:g}, "
-        f"routing at it loses at most {100 * certificate.epsilon:g} points of accuracy against always 576 tokens, "
-        f"on queries like the calibration ones.{calibration}</p>"
+        f"<p>{head}: {certificate.rule} {certificate.threshold:.3f}. With probability at least "
+        f"{1 - certificate.delta:g}, routing at it loses at most {100 * certificate.epsilon:g} points of accuracy "
+        f"against always 576 tokens, on queries like the calibration ones.{calibration}</p>"
     )
 
 
@@ -123,13 +132,15 @@ def summary_html(
     threshold: float,
     certified: Certificate | None,
     truth: str | None = None,
+    rule: str = "threshold",
 ) -> str:
-    """The routed choice and what it saves against 576 tokens, in tokens and in prefill FLOPs of a real model."""
+    """The routed choice and what it saves against 576 tokens, in tokens and in prefill FLOPs of a real model; the
+    rule and value it was routed by (``threshold`` is the price for ``rule="price"``) and whether that is certified."""
     answer = asked.answer_of[routed]
     rule = (
-        f"threshold {threshold:.3f}, certified at ε = {certified.epsilon:g} (δ = {certified.delta:g})"
+        f"{rule} {threshold:.3f}, certified at ε = {certified.epsilon:g} (δ = {certified.delta:g})"
         if certified is not None
-        else f"threshold {threshold:.3f}, not certified"
+        else f"{rule} {threshold:.3f}, not certified"
     )
     truth_note = f" (true answer: {escape(truth)})" if truth is not None else ""
     return (

@@ -4,7 +4,8 @@
 from that pass's scale-1 token, and answers at every scale from the same grids
 (:func:`m3.inference.answer_at_scales`), exactly as :meth:`AdaptiveM3.generate` would at a forced scale.
 :meth:`DemoModel.route` then applies AdaptiveM3's own rule (:meth:`AdaptiveM3.choose_scales`) to the stored
-probabilities, so moving the threshold or the token cap re-routes without running the model again.
+probabilities, so moving the threshold (or, for a predictor saved with the priced rule, the price) or the token cap
+re-routes without running the model again.
 """
 
 from __future__ import annotations
@@ -68,10 +69,14 @@ class DemoModel:
         return int(self.adaptive.model.config.grid_tokens)
 
     @property
-    def default_threshold(self) -> float:
-        """The threshold :meth:`AdaptiveM3.generate` routes at when given none."""
-        adaptive = self.adaptive
-        return float(adaptive.predictor.threshold_ if adaptive.threshold is None else adaptive.threshold)
+    def rule(self) -> str:
+        """The routing rule :meth:`AdaptiveM3.generate` uses when given no value: ``threshold`` or ``price``."""
+        return self.adaptive.operating_point()[0]
+
+    @property
+    def default_value(self) -> float:
+        """The threshold or price (:attr:`rule`) :meth:`AdaptiveM3.generate` routes at when given none."""
+        return self.adaptive.operating_point()[1]
 
     def ask(self, image, question: str, max_new_tokens: int = 32) -> Asked:
         """Answer ``question`` about ``image`` (path, PIL image or uint8 array) at every scale, from ONE vision
@@ -98,11 +103,13 @@ class DemoModel:
             probabilities=[float(p) for p in probabilities],
         )
 
-    def route(self, asked: Asked, threshold: float | None = None, max_tokens: int | None = None) -> int:
-        """The scale :meth:`AdaptiveM3.generate` picks for this query at ``threshold`` under ``max_tokens``."""
+    def route(self, asked: Asked, value: float | None = None, max_tokens: int | None = None) -> int:
+        """The scale :meth:`AdaptiveM3.generate` picks for this query by the model's :attr:`rule` at ``value`` (a
+        threshold or a price; default: the model's own) under ``max_tokens``."""
         probabilities = np.asarray([asked.probabilities])
         tokens = np.asarray([asked.visual_tokens])
-        return int(self.adaptive.choose_scales(probabilities, tokens, threshold, max_tokens)[0])
+        at = {self.rule: value} if value is not None else {}
+        return int(self.adaptive.choose_scales(probabilities, tokens, max_tokens=max_tokens, **at)[0])
 
 
 def _shown(path: Path) -> str:

@@ -539,23 +539,33 @@ class M3(_M3Base):
 
 class M3Adaptive(_M3Base):
     """An :class:`adaptive.AdaptiveM3` folder: ``--model m3_adaptive --model_args pretrained=DIR[,threshold=T]
-    [,budget=B]``.
+    [,price=P][,budget=B]``.
 
-    ``threshold`` overrides the saved one (the probability a scale must reach). ``budget`` caps the visual tokens
-    of each image (AdaptiveM3's ``max_tokens``): the router picks among the scales within it. A one-image question
-    is answered by :meth:`adaptive.AdaptiveM3.generate`; each image of a several-image question is routed on its own
-    (with the question) and all are answered in one prompt; a text-only question needs no routing. Loglikelihood
-    requests are scored at the routed scale of each image (a predictor that reads a probe answer cannot route them).
+    ``threshold`` overrides the saved operating point with the threshold rule (the probability a scale must reach),
+    ``price`` with the priced rule (accuracy per share of the largest scale's tokens); not both. ``budget`` caps the
+    visual tokens of each image (AdaptiveM3's ``max_tokens``): the router picks among the scales within it. A
+    one-image question is answered by :meth:`adaptive.AdaptiveM3.generate`; each image of a several-image question
+    is routed on its own (with the question) and all are answered in one prompt; a text-only question needs no
+    routing. Loglikelihood requests are scored at the routed scale of each image (a predictor that reads a probe
+    answer cannot route them).
     """
 
     MODEL_ID = "m3_adaptive"
-    MODEL_ARGS = {**_M3Base.MODEL_ARGS, "threshold": Arg(float, low=0, high=1), "budget": Arg(int, low=1)}
+    MODEL_ARGS = {
+        **_M3Base.MODEL_ARGS,
+        "threshold": Arg(float, low=0, high=1),
+        "budget": Arg(int, low=1),
+        "price": Arg(float, low=0),
+    }
 
     def __init__(self, **model_args) -> None:
         super().__init__(**model_args)
         from adaptive import AdaptiveM3
+        from predictor.thresholds import operating_rule
 
-        self.threshold, self.budget = self.args["threshold"], self.args["budget"]
+        self.threshold, self.budget, self.price = self.args["threshold"], self.args["budget"], self.args["price"]
+        if self.threshold is not None or self.price is not None:  # one rule, checked before the model loads
+            operating_rule("threshold", None, None, at_threshold=self.threshold, at_price=self.price)
         dtype = _dtype(self.args["dtype"], self.device)
         self.adaptive = AdaptiveM3.from_pretrained(self.args["pretrained"], dtype=dtype)
         self.adaptive.model.to(self.device)
@@ -578,7 +588,7 @@ class M3Adaptive(_M3Base):
         if not questions:
             return []
         pil = [image for doc in docs for image in doc.images]
-        return self.adaptive.route(pil, grids, sizes, questions, self.threshold, self.budget)
+        return self.adaptive.route(pil, grids, sizes, questions, self.threshold, self.budget, self.price)
 
     @staticmethod
     def _one_image_in_front(doc: Doc) -> bool:
@@ -595,7 +605,8 @@ class M3Adaptive(_M3Base):
         if single:
             answers = self.adaptive.generate(
                 [docs[i].images[0] for i in single], [self._question(docs[i]) for i in single],
-                threshold=self.threshold, max_tokens=self.budget, max_new_tokens=max_new_tokens, **settings,
+                threshold=self.threshold, max_tokens=self.budget, max_new_tokens=max_new_tokens, price=self.price,
+                **settings,
             )  # fmt: skip
             lengths = self._compact_lengths([docs[i] for i in single])
             for i, answer, length in zip(single, answers, lengths):

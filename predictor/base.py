@@ -1,13 +1,16 @@
 """What every scale predictor shares: targets, model-compatibility checks and save/load.
 
 A scale predictor estimates, per query and per scale, the probability that the model answers correctly at that
-scale (``predict_proba``: ``(n, scales)``). :func:`predictor.thresholds.route_by_threshold` turns that into a
-routing: the smallest scale whose probability reaches the threshold, the largest scale when none does. Raising the
-threshold never picks a smaller scale, so one trained predictor traces the whole accuracy / token trade-off.
+scale (``predict_proba``: ``(n, scales)``). One of the two rules of :mod:`predictor.thresholds` turns that into a
+routing: the threshold rule (the smallest scale whose probability reaches the threshold, the largest scale when
+none does) or the priced rule (the scale maximising the probability minus a price per token). Raising the threshold
+never picks a smaller scale, raising the price never a larger one, so one trained predictor traces the whole
+accuracy / token trade-off either way.
 
 Saved predictors are a folder: ``predictor.json`` (class, hyper-parameters, scales, the model fingerprint and the
-operating threshold), ``features.json`` (:class:`predictor.features.FeatureBuilder`) and the model weights in a
-pickle-free format (safetensors, or LightGBM's text model). :func:`predictor.registry.load_predictor` reads any
+operating point: ``rule`` with its ``threshold`` or ``price``; a folder saved before prices has only ``threshold``),
+``features.json`` (:class:`predictor.features.FeatureBuilder`) and the model weights in a pickle-free format
+(safetensors, or LightGBM's text model). :func:`predictor.registry.load_predictor` reads any
 of them; ``SomeClass.from_pretrained`` reads a folder of that class.
 """
 
@@ -26,9 +29,18 @@ from sklearn.utils.validation import check_is_fitted
 from m3.files import DamagedFileError, dumps_json, read_json
 from m3.fingerprint import same_weights
 
+from .costs import routing_costs
 from .data import ORACLE_COLUMNS, OracleSet, Queries, as_oracle_set, grouped_split, to_queries
 from .features import FeatureBuilder
-from .thresholds import DEFAULT_THRESHOLD, check_threshold, clip_probabilities, route_by_threshold
+from .thresholds import (
+    DEFAULT_THRESHOLD,
+    RULES,
+    check_price,
+    check_threshold,
+    clip_probabilities,
+    operating_rule,
+    route_by_rule,
+)
 
 FORMAT_VERSION = 2  # 2: ``oracle`` -> ``oracle_kind``, FeatureBuilder ``scale`` -> ``std``, thresholds in [0, 1]
 CONFIG_NAME = "predictor.json"
@@ -45,6 +57,8 @@ CONFIG_TYPES = {  # what each entry of predictor.json must be: a hand-edited fil
     "fingerprint": ((dict, type(None)), "an object or null"),
     "threshold": ((int, float), "a number in [0, 1]"),
     "calibration": ((dict, type(None)), "an object or null"),
+    "rule": ((str, type(None)), f"one of {list(RULES)} or absent"),  # absent: saved before prices, "threshold"
+    "price": ((int, float, type(None)), "a number >= 0 or null"),
     "n_features_in": (int, "an integer"),
     "model": (dict, "an object describing the saved model"),
 }
@@ -192,7 +206,7 @@ class ScalePredictor(BaseEstimator):
         self.feature_builder_ = FeatureBuilder(**flags).fit(queries)
         self.scales_ = list(data.scales)
         self.fingerprint_ = data.fingerprint()
-        self.threshold_ = DEFAULT_THRESHOLD
+        self.rule_, self.threshold_, self.price_ = "threshold", DEFAULT_THRESHOLD, None
         targets = self._targets(data, y)
         features = self.feature_builder_.transform(queries)
         self.n_features_in_ = features.shape[1]
@@ -254,29 +268,47 @@ class ScalePredictor(BaseEstimator):
             raise ValueError("predict_label_proba needs target='oracle'; this predictor estimates correctness")
         return self._model_proba(self._features(X if isinstance(X, Queries) else as_oracle_set(X, image_root)))
 
-    def predict(self, X, threshold: float | None = None, image_root=None) -> np.ndarray:
-        """``(n,)`` scales: the smallest scale whose probability reaches ``threshold`` (in [0, 1]; default:
-        ``threshold_``, 0.5 unless a calibrated threshold was saved), the largest when none does. For
-        ``target="oracle"`` without a threshold: the most probable oracle label (direct classification)."""
+    def predict(self, X, threshold: float | None = None, image_root=None, price: float | None = None) -> np.ndarray:
+        """``(n,)`` scales at the predictor's operating point (``rule_``: the threshold rule at ``threshold_``, 0.5
+        unless a calibrated one was saved, or the priced rule at ``price_``), or by the threshold rule at
+        ``threshold`` (in [0, 1]: the smallest scale whose probability reaches it, the largest when none does), or
+        by the priced rule at ``price`` (>= 0; each scale's nominal tokens, a probe's included). For
+        ``target="oracle"`` without either, at the threshold rule: the most probable oracle label (direct
+        classification)."""
         self._check_fitted()
-        if threshold is None and self.target == "oracle":
+        rule = getattr(self, "rule_", "threshold")
+        if threshold is None and price is None and rule == "threshold" and self.target == "oracle":
             return np.asarray(self.scales_)[self.predict_label_proba(X, image_root).argmax(axis=1)]
-        threshold = check_threshold(self.threshold_ if threshold is None else threshold)
-        return route_by_threshold(self.predict_proba(X, image_root), self.scales_, threshold)
+        rule, value = operating_rule(
+            rule, self.threshold_, getattr(self, "price_", None), at_threshold=threshold, at_price=price
+        )
+        tokens = routing_costs(np.asarray(self.scales_, dtype=np.float64), self.scales_, self.probe_scale_)
+        return route_by_rule(self.predict_proba(X, image_root), self.scales_, rule, value, tokens)
 
     # ---- save / load
     def save_pretrained(
-        self, directory: str | os.PathLike, *, threshold: float | None = None, calibration: dict | None = None
+        self,
+        directory: str | os.PathLike,
+        *,
+        threshold: float | None = None,
+        calibration: dict | None = None,
+        price: float | None = None,
     ) -> Path:
         """Write the predictor to ``directory`` (JSON + safetensors / LightGBM text; no pickle).
 
-        ``threshold`` is the operating threshold to save (default ``threshold_``); ``calibration`` records how it
-        was chosen (a :class:`predictor.calibration.CalibratedRouter` passes both; when neither is given, the
-        record a loaded predictor came with, so re-saving one, e.g. in an AdaptiveM3 folder, keeps its certificate)."""
+        The operating point saved: the priced rule at ``price`` when given, else the threshold rule at ``threshold``
+        (default ``threshold_``); ``calibration`` records how it was chosen (a
+        :class:`predictor.calibration.CalibratedRouter` passes them; when none is given, the operating point and
+        record a loaded predictor came with, so re-saving one, e.g. in an AdaptiveM3 folder, keeps its rule and
+        certificate)."""
         self._check_fitted()
-        if threshold is None and calibration is None:
+        rule = "threshold" if threshold is not None else "price" if price is not None else None
+        if rule is None and calibration is None:
             calibration = getattr(self, "calibration_", None)
-        threshold = check_threshold(self.threshold_ if threshold is None else threshold)
+            rule, price = getattr(self, "rule_", "threshold"), getattr(self, "price_", None)
+        rule = rule or "threshold"
+        threshold = check_threshold(self.threshold_ if threshold is None else threshold)  # kept: the threshold rule's
+        price = check_price(price) if rule == "price" else None
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.feature_builder_.save(directory / FEATURES_NAME)
@@ -287,7 +319,9 @@ class ScalePredictor(BaseEstimator):
             "params": _jsonable(self.get_params()),
             "scales": self.scales_,
             "fingerprint": self.fingerprint_,
+            "rule": rule,
             "threshold": threshold,
+            "price": price,
             "calibration": calibration,
             "n_features_in": self.n_features_in_,
             "model": state,
@@ -313,7 +347,8 @@ class ScalePredictor(BaseEstimator):
         predictor.scales_ = list(config["scales"])
         predictor.fingerprint_ = config["fingerprint"]
         predictor.threshold_ = check_threshold(config["threshold"])
-        predictor.calibration_ = config.get("calibration")  # how threshold_ was chosen (and its certificate), if known
+        predictor.rule_, predictor.price_ = _saved_rule(config, path)
+        predictor.calibration_ = config.get("calibration")  # how the operating point was chosen (its certificate)
         certificate = (predictor.calibration_ or {}).get("certificate")
         if certificate is not None:
             from .risk_control import Certificate
@@ -352,6 +387,19 @@ def read_config(directory: str | os.PathLike) -> dict:
     if not config["scales"] or not all(isinstance(s, int) and not isinstance(s, bool) for s in config["scales"]):
         raise DamagedFileError(path, f"'scales' should be a list of integers, not {config['scales']}", REFIT)
     return config
+
+
+def _saved_rule(config: dict, path: Path) -> tuple[str, float | None]:
+    """``(rule, price)`` of a ``predictor.json``: the threshold rule when it names none (saved before prices)."""
+    rule = config.get("rule") or "threshold"
+    if rule not in RULES:
+        raise DamagedFileError(path, f"'rule' should be one of {list(RULES)}, not {rule!r}", REFIT)
+    if rule == "threshold":
+        return rule, None
+    try:
+        return rule, check_price(config.get("price"))
+    except ValueError as error:
+        raise DamagedFileError(path, f"its price is not valid ({error})", REFIT) from None
 
 
 def _jsonable(params: dict) -> dict:

@@ -1,6 +1,6 @@
-"""Certified routing thresholds: Learn-then-Test (Angelopoulos et al., 2021) on the paired accuracy drop.
+"""Certified routing thresholds and prices: Learn-then-Test (Angelopoulos et al., 2021) on the paired accuracy drop.
 
-A router with threshold ``t`` sends each query to a scale; against always answering at the largest scale, the
+A router at threshold (or price) ``t`` sends each query to a scale; against always answering at the largest scale, the
 *paired loss* of a query is ``correct_largest - correct_routed`` (-1, 0 or 1). We want the cheapest threshold whose
 expected loss (the drop in accuracy below always-largest) is at most ``epsilon``, with probability at least
 ``1 - delta`` over the draw of the ``n`` labelled calibration queries.
@@ -174,10 +174,11 @@ def _check_epsilon(epsilon: float) -> None:
 
 @dataclass(frozen=True)
 class Certificate:
-    """What a certified threshold guarantees, and on what evidence.
+    """What a certified threshold (or price) guarantees, and on what evidence.
 
-    With probability at least ``1 - delta`` over the draw of the ``n`` calibration queries, routing with
-    ``threshold`` loses at most ``epsilon`` accuracy against always answering at the largest scale, for queries
+    With probability at least ``1 - delta`` over the draw of the ``n`` calibration queries, routing by ``rule``
+    (:data:`predictor.thresholds.RULES`) at ``threshold`` (the certified value: a threshold, or a price for the
+    priced rule) loses at most ``epsilon`` accuracy against always answering at the largest scale, for queries
     exchangeable with the calibration set. ``threshold`` is None when no candidate was certified: the router then
     answers everything at the largest scale, which trivially meets the bound.
     """
@@ -192,6 +193,7 @@ class Certificate:
     calibration_tokens: float | None  # its mean visual tokens on the calibration set
     tested: int  # candidates tested before the first non-rejection
     data_sha256: str | None = None  # identifies the calibration data
+    rule: str = "threshold"  # the routing rule whose value was certified (saved before prices: "threshold")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -222,13 +224,15 @@ def certify(
     method: str = DEFAULT_P_VALUE,
     seed: int = 0,
     data_sha256: str | None = None,
+    rule: str = "threshold",
 ) -> Certificate:
     """Learn-then-Test: the cheapest of the candidate ``thresholds`` certified to lose at most ``epsilon``.
 
     ``routed_index[j]`` is the ``(n,)`` routing (column indices of ``correct``) at ``thresholds[j]``; the
     candidates must come ordered strictest first (most tokens first), fixed before looking at the labels (e.g.
-    decreasing thresholds). ``tokens``: ``(n, scales)`` visual tokens, for the reported cost. Testing runs the
-    sequence in that order, stops at the first non-rejection and returns the last certified candidate.
+    decreasing thresholds, or increasing prices for ``rule="price"``: the candidates are then prices). ``tokens``:
+    ``(n, scales)`` visual tokens, for the reported cost. Testing runs the sequence in that order, stops at the
+    first non-rejection and returns the last certified candidate.
     """
     if method not in P_VALUE_CHOICES:
         raise ValueError(f"unknown p-value {method!r}; choose one of {P_VALUE_CHOICES}")
@@ -251,11 +255,11 @@ def certify(
     certified = fixed_sequence(p_values, delta)
     n = correct.shape[0]
     if certified == 0:
-        return Certificate(epsilon, delta, n, None, method, None, None, None, len(p_values), data_sha256)
+        return Certificate(epsilon, delta, n, None, method, None, None, None, len(p_values), data_sha256, rule)
     best = certified - 1
     drop = float((losses[best].astype(float) - gains[best].astype(float)).mean()) if n else None
     cost = float(np.take_along_axis(np.asarray(tokens, dtype=float), routed_index[best][:, None], axis=1).mean())
     return Certificate(
         epsilon, delta, n, float(thresholds[best]), method, float(p_values[best]), drop, cost, len(p_values),
-        data_sha256,
+        data_sha256, rule,
     )  # fmt: skip

@@ -3,7 +3,8 @@
 The training oracle is split by image: ``1 - calibration_fraction`` to fit (and tune, on its own grouped
 holdout) and ``calibration_fraction`` to choose each predictor's operating threshold
 (:class:`predictor.calibration.CalibratedRouter`: the cheapest one that matches full-scale accuracy there;
-:func:`certify_routers` certifies thresholds on the same split). The test oracle is never seen.
+:func:`certify_routers` certifies thresholds or prices on the same split, :func:`budget_routers` fits prices to
+mean-token budgets there). The test oracle is never seen.
 
 Besides the learned predictors, ``question-only`` is the reference router of :mod:`predictor.reference` (per
 question family, the train accuracy of each scale): what the question alone tells, the bar a learned router must
@@ -13,16 +14,19 @@ its confidence): probe predictors, whose cost includes that answer.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .base import ScalePredictor
-from .calibration import CalibratedRouter, CertifiedRouter
+from .calibration import CalibratedRouter, CertifiedRouter, unwrapped
+from .costs import probe_scale_of, routing_costs
 from .data import OracleSet, as_oracle_set, split_oracle
 from .registry import DEFAULT_PREDICTORS, PREDICTORS
 from .risk_control import DEFAULT_P_VALUE
+from .thresholds import RULES
 from .tuning import tune
 
 
@@ -95,17 +99,87 @@ def certify_routers(
     delta: float = 0.1,
     p_value: str = DEFAULT_P_VALUE,
     save_dir: str | os.PathLike | None = None,
-    suffix: str = "-certified",
+    suffix: str | None = None,
+    rule: str = "threshold",
 ) -> dict[str, CertifiedRouter]:
-    """A :class:`CertifiedRouter` around each router's predictor, certified on ``calibration`` (images none of them
-    was fitted on); saved to ``save_dir/NAME{suffix}`` where the predictor can be saved."""
+    """A :class:`CertifiedRouter` of ``rule`` around each router's predictor, certified on ``calibration`` (images
+    none of them was fitted on); saved to ``save_dir/NAME{suffix}`` where the predictor can be saved (default
+    suffix: :func:`certified_suffix`)."""
+    suffix = certified_suffix(rule) if suffix is None else suffix
     certified = {}
     for name, router in routers.items():
-        predictor = router.predictor if isinstance(router, CalibratedRouter) else router
-        certified[name] = CertifiedRouter(predictor, max_drop, delta, p_value).fit(calibration)
+        predictor = unwrapped(router)
+        certified[name] = CertifiedRouter(predictor, max_drop, delta, p_value, rule=rule).fit(calibration)
         if save_dir is not None and hasattr(predictor, "save_pretrained"):
             certified[name].save_pretrained(Path(save_dir) / f"{name}{suffix}")
     return certified
+
+
+def cheapest_certified(
+    certified: dict[str, list[CertifiedRouter]], names: Sequence[str]
+) -> tuple[str, CertifiedRouter]:
+    """Of the routers ``names`` (each certified by one or more rules, as :func:`calibrate_rules` returns them), the
+    ``(name, router)`` whose certified operating point spends the fewest mean tokens on its calibration data; ties go
+    to the smaller calibration drop. Chosen without any test label, as a deployment would choose. A router nothing
+    could be certified for (it answers at the largest scale) is taken only when no other is left."""
+    candidates = [(name, router) for name in names for router in certified.get(name, [])]
+    if not candidates:
+        raise ValueError(f"none of {list(names)} was certified")
+
+    def cost(candidate: tuple[str, CertifiedRouter]) -> tuple[float, float]:
+        certificate = candidate[1].certificate_
+        if certificate.threshold is None:
+            return math.inf, math.inf
+        return certificate.calibration_tokens, certificate.calibration_drop
+
+    return min(candidates, key=cost)
+
+
+def certified_suffix(rule: str) -> str:
+    """The folder suffix of a certified router: ``-certified`` (threshold) or ``-price-certified``."""
+    return "-certified" if rule == "threshold" else f"-{rule}-certified"
+
+
+def budget_routers(
+    routers: dict, calibration, shares: Sequence[float], rule: str = "price"
+) -> dict[str, dict[float, CalibratedRouter]]:
+    """Per router and share, a :class:`CalibratedRouter` of ``rule`` fitted on ``calibration`` to a budget of that
+    share of the largest scale's mean tokens there (the strictest value whose calibration mean tokens are within it;
+    no label is used)."""
+    data = as_oracle_set(calibration)
+    fitted = {}
+    for name, router in routers.items():
+        predictor = unwrapped(router)
+        largest = float(routing_costs(data.tokens(), data.scales, probe_scale_of(predictor))[:, -1].mean())
+        fitted[name] = {
+            share: CalibratedRouter(predictor, rule=rule, budget=share * largest).fit(data) for share in shares
+        }
+    return fitted
+
+
+def calibrate_rules(
+    routers: dict,
+    calibration,
+    max_drop: float = 0.02,
+    delta: float = 0.1,
+    p_value: str = DEFAULT_P_VALUE,
+    shares: Sequence[float] = (0.05, 0.1, 0.25),
+    rules: Sequence[str] = RULES,
+    save_dir: str | os.PathLike | None = None,
+) -> tuple[dict[str, list[CertifiedRouter]], dict[str, list[CalibratedRouter]]]:
+    """``(certified, budgeted)``: per router, one :class:`CertifiedRouter` per rule (:func:`certify_routers`, saved to
+    ``save_dir/NAME{certified_suffix(rule)}``) and one :class:`CalibratedRouter` per rule and budget share
+    (:func:`budget_routers`), all on ``calibration``: what :func:`routing_study.evaluate_routing` marks."""
+    certified: dict[str, list[CertifiedRouter]] = {name: [] for name in routers}
+    budgeted: dict[str, list[CalibratedRouter]] = {name: [] for name in routers}
+    for rule in rules:
+        for name, router in certify_routers(
+            routers, calibration, max_drop, delta, p_value, save_dir, rule=rule
+        ).items():
+            certified[name].append(router)
+        for name, fitted in budget_routers(routers, calibration, shares, rule).items():
+            budgeted[name].extend(fitted.values())
+    return certified, budgeted
 
 
 def fit_frame_predictor(oracle, out_dir: str | os.PathLike | None = None, name: str = "mlp-image", seed: int = 0):

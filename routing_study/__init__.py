@@ -8,7 +8,7 @@ shift, :mod:`routing_study.validity` checks that certificates keep their promise
 compares frame allocations at equal budgets. See docs/predictor.md.
 """
 
-from .evaluation import best_predictor, evaluate_routing, summarize_routing
+from .evaluation import evaluate_routing, summarize_routing
 from .report import routing_markdown, write_evaluation
 
-__all__ = ["best_predictor", "evaluate_routing", "routing_markdown", "summarize_routing", "write_evaluation"]
+__all__ = ["evaluate_routing", "routing_markdown", "summarize_routing", "write_evaluation"]

@@ -17,6 +17,7 @@ from m3.files import dumps_json
 from m3.markdown import format_number, markdown_table
 
 from .evaluation import (
+    BELOW_FULL,
     BUDGET_SHARES,
     KNAPSACK_BATCH,
     SCORECARD_SHARES,
@@ -84,21 +85,21 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
         for row in rows
     ]  # fmt: skip
     lines += ["", markdown_table(headers, cells, "l" + "r" * 16)]
-    calibrated = [row for row in rows if "calibrated_threshold" in row]
+    calibrated = [row for row in rows if "calibrated_value" in row]
     if calibrated:
         lines += [
             "",
-            "Predictors at their own threshold, chosen on held-out TRAIN images (the cheapest threshold matching "
-            "full-scale accuracy there), i.e. without looking at the test labels:",
+            "Predictors at their own operating point, chosen on held-out TRAIN images (the cheapest threshold "
+            "matching full-scale accuracy there), i.e. without looking at the test labels:",
             "",
         ]
         headers = [
-            "router", "threshold", "tokens", "% of largest", "accuracy", "cascade acc. same tokens",
+            "router", "rule", "value", "tokens", "% of largest", "accuracy", "cascade acc. same tokens",
             "random acc. same tokens", "hull acc. same tokens",
         ]  # fmt: skip
         cells = [
             [
-                row["router"], format_number(row["calibrated_threshold"], 4),
+                row["router"], row["rule"], format_number(row["calibrated_value"], 4),
                 format_number(row["calibrated_tokens"], 1),
                 format_number(100 * row["calibrated_tokens"] / strong[0], 1), format_number(row["calibrated_accuracy"]),
                 format_number(row["calibrated_cascade_accuracy"]), format_number(row["calibrated_random_accuracy"]),
@@ -106,7 +107,7 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
             ]
             for row in calibrated
         ]  # fmt: skip
-        lines.append(markdown_table(headers, cells, "l" + "r" * 7))
+        lines.append(markdown_table(headers, cells, "ll" + "r" * 7))
     lines += certified_markdown(rows, strong)
     cascade = next(row for row in rows if row["kind"] == "cascade")
     lines += [
@@ -160,35 +161,83 @@ def routing_markdown(evaluation: RoutingEvaluation, rows: list[dict], families: 
 
 
 def scorecard_markdown(evaluation: RoutingEvaluation, reference: str = "question-only", title: str = "") -> str:
-    """The routing scorecard (:func:`routing_study.evaluation.scorecard_rows`) as a markdown table."""
+    """The routing scorecard (:func:`routing_study.evaluation.scorecard_rows`) as two markdown tables: every router's
+    curve (accuracy and gap recovered at 5 / 10 / 25 % of the tokens, above the hull, tokens to full - 0.01 / 0.02),
+    and each predictor at the operating points chosen on calibration data (certified; fitted to 10 and 25 % of the
+    tokens, beside the batch knapsack at exactly that budget)."""
     card = scorecard_rows(evaluation, reference)
-    strong = evaluation.strong
-    shares = [f"knapsack {100 * share:g} % (vs {reference})" for share in SCORECARD_SHARES]
+    strong_tokens, strong = evaluation.strong
+    percent = [f"{100 * share:g} %" for share in SCORECARD_SHARES]
     lines = [
-        f"Routing scorecard{': ' + title if title else ''} ({len(evaluation.data)} queries; {strong[0]:.0f} tokens: "
-        f"accuracy {strong[1]:.3f}). Ratios and differences are against the `{reference}` router.",
+        f"Routing scorecard{': ' + title if title else ''} ({len(evaluation.data)} queries; {strong_tokens:.0f} "
+        f"tokens: accuracy {strong:.3f}). Curves, read with the test labels: accuracy at a share of the "
+        f"{strong_tokens:.0f} tokens, with (in brackets) the share of the gap between the fixed-scale hull and the "
+        "oracle knapsack (the batch knapsack on the true correctness) that the router recovers there; whether the "
+        "curve is above the hull at every budget from 5 to 50 %; the mean tokens to reach full - 0.01 and full - 0.02 "
+        "(in brackets: against "
+        f"`{reference}` by the same rule).",
         "",
     ]
     cells = []
     for row in card:
-        match = "never" if math.isnan(row["tokens_to_match"]) else f"{row['tokens_to_match']:.1f}"
-        match += f" ({_percent(row['tokens_to_match_vs_reference'])})"
-        certified = (
-            f"{format_number(row['certified_tokens'], 1)} ({_percent(row['certified_tokens_vs_reference'])}), "
-            f"{format_number(row['certified_accuracy'])}"
-        )
-        hull = f"{'yes' if row['above_hull'] else 'no'} ({row['hull_margin_min']:+.3f})"
-        budgets = [
-            f"{format_number(row[f'knapsack_{share:g}'])} ({_signed(row[f'knapsack_{share:g}_vs_reference'])})"
+        shares = [
+            f"{format_number(row[f'accuracy_at_{share:g}'])} ({_percent(row[f'gap_at_{share:g}'])})"
             for share in SCORECARD_SHARES
         ]
-        cells.append([row["router"], match, certified, hull, *budgets])
+        above = "-" if row["above_hull"] is None else f"{'yes' if row['above_hull'] else 'no'} "
+        above += "" if row["above_hull"] is None else f"({row['hull_margin_min']:+.3f})"
+        targets = []
+        for below in BELOW_FULL:
+            key = f"tokens_to_full_minus_{below:g}"
+            ratio = row[f"{key}_vs_reference"]
+            targets.append(
+                ("never" if math.isnan(row[key]) else f"{row[key]:.1f}")
+                + ("" if math.isnan(ratio) else f" ({_percent(ratio)})")
+            )
+        cells.append([_router_cell(row), row["rule"] or "-", *shares, above, *targets])
     headers = [
-        "router", f"tokens to match full (vs {reference})", f"certified: tokens (vs {reference}), accuracy",
-        "above hull 5-50 % (min margin)", *shares,
+        "router", "rule", *percent, "above hull 5-50 % (min margin)",
+        *(f"tokens to full - {below:g}" for below in BELOW_FULL),
     ]  # fmt: skip
-    lines.append(markdown_table(headers, cells, "lrrl" + "r" * len(SCORECARD_SHARES)))
+    lines.append(markdown_table(headers, cells, "ll" + "r" * len(SCORECARD_SHARES) + "lrr"))
+    predictors = [row for row in card if row["kind"] == "predictor"]
+    if predictors:
+        lines += [
+            "",
+            "Operating points chosen on calibration data, without the test labels: the certified threshold or price "
+            f"(eps and delta as certified; test tokens, in brackets against `{reference}` by the same rule, and test "
+            "accuracy), and the threshold or price fitted to a mean-token budget, beside the batch knapsack on the "
+            "same predictor's probabilities at exactly that budget (test tokens / accuracy).",
+            "",
+        ]
+        cells = []
+        for row in predictors:
+            certified = "-"
+            if not math.isnan(row["certified_tokens"]):
+                certified = (
+                    f"{row['certified_tokens']:.1f} ({_percent(row['certified_tokens_vs_reference'])}), "
+                    f"{format_number(row['certified_accuracy'])}"
+                )
+            budgets = []
+            for share in SCORECARD_BUDGETS:
+                tokens, accuracy = row[f"budget_{share:g}_tokens"], row[f"budget_{share:g}_accuracy"]
+                budgets += [
+                    "-" if math.isnan(tokens) else f"{tokens:.1f} / {accuracy:.3f}",
+                    format_number(row[f"knapsack_{share:g}"]),
+                ]
+            cells.append([row["router"], row["rule"], certified, *budgets])
+        headers = ["router", "rule", f"certified: tokens (vs {reference}), accuracy"]
+        for share in SCORECARD_BUDGETS:
+            headers += [f"fitted to {100 * share:g} %: tokens / accuracy", f"batch knapsack {100 * share:g} %"]
+        lines.append(markdown_table(headers, cells, "llr" + "rr" * len(SCORECARD_BUDGETS)))
     return "\n".join(lines) + "\n"
+
+
+def _router_cell(row: dict) -> str:
+    return f"**{row['router']}**" if row["kind"] in ("hull", "oracle-knapsack") else row["router"]
+
+
+SCORECARD_BUDGETS = (0.1, 0.25)  # the budgets the scorecard's second table fits operating points to
 
 
 def _percent(value: float) -> str:
@@ -202,14 +251,15 @@ def _signed(value: float) -> str:
 def certified_markdown(rows: list[dict], strong: tuple[float, float]) -> list[str]:
     """The certified-threshold table (empty when no predictor carries a certificate): what each certificate
     promises and what its threshold does on the test data."""
-    certified = [row for row in rows if "certified_threshold" in row]
+    certified = [row for row in rows if "certified_value" in row]
     if not certified:
         return []
     lines = [
         "",
-        "Predictors at their CERTIFIED threshold (Learn-then-Test on labelled calibration data: with probability at "
-        "least 1 - delta over the calibration draw, the drop below always-largest is at most eps on data like it). "
-        "'test drop' = the largest scale's test accuracy minus the router's:",
+        "Predictors at their CERTIFIED threshold or price (Learn-then-Test on labelled calibration data: with "
+        "probability at least 1 - delta over the calibration draw, the drop below always-largest is at most eps on "
+        "data like it; 'largest scale' where nothing cheaper was certified). 'test drop' = the largest scale's test "
+        "accuracy minus the router's:",
         "",
     ]
     cells = []
@@ -222,7 +272,8 @@ def certified_markdown(rows: list[dict], strong: tuple[float, float]) -> list[st
         cells.append(
             [
                 row["router"], f"{row['certificate_epsilon']:g}", f"{row['certificate_delta']:g}", row["certificate_n"],
-                f"{p_value} ({row['certificate_p_value_method']})", format_number(row["certified_threshold"], 3),
+                f"{p_value} ({row['certificate_p_value_method']})",
+                "largest scale" if row["certificate_threshold"] is None else format_number(row["certified_value"], 4),
                 calibration, format_number(row["certified_tokens"], 1),
                 format_number(100 * row["certified_tokens"] / strong[0], 1), format_number(row["certified_accuracy"]),
                 format_number(row["certified_drop"]), "yes" if row["certified_holds"] else "**no**",
@@ -230,7 +281,8 @@ def certified_markdown(rows: list[dict], strong: tuple[float, float]) -> list[st
             ]
         )  # fmt: skip
     headers = [
-        "router", "eps", "delta", "n", "p-value (method)", "threshold", "calibration drop / tokens", "test tokens",
+        "router", "eps", "delta", "n", "p-value (method)", "threshold or price", "calibration drop / tokens",
+        "test tokens",
         "% of largest", "test accuracy", "test drop", "within eps", "random acc. same tokens", "hull acc. same tokens",
     ]  # fmt: skip
     return [*lines, markdown_table(headers, cells, "lrrrlrlrrrrlrr")]
@@ -261,6 +313,8 @@ def plot_curves(evaluation: RoutingEvaluation, path: str | os.PathLike) -> None:
                 axis.plot(processed, accuracy, "--", color=line.get_color(), label=f"{router.name} (tokens processed)")
             elif router.kind == "random":
                 axis.plot(tokens, accuracy, ":", color="gray", label="random (matched tokens)")
+            elif router.kind == "oracle-knapsack":
+                axis.plot(tokens, accuracy, "-.", color="gray", linewidth=1.2, label=router.name)
             elif router.kind == "hull":
                 axis.plot(tokens, accuracy, "--", color="black", linewidth=1.2, label=router.name)
             else:
@@ -345,8 +399,9 @@ def plot_shift(shift, path: str | os.PathLike) -> None:
     colours: dict[str, str] = {}
     for row in shift.rows:
         colour = colours.setdefault(row["router"], f"C{len(colours) % 10}")
-        label = f"{row['router']}: {row['threshold_from']}"
-        axis.plot(row["tokens"], row["accuracy"], markers[row["threshold_from"]], color=colour, label=label)
+        label = f"{row['router']} ({row['rule']}): {row['threshold_from']}"
+        marker = markers.get(row["threshold_from"], "o")  # "train threshold" or "train price": o
+        axis.plot(row["tokens"], row["accuracy"], marker, color=colour, label=label)
     for router in evaluation.routers:
         if router.kind == "fixed":
             point = router.points[0]
@@ -412,9 +467,10 @@ def pipeline_report(
     lines = [
         "# Quickstart report",
         "",
-        f"Model: `{model_dir}`. Best predictor: `{best}`, the one needing the fewest tokens to match full-scale "
-        f"accuracy on the test curve; `{adaptive_dir}` holds the model with it at its certified threshold (see "
-        "'Predictors at their CERTIFIED threshold' below).",
+        f"Model: `{model_dir}`. Deployed predictor and rule: `{best}`, the learned one whose certified operating "
+        f"point spends the fewest tokens on the calibration images (no test label chooses it); `{adaptive_dir}` "
+        "holds the model with it at its certified threshold or price (see 'Predictors at their CERTIFIED threshold "
+        "or price' below).",
         "",
         "Stage times (s): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items()),
         "",

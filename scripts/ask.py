@@ -1,10 +1,12 @@
-"""Ask an adaptive M3 model one question about one image; prints the answer and the scale it chose.
+"""Ask an adaptive M3 model one question about one image; prints the answer, the scale it chose and the routing
+rule and operating point it chose by (a threshold, or a price per token), with the certificate that holds there.
 
 Examples (folders as scripts/quickstart.py writes them):
     python scripts/ask.py --image runs/quickstart/granularity/images/test/test_000000.png \\
         --question "what color is in the black frame ?" --adaptive runs/quickstart/adaptive
     python scripts/ask.py --image cat.jpg --question "What is in the image?" \\
         --model runs/quickstart/m3 --predictor runs/quickstart/predictors/mlp --threshold 0.9
+    python scripts/ask.py --image cat.jpg --question "..." --adaptive DIR --price 0.05   # the priced rule
     python scripts/ask.py --image cat.jpg --question "..." --adaptive DIR --scale 576   # force a scale
 """
 
@@ -24,6 +26,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threshold", type=float, help="probability a scale must reach, in [0, 1] (default: the predictor's)"
     )
+    parser.add_argument(
+        "--price",
+        type=float,
+        help="route by the priced rule at this price: accuracy one query pays for the largest scale's tokens, >= 0 "
+        "(default: the predictor's rule and value)",
+    )
     parser.add_argument("--max-tokens", type=int, help="cap on the visual tokens the router may choose")
     parser.add_argument("--scale", type=int, help="force this scale (the predictor's estimates are still shown)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -34,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if bool(args.model) != bool(args.predictor) or bool(args.adaptive) == bool(args.model):
         parser.error("pass either --adaptive DIR, or both --model DIR and --predictor DIR")
+    if args.threshold is not None and args.price is not None:
+        parser.error("pass --threshold or --price, not both: they are two routing rules")
 
     from m3.cli import user_errors  # after parsing: --help stays fast
 
@@ -48,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = Path(args.model) if args.model else Path(args.adaptive) / MODEL_DIR
         if (model_dir / "config.json").is_file():  # (a missing one: from_pretrained says what is missing)
             config = load_m3_config(model_dir)
-            check_generation_options(config, args.threshold, args.max_tokens, args.scale, args.max_new_tokens)
+            check_generation_options(
+                config, args.threshold, args.max_tokens, args.scale, args.max_new_tokens, args.price
+            )
         adaptive = AdaptiveM3.from_pretrained(
             args.adaptive or args.model, args.predictor, allow_other_weights=args.allow_other_weights
         )
@@ -59,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             max_tokens=args.max_tokens,
             scale=args.scale,
             max_new_tokens=args.max_new_tokens,
+            price=args.price,
         )
     if args.json:
         print(json.dumps(result.__dict__, indent=2))
@@ -69,31 +82,46 @@ def main(argv: list[str] | None = None) -> None:
     if result.probe_scale is not None:
         reuse = "its answer reused" if result.reused_probe else "then answered again"
         print(f"probe: answered first at scale {result.probe_scale}, {reuse}; {result.processed_tokens} tokens in all")
+    print(routing_line(result, args))
     print(certification_line(result, adaptive.certificate, args.max_tokens))
     print("P(correct) per scale: " + ", ".join(f"{s}: {p:.2f}" for s, p in result.probabilities.items()))
 
 
+def routing_line(result, args: argparse.Namespace) -> str:
+    """The rule and operating point this answer was routed by, and where they came from."""
+    from predictor.calibration import describe_operating_point
+
+    if result.forced:
+        return "routing: none (the scale was forced with --scale)"
+    value = result.price if result.rule == "price" else result.threshold
+    given = args.price if result.rule == "price" else args.threshold
+    source = f"--{result.rule}" if given is not None else "the saved operating point"
+    return f"routing: {describe_operating_point(result.rule, value)} ({source})"
+
+
 def certification_line(result, own, max_tokens: int | None) -> str:
-    """Whether this answer's routing is certified: a certificate is shown only at the threshold it holds at."""
+    """Whether this answer's routing is certified: a certificate is shown only at the rule and value it holds at."""
+    from predictor.calibration import certified_point, describe_operating_point
+
     if result.certificate is not None:
         c = result.certificate
         bound = f"drop <= {c['epsilon']:g} below the largest scale with probability >= {1 - c['delta']:g}"
         bound += f" (n = {c['n']})"
         if c["threshold"] is None:
             return f"certified: {bound}, by sending every query to the largest scale (nothing cheaper was certified)"
-        return f"certified threshold {c['threshold']:.4f}: {bound}; holds at this threshold only"
+        rule = c.get("rule", "threshold")
+        return f"certified {describe_operating_point(rule, c['threshold'])}: {bound}; holds at this {rule} only"
     if result.forced:
         return "not certified: the scale was forced (--scale)"
     if own is None:
         return "not certified: the predictor carries no certificate (scripts/calibrate_router.py certifies one)"
     if max_tokens is not None:
         return "not certified: --max-tokens changes the routing that the predictor's certificate covers"
-    from predictor.calibration import certified_threshold
-
-    at = certified_threshold(own)
+    value = result.price if result.rule == "price" else result.threshold
     return (
-        f"not certified: routed at threshold {result.threshold:.4f}; the predictor's certificate (drop <= "
-        f"{own.epsilon:g}, probability >= {1 - own.delta:g}) holds at threshold {at:.4f} only"
+        f"not certified: routed at {describe_operating_point(result.rule, value)}; the predictor's certificate (drop "
+        f"<= {own.epsilon:g}, probability >= {1 - own.delta:g}) holds at "
+        f"{describe_operating_point(*certified_point(own))} only"
     )
 
 

@@ -11,9 +11,12 @@ Examples:
     python scripts/evaluate_router.py --oracle-train runs/oracle-train --oracle-test runs/oracle-test \\
         --oracle-shift runs/oracle-shift --out runs/router
 
-Writes OUT/results.md (tables), results.csv, results.json, families.csv, budgets.csv, curves.csv and curves.png;
-with --oracle-train also OUT/predictors/NAME (save_pretrained folders, at the calibrated threshold) and
-OUT/predictors/NAME-certified (at the threshold certified on the same held-out train images); with --oracle-shift
+Every predictor is evaluated by both per-query rules: the threshold rule (NAME) and the priced rule (NAME (price)).
+Writes OUT/results.md (tables), results.csv, results.json, families.csv, budgets.csv, curves.csv and curves.png
+(and scorecard.md with question-only); with --oracle-train also OUT/predictors/NAME (save_pretrained folders, at the
+calibrated threshold), OUT/predictors/NAME-certified and NAME-price-certified (at the threshold and the price
+certified on the same held-out train images; prices and thresholds fitted to 5, 10 and 25 % of the tokens there are
+marked in the report); with --oracle-shift
 the same report of the shifted oracle's evaluation part in OUT/shift/, plus shift.md, shift.json and shift.png.
 Tuning, calibration and certification use grouped splits of the training oracle only. OUT/run.json records the
 settings; a used OUT of other settings is refused (its predictors would stay beside the new ones). See
@@ -111,8 +114,9 @@ def run(args: argparse.Namespace) -> dict:
     from m3.runs import claim_run_folder
     from predictor import load_predictor
     from predictor.data import check_matching_oracles
-    from predictor.training import calibration_split, certify_routers, fit_predictors
+    from predictor.training import calibrate_rules, calibration_split, fit_predictors
     from routing_study import evaluate_routing, write_evaluation
+    from routing_study.evaluation import SCORECARD_SHARES
     from routing_study.report import write_shift
     from routing_study.shift import evaluate_shift
 
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> dict:
         check_matching_oracles(args.oracle_train, args.oracle_shift)
     saved = {directory: load_predictor(directory, oracle_data=args.oracle_test) for directory in args.predictor}
     claim_run_folder(out, made_by(args))  # a used --out of other settings is refused: its predictors would stay
-    predictors, certified = {}, {}
+    predictors, certified, budgeted = {}, {}, {}
     if args.oracle_train:
         fitted = fit_predictors(
             args.oracle_train,
@@ -139,20 +143,23 @@ def run(args: argparse.Namespace) -> dict:
         predictors.update(fitted)
         if args.accuracy == "correct":
             calibration = calibration_split(args.oracle_train, args.calibration_fraction, args.seed)[1]
-            certified = certify_routers(
-                fitted, calibration, args.max_drop, args.delta, args.p_value, save_dir=out / "predictors"
-            )
+            certified, budgeted = calibrate_rules(
+                fitted, calibration, args.max_drop, args.delta, args.p_value, SCORECARD_SHARES,
+                save_dir=out / "predictors",
+            )  # fmt: skip
     for directory, loaded in saved.items():
         name = Path(directory).name
         predictors[name if name not in predictors else directory] = loaded
-    evaluation = evaluate_routing(args.oracle_test, predictors, accuracy=args.accuracy, certified=certified)
+    evaluation = evaluate_routing(
+        args.oracle_test, predictors, accuracy=args.accuracy, certified=certified, budgeted=budgeted
+    )
     paths = write_evaluation(evaluation, out)
     print(paths["results.md"].read_text())
     print("wrote " + ", ".join(str(path) for path in paths.values()))
     if args.oracle_shift:
         shift = evaluate_shift(
             args.oracle_shift, predictors, args.shift_calibration, args.max_drop, args.delta, args.p_value,
-            train_certified=certified, seed=args.seed,
+            train_certified=certified, seed=args.seed, budgeted=budgeted,
         )  # fmt: skip
         shift_paths = write_shift(shift, out / "shift", title=f"shifted oracle {args.oracle_shift}")
         print(shift_paths["shift.md"].read_text())

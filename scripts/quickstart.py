@@ -11,13 +11,16 @@ continues where it stopped; what is reused is printed):
 2. the tiny M3 model (`python scripts/train_m3.py --preset tiny`), or the committed checkpoint;
 3. the oracle of the model on part of the train split (the predictors' teacher) and on the test split;
 4. the scale predictors (MLP and LightGBM, tuned with optuna on grouped train splits; OUT/predictors/NAME), each
-   also CERTIFIED on the held-out calibration images of the train oracle (drop <= 0.02 below 576 tokens with
-   probability >= 0.9; OUT/predictors/NAME-certified), the question-only and attribute reference routers, and
-   the routing evaluation on the test oracle (OUT/router) and on the shifted test split (smaller squares, closer
-   together: m3.data.granularity.SHIFTED_CONFIG; OUT/router-shift, with thresholds re-certified on 200 labelled
+   routed by both per-query rules, a threshold and a price per token, and for each rule CERTIFIED on the held-out
+   calibration images of the train oracle (drop <= 0.02 below 576 tokens with probability >= 0.9;
+   OUT/predictors/NAME-certified and NAME-price-certified) and fitted there to 5, 10 and 25 % of the tokens; the
+   question-only and attribute reference routers (routed alike); and the routing evaluation on the test oracle
+   (OUT/router) and on the shifted test split (smaller squares, more clutter, noisier:
+   m3.data.granularity.SHIFTED_CONFIG; OUT/router-shift, with thresholds and prices re-certified on 200 labelled
    shifted queries);
-5. an AdaptiveM3 folder (the model with the best predictor at its certified threshold; OUT/adaptive) and
-   OUT/report.md with the per-scale table, the oracle table, the router tables and the accuracy-vs-tokens plot.
+5. an AdaptiveM3 folder (the model with the learned predictor and rule whose certified operating point spends the
+   fewest tokens on the calibration images, at that threshold or price; OUT/adaptive) and OUT/report.md with the
+   scorecards, the per-scale table, the oracle table, the router tables and the accuracy-vs-tokens plot.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes everywhere: checks the chain, learns nothing")
     parser.add_argument("--oracle-train-images", type=int, default=1000, help="train images for the oracle")
     parser.add_argument("--trials", type=int, default=10, help="optuna trials per predictor")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for the tiny model)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch CPU threads (give 1 when another job shares a 2-core machine)"
+    )
     return parser.parse_args(argv)
 
 
@@ -133,8 +138,9 @@ def run(args: argparse.Namespace) -> None:
     timings["oracle"] = time.perf_counter() - start
 
     start = stage("4/5 scale predictors and routing evaluation")
-    from predictor.training import calibration_split, certify_routers, fit_predictors
-    from routing_study import best_predictor, evaluate_routing, summarize_routing, write_evaluation
+    from predictor.training import calibrate_rules, calibration_split, cheapest_certified, fit_predictors
+    from routing_study import evaluate_routing, write_evaluation
+    from routing_study.evaluation import SCORECARD_SHARES, rule_name
     from routing_study.report import write_shift
     from routing_study.shift import DEFAULT_SHIFT_CALIBRATION, evaluate_shift
 
@@ -145,23 +151,28 @@ def run(args: argparse.Namespace) -> None:
         seed=0,
         save_dir=out / "predictors",
     )
-    calibration = calibration_split(out / "oracle-train", seed=0)[1]  # the images that chose the thresholds
-    certified = certify_routers(predictors, calibration, MAX_DROP, DELTA, save_dir=out / "predictors")
-    evaluation = evaluate_routing(out / "oracle-test", predictors, certified=certified)
+    calibration = calibration_split(out / "oracle-train", seed=0)[1]  # the images that chose thresholds and prices
+    certified, budgeted = calibrate_rules(
+        predictors, calibration, MAX_DROP, DELTA, shares=SCORECARD_SHARES, save_dir=out / "predictors"
+    )  # per predictor and rule: certified, and fitted to each budget share
+    evaluation = evaluate_routing(out / "oracle-test", predictors, certified=certified, budgeted=budgeted)
     write_evaluation(evaluation, out / "router")
     shift_calibration = 2 * len(FAMILIES) if args.smoke else DEFAULT_SHIFT_CALIBRATION
     shift = evaluate_shift(
-        out / "oracle-shift", predictors, shift_calibration, MAX_DROP, DELTA, train_certified=certified
-    )  # thresholds from train, certified on train, and certified on labelled shifted queries
+        out / "oracle-shift", predictors, shift_calibration, MAX_DROP, DELTA, train_certified=certified,
+        budgeted=budgeted,
+    )  # fmt: skip  # operating points from train, certified on train, and certified on labelled shifted queries
     write_shift(shift, out / "router-shift", title="the shifted test split")
     timings["predictors"] = time.perf_counter() - start
 
     start = stage("5/5 AdaptiveM3 and the report")
     from adaptive import AdaptiveM3
+    from predictor.training import certified_suffix
     from routing_study.report import pipeline_report
 
-    best = best_predictor(summarize_routing(evaluation), LEARNED)
-    adaptive = AdaptiveM3.from_pretrained(model_dir, out / "predictors" / f"{best}-certified")
+    name, router = cheapest_certified(certified, LEARNED)  # chosen on calibration data, not on the test split
+    best = rule_name(name, router.rule)
+    adaptive = AdaptiveM3.from_pretrained(model_dir, out / "predictors" / f"{name}{certified_suffix(router.rule)}")
     adaptive_dir = out / "adaptive"
     if adaptive_dir.exists():
         shutil.rmtree(adaptive_dir)

@@ -9,6 +9,14 @@ from m3.tiny import build_tiny_tokenizer, tiny_image_processor, tiny_model
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test starts with one torch thread: training sets the preset's thread count for its process, which must
+    not leak into the tests that run after it."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return build_tiny_tokenizer()

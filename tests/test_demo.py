@@ -123,7 +123,7 @@ def test_the_default_is_the_tiny_model_with_its_certified_shipped_predictor(ship
     assert "tiny-m3-router" in shipped.source and "checkpoints/tiny-m3" in shipped.source
     assert [c.epsilon for c in shipped.certificates] == [0.01, 0.02, 0.05, 0.1]
     certificate = shipped.adaptive.predictor.calibration_["certificate"]
-    assert shipped.default_threshold == certificate["threshold"]  # it routes at its certified threshold
+    assert shipped.rule == "threshold" and shipped.default_value == certificate["threshold"]  # its certified one
     assert predictor_matches(ROOT / SHIPPED_PREDICTOR, ROOT / "checkpoints" / "tiny-m3")
 
 
@@ -291,3 +291,33 @@ def test_write_examples_regenerates_the_bundled_examples_from_the_generator(tmp_
     assert bundled.truth(bundled.images[0], bundled.questions["background"]) == examples.truth(
         examples.images[0], examples.questions["background"]
     )
+
+
+def test_a_model_that_routes_by_price_shows_and_moves_its_price(shipped, tmp_path):
+    """A predictor saved with the priced rule: the page's control is a price, routing follows AdaptiveM3.generate at
+    that price, and the summary names the rule (a certificate at the price is shown as certified)."""
+    extras.need("gradio", "demo")
+    from m3_demo.app import _Page, build_demo
+    from predictor.risk_control import Certificate
+
+    certificate = Certificate(0.02, 0.1, 600, 0.05, "berger_boos", 0.08, 0.004, 120.0, 300, rule="price")
+    record = {"certificate": certificate.to_dict()}
+    shipped.adaptive.predictor.save_pretrained(tmp_path / "priced", price=0.05, calibration=record)
+    model = load_demo_model(model_dir=ROOT / "checkpoints" / "tiny-m3", predictor_dir=tmp_path / "priced")
+    assert (model.rule, model.default_value) == ("price", 0.05) and model.certificates == [certificate]
+    page = _Page(model, load_examples(), text_tokens=30)
+    image, question = str(load_examples().images[1]), "what color is in the black frame ?"
+    state, message, *cards, summary = page.ask(image, question, 0.05, 576, "LLaVA-1.5-7B")
+    routed = model.adaptive.generate(image, question).scale
+    assert message == "" and f'data-routed-scale="{routed}"' in summary
+    assert "price 0.050, certified at ε = 0.02" in summary and "after price" in cards[0]
+    for price in (0.0, 0.3, 2.0):
+        _, *_, summary = page.reroute(state, price, 576, "LLaVA-1.5-7B")
+        expected = model.adaptive.generate(image, question, price=price).scale
+        assert f'data-routed-scale="{expected}"' in summary and f"price {price:.3f}, not certified" in summary
+    assert page.value_of(0.02) == 0.05 and page.certified_at(0.05).epsilon == 0.02
+    blocks = build_demo(model)
+    sliders = {
+        c.elem_id: c for c in blocks.blocks.values() if getattr(c, "elem_id", None) in ("m3-price", "m3-threshold")
+    }
+    assert list(sliders) == ["m3-price"] and sliders["m3-price"].value == 0.05

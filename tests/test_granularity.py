@@ -23,18 +23,22 @@ from m3.data.granularity import (
     VOCABULARY,
     GranularityConfig,
     GranularityConfigV5,
+    GranularityConfigV6,
     draw_sample,
     ensure_split,
     generate_records,
     write_split,
 )
 from m3.data.granularity import v5 as generator_v5
+from m3.data.granularity import v6 as generator_v6
+from m3.data.granularity.v7 import COVER_SCALES, clean_cover, frame_width
 from m3.metrics import majority_baseline
 from m3.tiny import build_tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 PALETTE_RGB = np.array(list(PALETTE.values()), dtype=np.int32)
 V5_DIGESTS = ["5d98f6f67660d196", "e3572341cce79bca", "8f8ebbac437681b3"]  # sha256 of test_00000{0,1,2}.png, seed 0
+V6_DIGESTS = ["a65d882022e489b7", "9922c7b3b1bf05d0", "771e009f29c09fc7"]  # the same, v6 (written before v7 existed)
 
 
 def colour_names(pixels: np.ndarray) -> np.ndarray:
@@ -97,7 +101,7 @@ def test_json_schema_paths_and_meta(tmp_path):
     by_image = Counter(r["image_id"] for r in records)
     assert set(by_image.values()) == {len(FAMILIES)}
     meta = json.loads((tmp_path / "validation.meta.json").read_text())
-    assert meta["seed"] == 0 and meta["num_images"] == 5 and meta["generator_version"] == "6"
+    assert meta["seed"] == 0 and meta["num_images"] == 5 and meta["generator_version"] == "7"
     assert meta["config"] == GranularityConfig().to_dict()
     assert meta["counts"] == dict.fromkeys(FAMILIES, 5)
 
@@ -132,28 +136,76 @@ def test_majority_baseline_counts_the_most_common_answer():
     assert baseline == {"background": 1.0, "shape": 0.5, "overall": 0.6}
 
 
+def object_labels(names: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected components of the non-background pixels: one label per square (frames included)."""
+    from scipy import ndimage
+
+    return ndimage.label(~np.isin(names, BACKGROUND_COLORS))
+
+
 @pytest.mark.parametrize("seed", range(60))
 def test_attributes_are_in_the_pixels(seed):
-    image, attrs = draw_sample(np.random.default_rng(seed))
+    config = SHIFTED_CONFIG if seed % 3 == 0 else DEFAULT_CONFIG
+    image, attrs = draw_sample(np.random.default_rng(seed), config)
     names = colour_names(np.asarray(image))
-    assert Counter(names.ravel().tolist()).most_common(1)[0][0] == attrs["background"]
     assert attrs["background"] in BACKGROUND_COLORS
-    config = GranularityConfig()
+    assert (names[0 == object_labels(names)[0]] == attrs["background"]).all()
     frames = {}
     for frame in FRAME_COLORS:
         x0, y0, x1, y1 = frames[frame] = attrs[f"{frame}_frame_box"]
         side = attrs[f"{frame}_frame_side"]
         assert config.side_min <= side == x1 - x0 + 1 == y1 - y0 + 1 <= config.side_max
+        width = frame_width(side, config.frame_divisor)
         box = names[y0 : y1 + 1, x0 : x1 + 1]
-        border = np.concatenate([box[0], box[-1], box[1:-1, 0], box[1:-1, -1]])
-        assert (border == frame).all()  # the 1 px frame
-        assert (box[1:-1, 1:-1] == attrs[f"{frame}_frame_color"]).all()  # the colour it holds
-        assert (names == frame).sum() == 4 * (side - 1)  # nothing else is drawn in a frame colour
-        assert attrs[f"{frame}_frame_gap"] >= max(attrs["gap"], config.gap_min)  # neighbours at least a patch away
+        ring = np.ones((side, side), dtype=bool)
+        ring[width:-width, width:-width] = False
+        assert (box[ring] == frame).all()  # the frame, side / frame_divisor px wide
+        assert (box[~ring] == attrs[f"{frame}_frame_color"]).all()  # the colour it holds
+        assert (names == frame).sum() == ring.sum()  # nothing else is drawn in a frame colour
+        assert attrs[f"{frame}_frame_gap"] >= config.gap_min  # neighbours at least a patch away
     assert frames["white"] != frames["black"]
-    assert attrs["num_objects"] >= 4 and 0 < attrs["object_fraction"] < 0.6
-    squares = (np.isin(names, OBJECT_COLORS) | np.isin(names, FRAME_COLORS)).sum()
-    assert squares == round(attrs["object_fraction"] * 96 * 96)
+    labels, count = object_labels(names)
+    assert count == attrs["num_objects"] >= 2 + config.distractors_min * (config is DEFAULT_CONFIG)
+    assert attrs["num_objects"] <= 2 + attrs["distractors_drawn"] <= 2 + config.distractors_max
+    assert (labels > 0).sum() == round(attrs["object_fraction"] * 96 * 96)
+
+
+def test_frames_grow_with_the_square():
+    assert [frame_width(side, 8) for side in (5, 11, 12, 20, 28, 36, 40)] == [1, 1, 2, 2, 4, 4, 5]
+    assert frame_width(5, 4) == 1 and frame_width(6, 4) == 2  # at least 1 px of colour is left inside
+    assert all(side - 2 * frame_width(side, d) >= 1 for side in range(5, 41) for d in range(4, 17))
+
+
+def test_clean_cover_is_the_largest_clean_share_of_a_cell():
+    # 9 tokens: 32 px cells. A 16 px square alone in cell (0, 0) covers a quarter of it.
+    boxes = [(0, 0, 15, 15), (64, 64, 79, 79)]
+    assert clean_cover(boxes, 0, 9) == 0.25 and clean_cover(boxes, 0, 36) == 1.0 and clean_cover(boxes, 0, 144) == 1.0
+    # a neighbour in the same 32 px cell spoils it at 9 tokens, not at 36 (16 px cells)
+    boxes.append((20, 20, 27, 27))
+    assert clean_cover(boxes, 0, 9) == 0.0 and clean_cover(boxes, 0, 36) == 1.0
+    # straddling cells: the best clean cell counts; a square over 4 cells of 8 px covers 16/64 of the best one
+    assert clean_cover([(4, 4, 11, 11), (90, 90, 95, 95)], 0, 144) == 0.25
+
+
+def test_cover_attributes_follow_the_drawing():
+    """The recorded covers are :func:`clean_cover` of the drawn boxes, found again from the pixels; a bigger square
+    has more clean cover at coarse scales, and 576 tokens would always be clean."""
+    for seed in range(40):
+        image, attrs = draw_sample(np.random.default_rng(seed))
+        labels, count = object_labels(colour_names(np.asarray(image)))
+        boxes = []
+        for index in range(1, count + 1):
+            ys, xs = np.nonzero(labels == index)
+            boxes.append((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())))
+        for frame in FRAME_COLORS:
+            index = boxes.index(tuple(attrs[f"{frame}_frame_box"]))
+            for scale in COVER_SCALES:
+                assert attrs[f"{frame}_frame_cover_{scale}"] == clean_cover(boxes, index, scale), (seed, frame, scale)
+            assert clean_cover(boxes, index, 576) > 0  # one patch apart: some 4 px cell always holds it alone
+    attrs = [draw_sample(np.random.default_rng(s))[1] for s in range(600)]
+    sides = np.array([a["white_frame_side"] for a in attrs])
+    cover = np.array([a["white_frame_cover_36"] for a in attrs])
+    assert cover[sides >= 24].mean() > 0.8 > 0.4 > cover[sides <= 8].mean()
 
 
 def test_no_two_squares_share_a_patch_so_576_tokens_separate_every_pair():
@@ -161,41 +213,71 @@ def test_no_two_squares_share_a_patch_so_576_tokens_separate_every_pair():
     two of them (and no patch holds a frame and another square's colour)."""
     for seed in range(200):
         image, attrs = draw_sample(np.random.default_rng(seed), SHIFTED_CONFIG if seed % 2 else DEFAULT_CONFIG)
-        names = colour_names(np.asarray(image))
-        # label every square's pixels by connected component of non-background pixels, then check patches
-        from scipy import ndimage
-
-        labels, count = ndimage.label(~np.isin(names, BACKGROUND_COLORS))
+        labels, count = object_labels(colour_names(np.asarray(image)))
         assert count == attrs["num_objects"], seed
         patches = labels.reshape(24, 4, 24, 4).transpose(0, 2, 1, 3).reshape(576, 16)
         assert max(len(set(p.tolist()) - {0}) for p in patches) == 1, seed
 
 
-def test_sides_and_gaps_are_log_uniform_over_the_configured_range():
+def test_sides_are_log_uniform_and_clutter_spreads_the_gaps():
     attrs = [draw_sample(np.random.default_rng(s))[1] for s in range(1500)]
     config = GranularityConfig()
     sides = np.array([a["white_frame_side"] for a in attrs] + [a["black_frame_side"] for a in attrs])
     assert sides.min() == config.side_min and sides.max() == config.side_max
-    gaps = np.array([a["gap"] for a in attrs])
-    assert gaps.min() == config.gap_min and gaps.max() == config.gap_max
-    # equal log widths are about equally likely: each of the four octaves 4-7, 8-15, 16-31, 32-48 px
-    edges = [config.gap_min - 0.5, 7.5, 15.5, 31.5, config.gap_max + 0.5]
-    shares = np.histogram(gaps, bins=edges)[0] / len(gaps)
-    expected = np.diff(np.log(edges)) / np.log(edges[-1] / edges[0])
-    np.testing.assert_allclose(shares, expected, atol=0.04)
-    # a smaller gap packs more squares: what a router can read from the whole image
+    # equal log widths are about equally likely: 5-9, 10-19, 20-40 px
+    edges = [config.side_min - 0.5, 9.5, 19.5, config.side_max + 0.5]
+    shares = np.histogram(sides, bins=edges)[0] / len(sides)
+    np.testing.assert_allclose(shares, np.diff(np.log(edges)) / np.log(edges[-1] / edges[0]), atol=0.04)
+    # the gap to the nearest square runs from one patch to most of the image, and shrinks with clutter
+    gaps = np.array([a["white_frame_gap"] for a in attrs])
+    assert gaps.min() == config.gap_min and np.quantile(gaps, 0.95) > 24
     counts = np.array([a["num_objects"] for a in attrs])
-    assert np.corrcoef(np.log(gaps), counts)[0, 1] < -0.8
+    assert np.corrcoef(np.log(gaps), counts)[0, 1] < -0.4
+    drawn = np.array([a["distractors_drawn"] for a in attrs])
+    assert set(drawn.tolist()) == set(range(config.distractors_min, config.distractors_max + 1))
 
 
 def test_a_shifted_config_changes_the_attribute_distribution():
     default = [draw_sample(np.random.default_rng(s))[1] for s in range(300)]
     moved = [draw_sample(np.random.default_rng(s), SHIFTED_CONFIG)[1] for s in range(300)]
     assert max(a["white_frame_side"] for a in moved) <= SHIFTED_CONFIG.side_max < DEFAULT_CONFIG.side_max
-    assert all(SHIFTED_CONFIG.gap_min <= a["gap"] <= SHIFTED_CONFIG.gap_max for a in moved)
-    assert np.median([a["gap"] for a in default]) > 1.5 * np.median([a["gap"] for a in moved])
-    assert np.mean([a["num_objects"] for a in moved]) > np.mean([a["num_objects"] for a in default])
+    def mean(attrs: list[dict], name: str) -> float:
+        return float(np.mean([a[name] for a in attrs]))
+
+    assert mean(default, "white_frame_gap") > 1.15 * mean(moved, "white_frame_gap")
+    assert mean(moved, "num_objects") > 1.5 * mean(default, "num_objects")
+    # smaller squares in more clutter: less clean cover at 36 tokens
+    assert mean(moved, "white_frame_cover_36") < 0.6 * mean(default, "white_frame_cover_36")
     assert SHIFTED_CONFIG.noise > DEFAULT_CONFIG.noise  # noisier too
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_version_6_attributes_are_in_the_pixels(seed):
+    config = GranularityConfigV6()
+    image, attrs = generator_v6.draw_sample(np.random.default_rng(seed), config)
+    names = colour_names(np.asarray(image))
+    for frame in FRAME_COLORS:
+        x0, y0, x1, y1 = attrs[f"{frame}_frame_box"]
+        side = attrs[f"{frame}_frame_side"]
+        box = names[y0 : y1 + 1, x0 : x1 + 1]
+        border = np.concatenate([box[0], box[-1], box[1:-1, 0], box[1:-1, -1]])
+        assert (border == frame).all() and (box[1:-1, 1:-1] == attrs[f"{frame}_frame_color"]).all()
+        assert (names == frame).sum() == 4 * (side - 1)
+        assert attrs[f"{frame}_frame_gap"] >= max(attrs["gap"], config.gap_min)
+
+
+def test_version_6_stays_reproducible(tmp_path):
+    """Splits of generator v6 (the figures measured on it) are drawn byte for byte as before v7 existed."""
+    path = write_split(tmp_path, "test", 3, seed=0, config=GranularityConfigV6())
+    meta = json.loads((tmp_path / "test.meta.json").read_text())
+    assert meta["generator_version"] == "6" and meta["config"] == GranularityConfigV6().to_dict()
+    digests = [
+        hashlib.sha256((tmp_path / f"images/test/test_{i:06d}.png").read_bytes()).hexdigest()[:16] for i in range(3)
+    ]
+    assert digests == V6_DIGESTS
+    with pytest.raises(ValueError, match="generator version 6, but version 7"):
+        ensure_split(path, "test", 3)  # a v6 split never passes for the default (v7) one
+    assert ensure_split(path, "test", 3, config=GranularityConfigV6()) == path
 
 
 def test_version_5_stays_reproducible(tmp_path):
@@ -210,22 +292,23 @@ def test_version_5_stays_reproducible(tmp_path):
         hashlib.sha256((tmp_path / f"images/test/test_{i:06d}.png").read_bytes()).hexdigest()[:16] for i in range(3)
     ]
     assert digests == V5_DIGESTS
-    with pytest.raises(ValueError, match="generator version 5, but version 6"):
-        ensure_split(path, "test", 3)  # a v5 split never passes for the default (v6) one
+    with pytest.raises(ValueError, match="generator version 5, but version 7"):
+        ensure_split(path, "test", 3)  # a v5 split never passes for the default (v7) one
     assert ensure_split(path, "test", 3, config=GranularityConfigV5()) == path
 
 
 def test_config_round_trip_and_validation(tmp_path):
-    config = GranularityConfig(side_min=4, side_max=10, gap_max=6, noise=4)
+    config = GranularityConfig(side_min=6, side_max=10, distractors_max=3, noise=4)
     assert GranularityConfig.from_dict(config.to_dict()) == config
     write_split(tmp_path, "test", 3, seed=0, config=config)
     meta = json.loads((tmp_path / "test.meta.json").read_text())
     assert GranularityConfig.from_dict(meta["config"]) == config
     records = json.loads((tmp_path / "test.json").read_text())
-    assert all(4 <= r["attributes"]["white_frame_side"] <= 10 and r["attributes"]["gap"] <= 6 for r in records)
+    assert all(6 <= r["attributes"]["white_frame_side"] <= 10 and r["attributes"]["num_objects"] <= 5 for r in records)
     with pytest.raises(ValueError, match="unknown GranularityConfig field"):
         GranularityConfig.from_dict({**config.to_dict(), "colour": 1})
-    bad_configs = (dict(side_min=9, side_max=8), dict(side_max=17), dict(side_min=3), dict(gap_min=3), dict(gap_max=90))
+    bad_configs = (dict(side_min=9, side_max=8), dict(side_max=41), dict(side_min=4), dict(gap_min=3), dict(gap_min=13))
+    bad_configs += (dict(distractors_min=3, distractors_max=2), dict(distractors_max=25), dict(frame_divisor=3))
     for bad in (*bad_configs, dict(noise=-1)):
         with pytest.raises(ValueError, match="invalid GranularityConfig"):
             GranularityConfig(**bad)
@@ -277,7 +360,7 @@ def test_cli_help_and_a_real_run(tmp_path):
 def test_the_shifted_flag_draws_the_documented_shift_and_other_flags_refine_it(tmp_path):
     from m3.data.granularity import main
 
-    assert SHIFTED_CONFIG.side_max < DEFAULT_CONFIG.side_max and SHIFTED_CONFIG.gap_max < DEFAULT_CONFIG.gap_max
+    assert SHIFTED_CONFIG.side_max < DEFAULT_CONFIG.side_max
     main(["--out", str(tmp_path / "a"), "--split", "test", "--num-images", "3", "--shifted"])
     meta = json.loads((tmp_path / "a" / "test.meta.json").read_text())
     assert meta["config"] == SHIFTED_CONFIG.to_dict()
@@ -286,7 +369,8 @@ def test_the_shifted_flag_draws_the_documented_shift_and_other_flags_refine_it(t
     assert meta["config"] == {**SHIFTED_CONFIG.to_dict(), "noise": 2}
     for record in json.loads((tmp_path / "a" / "test.json").read_text()):
         attributes = record["attributes"]
-        assert attributes["white_frame_side"] <= SHIFTED_CONFIG.side_max and attributes["gap"] <= SHIFTED_CONFIG.gap_max
+        assert attributes["white_frame_side"] <= SHIFTED_CONFIG.side_max
+        assert attributes["num_objects"] <= 2 + SHIFTED_CONFIG.distractors_max
 
 
 def test_chat_split_asks_every_question_of_an_image_in_one_record(tmp_path):
@@ -317,6 +401,6 @@ def test_a_damaged_meta_file_is_named_not_a_traceback(tmp_path):
     from m3.files import DamagedFileError
 
     path = ensure_split(tmp_path / "test.json", "test", 2)
-    (tmp_path / "test.meta.json").write_text('{"generator_version": "6", "con')  # a truncated write
+    (tmp_path / "test.meta.json").write_text('{"generator_version": "7", "con')  # a truncated write
     with pytest.raises(DamagedFileError, match="test.meta.json"):
         ensure_split(path, "test", 2)

@@ -144,6 +144,18 @@ def test_budget_caps_the_visual_tokens_and_bad_arguments_are_refused(runs, tmp_p
     eager = M3Adaptive(pretrained=str(adaptive_dir), threshold=0, device="cpu")
     answers = eager.generate_until(_requests(split_json, eager, 4, {"max_new_tokens": 4}))
     assert [a.token_counts.scale for a in answers] == [1] * 4 and len(eager.routing) == 4
+    # the priced rule: a price above every gain per token answers at the smallest scale; not with a threshold
+    cheap = M3Adaptive(pretrained=str(adaptive_dir), price="1000", device="cpu")
+    answers = cheap.generate_until(_requests(split_json, cheap, 4, {"max_new_tokens": 4}))
+    assert [a.token_counts.scale for a in answers] == [1] * 4
+    costly = M3Adaptive(pretrained=str(adaptive_dir), price="0", device="cpu")  # price 0: the most probable scale
+    answers = costly.generate_until(_requests(split_json, costly, 4, {"max_new_tokens": 4}))
+    assert [a.token_counts.scale for a in answers] == [max(r["probabilities"], key=r["probabilities"].get)
+                                                        for r in costly.routing]  # fmt: skip
+    with pytest.raises(ValueError, match="not both"):
+        M3Adaptive(pretrained=str(adaptive_dir), price="0.1", threshold="0.5", device="cpu")
+    with pytest.raises(ValueError, match="price"):
+        M3Adaptive(pretrained=str(adaptive_dir), price="-1", device="cpu")
     with pytest.raises(ValueError, match="not a valid scale|valid scales"):
         M3(pretrained=str(MODEL), scale=7)
     with pytest.raises(ValueError, match=r"unknown model arg\(s\) \['scales'\]"):

@@ -62,10 +62,11 @@ def test_a_calibrated_router_saves_as_a_predictor_at_its_threshold(predictor, da
     assert type(loaded) is LGBMScalePredictor and loaded.threshold_ == router.threshold_
     np.testing.assert_array_equal(loaded.predict(data[1]), router.predict(data[1]))
     record = json.loads((tmp_path / "router" / "predictor.json").read_text())["calibration"]
-    assert record["rule"] == "CalibratedRouter" and record["n"] == len(data[1]) and record["accuracy"] == "score"
+    assert record["router"] == "CalibratedRouter" and record["rule"] == "threshold" and record["n"] == len(data[1])
+    assert record["accuracy"] == "score"
     # evaluate_routing marks the router's own threshold as the calibrated point
     rows = {row["router"]: row for row in summarize_routing(evaluate_routing(data[1], {"lgbm": router}))}
-    assert rows["lgbm"]["calibrated_threshold"] == router.threshold_
+    assert rows["lgbm"]["calibrated_value"] == router.threshold_
     assert rows["lgbm"]["calibrated_tokens"] == pytest.approx(router.tokens_)
 
 
@@ -75,7 +76,7 @@ def test_a_loaded_calibrated_predictor_saved_again_keeps_its_record(predictor, d
     loaded = load_predictor(tmp_path / "router")
     loaded.save_pretrained(tmp_path / "again")  # as AdaptiveM3.save_pretrained does with its predictor
     again = load_predictor(tmp_path / "again")
-    assert again.calibration_ == loaded.calibration_ and again.calibration_["rule"] == "CalibratedRouter"
+    assert again.calibration_ == loaded.calibration_ and again.calibration_["router"] == "CalibratedRouter"
     assert again.threshold_ == router.threshold_
 
 

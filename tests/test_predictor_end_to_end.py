@@ -80,7 +80,7 @@ def test_evaluate_router_cli_fits_saves_and_reevaluates(oracles, tmp_path, capsy
     assert {"mlp", "lgbm-oracle", "lgbm-oracle argmax", "random", "confidence cascade", "oracle (paper)"} <= set(
         routers
     )
-    assert 0 < routers["mlp"]["calibrated_threshold"] <= 1.0 + 1e-6
+    assert 0 < routers["mlp"]["calibrated_value"] <= 1.0 + 1e-6
     assert {row["family"] for row in summary["families"]} == {"background", "position", "shape", "small_color"}
 
     again = tmp_path / "again"
@@ -94,33 +94,66 @@ def test_evaluate_router_cli_fits_saves_and_reevaluates(oracles, tmp_path, capsy
     assert exit_info.value.code == 2 and "embedding size 16" in capsys.readouterr().err
 
 
-def test_the_scorecard_sets_every_router_against_the_question_only_one(oracles, tmp_path):
+def test_the_scorecard_reads_every_router_against_the_hull_the_oracle_knapsack_and_question_only(oracles, tmp_path):
+    from predictor import as_oracle_set, split_oracle
+    from predictor.budget import budget_routing
     from predictor.reference import ReferenceRouter
+    from predictor.routing_metrics import routing_point, tokens_for_accuracy
+    from predictor.thresholds import route_by_rule
+    from predictor.training import calibrate_rules
     from routing_study.evaluation import scorecard_rows
     from routing_study.report import scorecard_markdown
 
     train, test = oracles
-    predictors = {"lgbm": LGBMScalePredictor().fit(train), "question-only": ReferenceRouter("family").fit(train)}
-    evaluation = evaluate_routing(test, predictors)
+    fit, calibration = split_oracle(as_oracle_set(train), 0.3, seed=0)
+    predictors = {"lgbm": LGBMScalePredictor().fit(fit), "question-only": ReferenceRouter("family").fit(fit)}
+    certified, budgeted = calibrate_rules(predictors, calibration, max_drop=0.05, shares=(0.05, 0.1, 0.25))
+    evaluation = evaluate_routing(test, predictors, certified=certified, budgeted=budgeted)
     card = {row["router"]: row for row in scorecard_rows(evaluation)}
     summary = {row["router"]: row for row in summarize_routing(evaluation)}
-    assert set(card) == {"lgbm", "question-only"}
-    reference, lgbm = card["question-only"], card["lgbm"]
-    assert reference["tokens_to_match_vs_reference"] == pytest.approx(1.0)
-    assert reference["knapsack_0.1_vs_reference"] == 0.0
-    assert lgbm["tokens_to_match"] == summary["lgbm"]["tokens_at_match"]
-    # the image's detail level, which the family does not tell, lets the learned router answer with fewer tokens
-    assert lgbm["tokens_to_match_vs_reference"] < 0.9
-    assert lgbm["hull_margin_min"] == summary["lgbm"]["hull_margin_min"]
+    predictors_by_rule = {"lgbm", "lgbm (price)", "question-only", "question-only (price)"}
+    baselines = {"fixed-scale hull", "random", "confidence cascade", "confidence cascade (tokens processed)"}
+    assert set(card) == predictors_by_rule | baselines | {"oracle knapsack"}
+    values, tokens, scales = evaluation.values, evaluation.tokens, evaluation.scales
+    strong_tokens, strong = evaluation.strong
     hull = evaluation.router("fixed-scale hull").curve()
-    assert lgbm["above_hull"] == bool(
-        min(evaluation.router("lgbm").curve().at(x) - hull.at(x) for x in np.linspace(0.05 * 576, 0.5 * 576, 91)) > 0
-    )
+    for share in (0.05, 0.1, 0.25):
+        oracle = routing_point(budget_routing(values, tokens, scales, share * strong_tokens), values, tokens, scales)[1]
+        assert card["oracle knapsack"][f"accuracy_at_{share:g}"] == oracle
+        assert card["oracle knapsack"][f"gap_at_{share:g}"] == pytest.approx(1.0)
+        assert card["fixed-scale hull"][f"gap_at_{share:g}"] == pytest.approx(0.0)
+        floor = hull.at(share * strong_tokens)
+        for name, row in card.items():  # no routing beats the knapsack on the true answers (within one query)
+            assert row[f"accuracy_at_{share:g}"] <= oracle + 1 / len(values) + 1e-9, (name, share)
+            expected = (row[f"accuracy_at_{share:g}"] - floor) / (oracle - floor)
+            assert row[f"gap_at_{share:g}"] == pytest.approx(expected), (name, share)
+    for rule, suffix in (("threshold", ""), ("price", " (price)")):
+        mine, reference = card[f"lgbm{suffix}"], card[f"question-only{suffix}"]
+        assert mine["rule"] == reference["rule"] == rule
+        assert reference["tokens_to_full_minus_0.01_vs_reference"] == pytest.approx(1.0)
+        curve = evaluation.router(f"lgbm{suffix}").curve().extended(*evaluation.weak, *evaluation.strong)
+        assert mine["tokens_to_full_minus_0.02"] == pytest.approx(tokens_for_accuracy(curve, strong - 0.02 - 1e-12))
+        assert mine["hull_margin_min"] == summary[f"lgbm{suffix}"]["hull_margin_min"]
+        assert mine["above_hull"] == (mine["hull_margin_min"] > 0)
+        # the operating points chosen on calibration data, replayed by hand on the test data
+        router = next(r for r in certified["lgbm"] if r.rule == rule)
+        chosen = route_by_rule(predictors["lgbm"].predict_proba(test), scales, router.rule_,
+                               router.threshold_ if router.rule_ == "threshold" else router.price_)  # fmt: skip
+        assert mine["certified_tokens"] == pytest.approx(routing_point(chosen, values, tokens, scales)[0])
+        fitted = next(r for r in budgeted["lgbm"] if r.rule == rule and r.budget == pytest.approx(0.1 * 576))
+        value = fitted.threshold_ if rule == "threshold" else fitted.price_
+        chosen = route_by_rule(predictors["lgbm"].predict_proba(test), scales, rule, value)
+        assert (mine["budget_0.1_tokens"], mine["budget_0.1_accuracy"]) == pytest.approx(
+            routing_point(chosen, values, tokens, scales)
+        )
+    # the image's detail level, which the family does not tell, lets the learned router answer with fewer tokens
+    assert card["lgbm"]["tokens_to_full_minus_0.01_vs_reference"] < 0.9
     budgets = {row["router"]: row for row in budget_rows(evaluation, (0.1,))}
-    expected = budgets["lgbm (knapsack)"]["accuracy_at_0.1"] - budgets["question-only (knapsack)"]["accuracy_at_0.1"]
-    assert lgbm["knapsack_0.1_vs_reference"] == pytest.approx(expected)
+    assert card["lgbm (price)"]["knapsack_0.1"] == budgets["lgbm (knapsack)"]["accuracy_at_0.1"]
+    assert "lgbm (price) (knapsack)" not in budgets  # one batch knapsack per predictor, whatever the rule
     text = scorecard_markdown(evaluation)
-    assert "| lgbm |" in text and "| question-only |" in text and "(100 %)" in text
+    assert "| lgbm (price) | price |" in text and "| **oracle knapsack** | - |" in text and "fitted to 10 %" in text
+    assert text.count("\n|---") == 2  # two tables
     assert "scorecard.md" in write_evaluation(evaluation, tmp_path / "eval")
 
 

@@ -52,6 +52,8 @@ def test_an_unfitted_router_and_bad_settings_are_refused(tmp_path):
         ReferenceRouter(grouping="pixels").fit(table)
     with pytest.raises(ValueError, match="n_bins and min_count"):
         ReferenceRouter(n_bins=0).fit(table)
+    with pytest.raises(ValueError, match="unknown estimator"):
+        ReferenceRouter(grouping="attribute", estimator="forest").fit(table)
     router = ReferenceRouter().fit(table)
     other = table.drop_columns(["correct_576", "tokens_576"]).replace_schema_metadata(None)
     with pytest.raises(ValueError, match="scales"):
@@ -80,7 +82,7 @@ def test_question_only_router_learns_the_family_rate_and_falls_back_to_the_overa
 
 def test_attribute_router_routes_by_the_joined_attribute(tmp_path):
     table = oracle_table(tmp_path)
-    router = ReferenceRouter(grouping="attribute", attributes=ATTRIBUTES, n_bins=4).fit(table)
+    router = ReferenceRouter(grouping="attribute", attributes=ATTRIBUTES, estimator="buckets", n_bins=4).fit(table)
     sides = np.array([a["side"] for a in sample_attributes(table)])
     families = np.array(table.column("family").to_pylist())
     assert set(router.bin_edges_) == {"background", "color"} and len(router.bin_edges_["color"]["side"]) == 3
@@ -94,6 +96,39 @@ def test_attribute_router_routes_by_the_joined_attribute(tmp_path):
     renamed = table.set_column(table.schema.get_field_index("family"), "family", pa.array(["white_frame"] * len(table)))
     with pytest.raises(KeyError, match="attribute"):
         ReferenceRouter(grouping="attribute").fit(renamed)
+
+
+def test_boosted_attribute_router_learns_the_step_and_reads_text_attributes(tmp_path):
+    """Trees on the attribute values find the 16 px step that quantile buckets blur, never give a larger scale a
+    lower estimate, and take text attributes (colours) as categories."""
+    table = oracle_table(tmp_path)
+    router = ReferenceRouter(grouping="attribute", attributes=ATTRIBUTES).fit(table)
+    assert router.estimator == "boosted" and set(router.boosters_) == {"color"}  # background: all right, its rate
+    sides = np.array([a["side"] for a in sample_attributes(table)])
+    families = np.array(table.column("family").to_pylist())
+    proba = router.predict_proba(table)
+    assert (np.diff(proba, axis=1) >= -1e-12).all()
+    chosen = router.predict(table, threshold=0.9)
+    colour = families == "color"
+    assert set(chosen[families == "background"]) == {1}
+    assert (chosen[colour & (sides >= 16)] == 9).all() and (chosen[colour & (sides < 16)] == 576).all()
+    # a colour attribute that decides instead of the side: red squares need 576, the others 9
+    records = json.loads((tmp_path / "data.json").read_text())
+    for index, record in enumerate(records):
+        record["attributes"]["tint"] = "red" if index % 4 == 1 else "blue"
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    tinted = [r["attributes"]["tint"] for r in records]
+    correct = {f"correct_{s}": [True] * len(table) for s in SCALES}
+    for s in SCALES[:-1]:
+        correct[f"correct_{s}"] = [not (f == "color" and t == "red") for f, t in zip(families, tinted)]
+    recoloured = table
+    for name, values in correct.items():
+        recoloured = recoloured.set_column(recoloured.schema.get_field_index(name), name, pa.array(values))
+    router = ReferenceRouter(grouping="attribute", attributes={"color": ("tint",)}).fit(recoloured)
+    assert router.categories_["color"] == {"tint": {"blue": 0, "red": 1}}
+    chosen = router.predict(recoloured, threshold=0.9)
+    red = np.array(tinted) == "red"
+    assert (chosen[colour & red] == 576).all() and (chosen[colour & ~red] == 1).all()
 
 
 def test_sample_attributes_joins_by_sample_id_and_names_problems(tmp_path):

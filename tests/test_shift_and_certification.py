@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from oracle_data.synthetic import write_synthetic_oracle
-from predictor import CertifiedRouter, as_oracle_set, load_predictor, saved_certificate
+from predictor import CalibratedRouter, CertifiedRouter, as_oracle_set, load_predictor, saved_certificate
 from predictor.data import grouped_sample
 from predictor.routing_metrics import routing_point
-from predictor.thresholds import route_by_threshold
+from predictor.thresholds import route_by_rule
+from routing_study.report import write_shift
 from routing_study.shift import evaluate_shift, shift_markdown
 from routing_study.validity import (
     binomial_bound,
@@ -39,17 +40,20 @@ def shifted_case(n: int = 400, seed: int = 0):
     return oracle_table(correct), proba, correct
 
 
-def test_shift_rows_compare_train_and_shift_thresholds_on_the_held_out_part():
+def test_shift_rows_compare_train_and_shift_thresholds_on_the_held_out_part(tmp_path):
     table, proba, correct = shifted_case()
     router = KnownRouter(proba, threshold=0.5)
     shift = evaluate_shift(table, {"known": router}, n_calibration=200, max_drop=0.02, delta=0.1, seed=3)
     calibration_rows, rest_rows = grouped_sample(as_oracle_set(table), 200, 3)
     assert len(shift.calibration) == len(calibration_rows) == 200 and len(shift.evaluation.data) == len(rest_rows)
-    rows = {row["threshold_from"]: row for row in shift.rows}
-    assert set(rows) == {"train threshold", "certified on shift"}
+    assert {(row["rule"], row["threshold_from"]) for row in shift.rows} == {
+        ("threshold", "train threshold"), ("threshold", "certified on shift"), ("price", "certified on shift")
+    }  # fmt: skip
+    rows = {row["threshold_from"]: row for row in shift.rows if row["rule"] == "threshold"}
     values, tokens = correct[rest_rows].astype(float), np.tile(np.array(SCALES, float), (len(rest_rows), 1))
-    for row in rows.values():  # each row is the threshold rule at its threshold on the held-out part, by hand
-        routing = route_by_threshold(proba[rest_rows], SCALES, row["threshold"])
+    for row in shift.rows:  # each row is its rule at its value on the held-out part, by hand (threshold 1: nothing)
+        rule = "threshold" if row["threshold"] is not None else "price"
+        routing = route_by_rule(proba[rest_rows], SCALES, rule, row["value"])
         expected_tokens, expected_accuracy = routing_point(routing, values, tokens, SCALES)
         assert row["tokens"] == pytest.approx(expected_tokens) and row["accuracy"] == pytest.approx(expected_accuracy)
         assert row["drop"] == pytest.approx(values[:, -1].mean() - expected_accuracy)
@@ -58,10 +62,21 @@ def test_shift_rows_compare_train_and_shift_thresholds_on_the_held_out_part():
     assert certified["threshold"] > 0.6 and certified["within_epsilon"] and certified["n"] == 200
     alone = CertifiedRouter(router, max_drop=0.02, delta=0.1).fit(as_oracle_set(table).take(calibration_rows))
     assert certified["threshold"] == alone.threshold_
+    priced = next(row for row in shift.rows if row["rule"] == "price")
+    alone = CertifiedRouter(router, max_drop=0.02, delta=0.1, rule="price").fit(
+        as_oracle_set(table).take(calibration_rows)
+    )
+    assert priced["value"] == (alone.price_ if alone.rule_ == "price" else 1.0) and priced["within_epsilon"]
     names = {result.name for result in shift.evaluation.routers}
     for name in ("fixed 1", "fixed 576", "random", "confidence cascade", "oracle (paper)", "oracle (monotone)"):
         assert name in names
-    assert "| known | certified on shift |" in shift_markdown(shift)
+    assert "| known | threshold | certified on shift |" in shift_markdown(shift)
+    # a router saved with the priced rule is shown at its train price, beside the prices certified on the shift
+    priced = CalibratedRouter(router, rule="price", budget=100).fit(as_oracle_set(table).take(calibration_rows))
+    shift = evaluate_shift(table, {"priced": priced}, n_calibration=200, max_drop=0.02, delta=0.1, seed=3)
+    train = next(row for row in shift.rows if row["threshold_from"] == "train price")
+    assert train["rule"] == "price" and train["value"] == priced.price_ and train["threshold"] is None
+    assert (tmp_path / "shift" / "shift.png") in write_shift(shift, tmp_path / "shift").values()
 
 
 def test_the_validity_study_counts_splits_over_eps_and_certifies_fixed_scales_largest_first():
@@ -148,8 +163,33 @@ def test_calibrate_router_writes_a_certified_predictor_that_every_tool_reads(ora
     row = next(
         r for r in json.loads((tmp_path / "eval" / "results.json").read_text())["routers"] if r["router"] == "certified"
     )
-    assert row["certified_threshold"] == certificate.threshold and row["certificate_n"] == certificate.n
-    assert row["calibrated_threshold"] == certificate.threshold  # the saved threshold is the certified one
+    assert row["certified_value"] == certificate.threshold and row["certificate_n"] == certificate.n
+    assert row["calibrated_value"] == certificate.threshold  # the saved threshold is the certified one
+    # the priced rule: certified, or fitted to a mean-token budget without a certificate
+    result = run(
+        "calibrate_router.py", "--predictor", tmp_path / "lgbm", "--oracle", oracles["test"], "--rule", "price",
+        "--max-drop", "0.05", "--out", tmp_path / "priced",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    priced = load_predictor(tmp_path / "priced")
+    certificate = saved_certificate(priced)
+    assert certificate.rule == "price" and priced.rule_ == (
+        "price" if certificate.threshold is not None else "threshold"
+    )
+    assert f"routes at {priced.rule_}" in result.stdout and "candidate prices tested" in result.stdout
+    result = run(
+        "calibrate_router.py", "--predictor", tmp_path / "lgbm", "--oracle", oracles["test"], "--rule", "price",
+        "--budget", "60", "--out", tmp_path / "budget",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    budgeted = load_predictor(tmp_path / "budget")
+    assert budgeted.rule_ == "price" and budgeted.calibration_["budget"] == 60 and budgeted.calibration_["tokens"] <= 60
+    assert saved_certificate(budgeted) is None and "no certificate" in result.stdout
+    refused = run(
+        "calibrate_router.py", "--predictor", tmp_path / "lgbm", "--oracle", oracles["test"], "--budget", "60",
+        "--max-drop", "0.05", "--out", tmp_path / "y",
+    )  # fmt: skip
+    assert refused.returncode == 2 and "--budget chooses without a certificate" in refused.stderr
     failed = run(
         "calibrate_router.py", "--predictor", tmp_path / "none", "--oracle", oracles["test"], "--out", tmp_path / "x"
     )

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -117,7 +118,8 @@ def test_the_run_identity_fields_are_the_ones_checkpoints_record():
 
     assert set(RUN_SETTINGS) == {
         "family", "scales", "scale_sampling", "mixed_scale_fraction", "token_selection", "train_vision_tower",
-        "learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler", "num_epochs", "max_steps", "batch_size",
+        "learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler", "lr_cycles", "lr_decay_ratio", "num_epochs",
+        "max_steps", "batch_size",
         "gradient_accumulation_steps", "max_length", "conversation_template", "max_grad_norm", "mixed_precision",
         "seed", "skip_bad_images", "tiny_hidden_size", "tiny_vision_layers", "tiny_text_layers",
         "tiny_projector_hidden_act", "tiny_vision_feature_layer", "train_images", "eval_images",
@@ -251,3 +253,66 @@ def test_train_script_takes_the_ablation_options():
     assert script.parse_args([]).scale_sampling == "averaged" and script.parse_args([]).token_selection == "avg_pool"
     with pytest.raises(SystemExit):
         script.parse_args(["--token_selection", "max_pool"])
+
+
+def scheduled_rates(config: TrainConfig, total_steps: int) -> list[float]:
+    """The learning rate of every optimizer step under the schedule ``train`` builds for ``config``."""
+    from transformers import get_scheduler
+
+    from m3.training import scheduler_kwargs
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.learning_rate)
+    scheduler = get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=round(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps, scheduler_specific_kwargs=scheduler_kwargs(config, total_steps),
+    )  # fmt: skip
+    rates = []
+    for _ in range(total_steps):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_restarted_and_stable_schedules_reach_the_peak_rate_again_or_hold_it():
+    restarts = scheduled_rates(TrainConfig(lr_scheduler="cosine_with_restarts", lr_cycles=2, learning_rate=1.0), 1000)
+    assert max(restarts[:100]) == pytest.approx(1.0, abs=0.01)  # after warmup
+    restart = int(np.argmax(np.diff(restarts))) + 1  # the first cycle ends near 0, the second starts at the top
+    assert 450 < restart < 550 and restarts[restart - 1] < 0.01 and restarts[restart] > 0.99
+    stable = scheduled_rates(
+        TrainConfig(lr_scheduler="warmup_stable_decay", lr_decay_ratio=0.2, learning_rate=1.0), 1000
+    )
+    assert all(rate == pytest.approx(1.0) for rate in stable[30:800]) and stable[-1] < 0.01
+    assert stable[900] < 0.9  # the last 20 % decays
+
+
+def test_schedule_settings_are_checked_before_training(tmp_path):
+    for bad, message in (
+        (dict(lr_scheduler="cosine_restarts"), "unknown lr_scheduler"),
+        (dict(lr_cycles=2), "only with cosine_with_restarts"),
+        (dict(lr_scheduler="cosine_with_restarts", lr_cycles=0), "lr_cycles must be >= 1"),
+        (dict(lr_scheduler="warmup_stable_decay", lr_decay_ratio=1.5), "lr_decay_ratio must be in"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            train(tiny_run(tmp_path, "refused", **bad))
+        assert not (tmp_path / "refused").exists()
+
+
+def test_periodic_evaluation_logs_every_family(tmp_path):
+    """The overall accuracy hides which family a run has learned: every periodic evaluation records each family's
+    accuracy per scale too, and the progress line names them."""
+    from m3.data.granularity import FAMILIES
+    from m3.training import evaluation_line
+
+    config = tiny_run(
+        tmp_path, "evaluated", eval_data_path=str(tmp_path / "data" / "validation.json"), eval_images=2,
+        eval_samples=6, eval_steps=3, max_steps=3,
+    )  # fmt: skip
+    history = json.loads((train(config) / "train_summary.json").read_text())["history"]
+    evaluations = [row for row in history if "eval_accuracy" in row]
+    assert len(evaluations) == 1 and set(evaluations[0]["eval_family_accuracy"]) == set(FAMILIES)
+    families = evaluations[0]["eval_family_accuracy"]
+    for scale, overall in evaluations[0]["eval_accuracy"].items():  # 2 records per family: overall is their mean
+        assert overall == pytest.approx(sum(by_scale[scale] for by_scale in families.values()) / len(FAMILIES))
+    line = evaluation_line(3, {"overall": {1: 0.5, 576: 0.75}, "background": {1: 1.0, 576: 1.0}, "x": {1: 0, 576: 0.5}})
+    assert line == "step 3 eval accuracy 1:0.500 576:0.750 | at 576: background 1.000 x 0.500"

@@ -1,11 +1,11 @@
 """Granularity benchmark splits: the files, the meta record and the command line, for every generator version.
 
-A generator version (:mod:`.v6`, the default; :mod:`.v5`, kept reproducible) draws the images and names the
-question families; this module writes them in the LLaVA instruction format. Each image gives one record per family;
-each record stores the image's drawn ``attributes``, and each split's ``.meta.json`` its generator version and
-config. Generation is deterministic in ``(seed, split, config)``: image ``i`` of a split is drawn from
-``SeedSequence(seed, spawn_key=(crc32(split), i))``, so splits never share a stream and a smaller split is a
-prefix of a larger one.
+A generator version (:mod:`.v7`, the default; :mod:`.v6` and :mod:`.v5`, kept reproducible) draws the images and
+names the question families; this module writes them in the LLaVA instruction format. Each image gives one record per
+family; each record stores the image's drawn ``attributes``, and each split's ``.meta.json`` its generator version
+and config. Generation is deterministic in ``(seed, split, config)``: image ``i`` of a split is drawn from
+``SeedSequence(seed, spawn_key=(crc32(split), i))``, so splits never share a stream and a smaller split is a prefix
+of a larger one.
 
 CLI: ``python -m m3.data.granularity --out DIR --split all`` (see ``--help``).
 """
@@ -31,17 +31,18 @@ from ...cli import user_errors
 from ...files import atomic_write, read_json, write_json_atomic
 from ...metrics import majority_baseline
 from ...runs import check_output_dir, check_same_record
-from . import v5, v6
+from . import v5, v6, v7
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_NUM_IMAGES = {"train": 3000, "validation": 200, "test": 250}
-GENERATORS = {v5.VERSION: v5, v6.VERSION: v6}  # every generator version that can still be drawn
-CURRENT = v6
+GENERATORS = {v5.VERSION: v5, v6.VERSION: v6, v7.VERSION: v7}  # every generator version that can still be drawn
+CURRENT = v7
 GENERATOR_VERSION = CURRENT.VERSION
 
 
 def generator_of(config) -> ModuleType:
-    """The generator module (:mod:`.v5`, :mod:`.v6`) that draws images of ``config`` (None: the current default)."""
+    """The generator module (:mod:`.v5`, :mod:`.v6`, :mod:`.v7`) that draws images of ``config`` (None: the current
+    default)."""
     if config is None:
         return CURRENT
     version = getattr(config, "version", None)
@@ -136,7 +137,7 @@ def write_split(
     of an image's questions as one multi-turn record) and ``{split}.meta.json`` (with the config) under ``out_dir``.
 
     Returns the path of ``{split}.json``. The meta file is written last, so its presence marks a complete split.
-    ``config`` (a :mod:`.v6` or :mod:`.v5` config) picks the generator version; None: the current defaults.
+    ``config`` (a :mod:`.v7`, :mod:`.v6` or :mod:`.v5` config) picks the generator version; None: the current defaults.
     A split already there drawn otherwise (another version, config, seed or size) is refused unless ``overwrite``,
     which replaces it (its images too); the same split is written again, identical.
     """
@@ -243,8 +244,8 @@ def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m m3.data.granularity",
         description=__doc__.split("\n\n")[0],
-        epilog="The documented shifted split (version 6: smaller squares, packed closer, noisier): --split test "
-        "--shifted, the same as "
+        epilog=f"The documented shifted split (version {CURRENT.VERSION}: smaller squares, more clutter, noisier): "
+        "--split test --shifted, the same as "
         + " ".join(
             f"{_config_flag(name)} {value}"
             for name, value in CURRENT.SHIFTED_CONFIG.to_dict().items()
@@ -266,15 +267,25 @@ def _main(argv: list[str] | None) -> None:
     distribution.add_argument(
         "--shifted", action="store_true", help="start from the documented shifted split's settings, not the defaults"
     )
-    for spec in fields(CURRENT.DEFAULT_CONFIG):
-        distribution.add_argument(
-            _config_flag(spec.name), dest=spec.name, type=int, default=None,
-            help=f"{spec.metadata['help']} (version {CURRENT.VERSION} default: {spec.default})",
-        )  # fmt: skip
+    flags: dict[str, list[str]] = {}  # each config field of any version -> the versions that have it
+    for version, module in sorted(GENERATORS.items(), reverse=True):
+        for spec in fields(module.DEFAULT_CONFIG):
+            flags.setdefault(spec.name, []).append(version)
+            if len(flags[spec.name]) == 1:
+                distribution.add_argument(
+                    _config_flag(spec.name), dest=spec.name, type=int, default=None,
+                    help=f"{spec.metadata['help']} (version {version} default: {spec.default})",
+                )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace a split in --out drawn otherwise")
     args = parser.parse_args(argv)
     generator = GENERATORS[args.generator_version]
     base = generator.SHIFTED_CONFIG if args.shifted else generator.DEFAULT_CONFIG
+    foreign = [
+        _config_flag(name) for name, versions in flags.items()
+        if getattr(args, name) is not None and args.generator_version not in versions
+    ]  # fmt: skip
+    if foreign:
+        parser.error(f"{', '.join(foreign)} not a setting of generator version {args.generator_version}")
     try:
         given = {spec.name: getattr(args, spec.name, None) for spec in fields(base)}
         config = replace(base, **{name: value for name, value in given.items() if value is not None})
