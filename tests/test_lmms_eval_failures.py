@@ -139,6 +139,8 @@ def test_bad_model_args_are_refused_before_the_model_loads(model_args, message, 
         ({"threshold": 1.5}, r"threshold=1.5 must be a finite number in \[0, 1\]"),
         ({"threshold": "nan"}, r"threshold='nan' must be a finite number"),
         ({"scale": 9}, r"m3_adaptive: unknown model arg\(s\) \['scale'\]"),
+        ({"price": -1}, "price=-1 must be a finite number >= 0"),  # the price argument: one row of the table
+        ({"price": "0.1", "threshold": "0.5"}, "a threshold or a price, not both"),
     ],
 )
 def test_bad_adaptive_model_args_are_refused_before_the_model_loads(model_args, message, monkeypatch):
