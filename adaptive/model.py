@@ -34,7 +34,7 @@ from m3.inference import ScaleOutput, compact_prompts, encode_images, generate_a
 from m3.loading import load_m3_model
 from m3.pooling import check_scale
 from m3.processing import M3Processor, check_question
-from m3.prompting import check_context, image_token_counts
+from m3.prompting import check_context, compact_text_tokens, image_token_counts
 from predictor import (
     CalibratedRouter,
     PredictorMismatchError,
@@ -333,8 +333,7 @@ class AdaptiveM3(FramesMixin):
     ) -> None:
         """Refuse a prompt of ``compact`` whose text, visual tokens (``visual_tokens``, at ``scales``: one entry per
         row) and ``max_new_tokens`` overrun the model's context (:func:`m3.prompting.check_context`)."""
-        placeholders = (compact["input_ids"] == self.model.config.image_token_id) & compact["attention_mask"].bool()
-        text = (compact["attention_mask"].sum(dim=1) - placeholders.sum(dim=1)).tolist()
+        text = compact_text_tokens(compact, self.model.config.image_token_id)
         names = [f"{what} {row}" for row in range(len(text))]
         check_context(self.model.config, text, visual_tokens, max_new_tokens, names, scales, remedy)
 

@@ -119,8 +119,9 @@ def evaluate_models(
     for label, (model_dir, selection) in models.items():
         folder = out / re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_")
         tables[label] = run_evaluation(
-            [model_dir], data, folder, token_selection=selection, limit=settings.limit, batch_size=settings.batch_size
-        )[Path(model_dir).name]
+            [model_dir], data, folder, token_selection=selection, limit=settings.limit, batch_size=settings.batch_size,
+            overwrite=True,  # an evaluation here is recomputed by every rerun, whatever its settings were
+        )[Path(model_dir).name]  # fmt: skip
     return tables
 
 

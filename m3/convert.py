@@ -43,6 +43,7 @@ from transformers import CLIPVisionConfig, LlamaConfig
 from .configuration import M3LlavaNextConfig
 from .files import read_json, safetensors_header
 from .modeling import MODEL_CLASSES
+from .runs import check_folder_path
 
 IMAGE_TOKEN = "<image>"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -131,17 +132,25 @@ ORIGINAL_TEMPLATE = "vicuna_v1"
 # Pure parts: key mapping, configs, vocabulary growth
 
 
+class UnknownKeyError(KeyError, ValueError):
+    """A checkpoint key the converter does not know: a ``KeyError`` to callers of the key mappings, and a user error
+    (``ValueError``: one ``error:`` line, :mod:`m3.cli`) to the script. Its text is the message, unquoted."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def original_key_to_m3(key: str) -> str | None:
     """M3 in-memory name of an original LLaVA key; ``None`` for a skipped buffer.
 
-    Raises ``KeyError`` naming the key when the mapping does not know it.
+    Raises :class:`UnknownKeyError` (a ``KeyError``) naming the key when the mapping does not know it.
     """
     if key.endswith(SKIPPED_SUFFIXES):
         return None
     for source, target in KEY_PREFIXES:
         if key.startswith(source):
             return target + key[len(source) :]
-    raise KeyError(
+    raise UnknownKeyError(
         f"unknown key {key!r} in the original LLaVA checkpoint; the converter knows "
         f"{', '.join(source + '*' for source, _ in KEY_PREFIXES)}"
     )
@@ -157,7 +166,7 @@ def clip_key_to_m3(key: str) -> str | None:
         return None
     rest = key.removeprefix("vision_model.")
     if not rest.startswith(CLIP_VISION_PARTS):
-        raise KeyError(f"unknown key {key!r} in the CLIP vision checkpoint")
+        raise UnknownKeyError(f"unknown key {key!r} in the CLIP vision checkpoint")
     return VISION_PREFIX + rest
 
 
@@ -507,7 +516,7 @@ def convert_llava_checkpoint(
     image_token_index: the ``<image>`` id when no tokenizer is used; with a tokenizer it must agree.
     overwrite: allow a non-empty ``output`` directory.
     """
-    source, output = Path(source), Path(output)
+    source, output = Path(source), check_folder_path(output, "OUTPUT")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise FileExistsError(f"{output} is not empty; choose another directory or pass overwrite=True (--overwrite)")
     if output.resolve() == source.resolve():

@@ -11,10 +11,13 @@ from the pooled features, scored with :func:`m3.metrics.exact_match`; the result
 from __future__ import annotations
 
 import csv
+import math
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import accumulate
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -34,10 +37,15 @@ def question_of(item: dict) -> str:
 
 
 def answer_of(item: dict) -> str:
-    """``item["answer"]`` if present, else the first assistant turn."""
-    if "answer" in item:
-        return str(item["answer"])
-    return item["conversations"][1]["value"]
+    """``item["answer"]`` if present (a string, or a finite number as text), else the first assistant turn; a NaN,
+    infinite or other answer is refused (``ValueError`` naming the item), never scored as the text "nan"."""
+    if "answer" not in item:
+        return item["conversations"][1]["value"]
+    answer = item["answer"]
+    number = isinstance(answer, (int, float)) and not isinstance(answer, bool)
+    if not (isinstance(answer, str) or (number and math.isfinite(answer))):
+        raise ValueError(f"item {item.get('id')}: its answer {answer!r} is not a string or a finite number")
+    return str(answer)
 
 
 def _batches(items: Sequence[dict], batch_size: int) -> list[Sequence[dict]]:
@@ -246,6 +254,20 @@ def comparison_markdown(tables: dict[str, Sequence[dict]], scales: Sequence[int]
     return markdown_table(["model", *scales], rows, "l" + "r" * len(scales), spaced=True) + "\n"
 
 
+REPORT = "report.md"
+PREDICTIONS = "predictions.jsonl"  # in every model's result folder
+
+
+def remove_results(out_dir: str | os.PathLike) -> None:
+    """Delete what :func:`run_evaluation` wrote in ``out_dir``: ``report.md`` and every folder holding
+    ``predictions.jsonl``; anything else there is left alone."""
+    out_dir = Path(out_dir)
+    (out_dir / REPORT).unlink(missing_ok=True)
+    for folder in out_dir.iterdir():
+        if folder.is_dir() and (folder / PREDICTIONS).is_file():
+            shutil.rmtree(folder)
+
+
 def run_evaluation(
     model_dirs: Sequence[str | os.PathLike],
     data_path: str | os.PathLike,
@@ -257,6 +279,7 @@ def run_evaluation(
     max_new_tokens: int = 4,
     token_selection: str | None = None,
     image_grid_pinpoints: list | None = None,
+    overwrite: bool = False,
 ) -> dict[str, list[dict]]:
     """Evaluate each model at every scale on a LLaVA-format split; write tables, plots and predictions.
 
@@ -267,15 +290,17 @@ def run_evaluation(
     ``image_grid_pinpoints`` (LLaVA-NeXT) replaces the model's and the image processor's anyres grids.
     Each model's results go to ``out_dir/NAME``, NAME unique per model (:func:`m3.runs.distinct_names`: ``A/final``
     and ``B/final`` become ``A-final`` and ``B-final``). Every setting, model folder, question and image is checked
-    before any model loads.
+    before any model loads. ``out_dir`` records what made it (:func:`m3.runs.claim_run_folder`): a rerun with the
+    same models, data and settings replaces its own results; a folder of another run (or a used one without a
+    record) is refused unless ``overwrite``, which deletes the earlier results (``report.md`` and every result
+    folder) first.
     """
-    from pathlib import Path
-
     from .data.llava import LlavaDataset
     from .files import dumps_json
+    from .fingerprint import file_sha256
     from .loading import load_m3_config, load_m3_model
     from .pooling import check_scales, nested_scales
-    from .runs import check_output_dir, distinct_names
+    from .runs import claim_run_folder, distinct_names
 
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of questions, got {limit}")
@@ -293,7 +318,18 @@ def run_evaluation(
     items = [dataset[i] for i in range(len(dataset) if limit is None else min(limit, len(dataset)))]  # images too
     for item in items:
         check_question(question_of(item), f"item {item.get('id')}")
-    out_dir = check_output_dir(out_dir)
+        answer_of(item)  # a NaN answer is refused now, not scored after the models ran
+    made_by = {
+        "models": [str(Path(model_dir).resolve()) for model_dir in model_dirs],
+        "data": str(Path(data_path).resolve()),
+        "data_sha256": file_sha256(data_path),
+        "image_root": str(Path(image_root or Path(data_path).parent).resolve()),
+        **dict(scales=None if scales is None else list(scales), limit=limit, max_new_tokens=max_new_tokens),
+        **dict(token_selection=token_selection, image_grid_pinpoints=image_grid_pinpoints),
+    }
+    if claim_run_folder(out_dir, made_by, overwrite=overwrite) == "replaced":
+        remove_results(out_dir)
+    out_dir = Path(out_dir)
     tables: dict[str, list[dict]] = {}
     for name, model_dir in zip(names, model_dirs):
         config = load_m3_config(model_dir, **overrides)
@@ -306,7 +342,7 @@ def run_evaluation(
         tables[name] = table
         model_out = out_dir / name
         model_out.mkdir(exist_ok=True)
-        with open(model_out / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        with open(model_out / PREDICTIONS, "w", encoding="utf-8") as handle:
             handle.writelines(dumps_json(row) + "\n" for row in rows)
         to_csv(table, model_out / "accuracy.csv")
         (model_out / "accuracy.md").write_text(accuracy_markdown(table, model_scales))
@@ -325,5 +361,5 @@ def run_evaluation(
     report.append(
         "## Majority-class baseline\n\n" + markdown_table(["family", "accuracy"], rows, "lr", spaced=True) + "\n"
     )
-    (out_dir / "report.md").write_text("\n".join(report))
+    (out_dir / REPORT).write_text("\n".join(report))
     return tables

@@ -13,21 +13,51 @@ turns almost all white, and the model answers about a blank picture. :func:`to_r
   conversion; a mode PIL cannot convert is refused.
 
 A refusal is :class:`BadImageError` naming the image (its file, record or dataset row), never a silent blank image.
+A truncated file is refused whatever PIL's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` says (lmms-eval sets it
+to True on import, which would let half a PNG through as a partly grey picture): pixels are always loaded strictly.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 WHITE = (255, 255, 255)
 
 
 class BadImageError(OSError):
     """An image is missing, cannot be decoded, or holds pixels that have no RGB meaning; the message names it."""
+
+
+_STRICT = threading.Lock()
+
+
+@contextmanager
+def _strict_loading() -> Iterator[None]:
+    """Load pixels with PIL's ``LOAD_TRUNCATED_IMAGES`` off (a truncated file raises), restoring the caller's value.
+
+    PIL reads that module global at load time and offers no per-image switch; the lock keeps two threads of ours from
+    restoring each other's value. Another library's thread decoding at the same moment sees the strict setting."""
+    with _STRICT:
+        saved = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _load(image: Image.Image) -> None:
+    """Decode a lazily opened image now, strictly (:func:`_strict_loading`); an image in memory is left alone."""
+    if isinstance(image, ImageFile.ImageFile) and getattr(image, "fp", None) is not None:
+        with _strict_loading():
+            image.load()
 
 
 def _to_eight_bit(image: Image.Image, name: str) -> Image.Image:
@@ -50,6 +80,10 @@ def _to_eight_bit(image: Image.Image, name: str) -> Image.Image:
 
 def to_rgb(image: Image.Image, name: str = "the image") -> Image.Image:
     """``image`` as 8-bit RGB by the rules of the module docstring; :class:`BadImageError` naming ``name``."""
+    try:
+        _load(image)  # a file opened but not yet decoded: strictly, whatever LOAD_TRUNCATED_IMAGES says
+    except Exception as error:  # PIL: OSError "image file is truncated", SyntaxError for a broken chunk
+        raise BadImageError(f"{name}: cannot decode it ({error})") from error
     if image.mode == "RGB" and not image.has_transparency_data:
         return image.convert("RGB")  # a loaded copy, independent of its file
     try:
@@ -90,7 +124,7 @@ def _decode_rgb(path: str | os.PathLike, owner: str, reduced: bool) -> Image.Ima
         with Image.open(path) as image:
             if reduced:
                 image.draft("RGB", (1, 1))  # JPEG only: DCT scaling; other formats decode in full
-                image.load()
+            _load(image)
             return to_rgb(image, f"image file {path}{where}")
     except BadImageError:
         raise

@@ -1,3 +1,5 @@
+# Copyright 2026 The m3-adaptive authors. All rights reserved.
+# Licensed under the Apache License, Version 2.0.
 """M3 model classes for LLaVA-1.5 and LLaVA-NeXT on transformers.
 
 They subclass transformers' classes and keep every parameter name and the parents' call contracts (explicit
@@ -31,7 +33,8 @@ from transformers.models.llava_next.modeling_llava_next import (
     LlavaNextPreTrainedModel,
     image_size_to_num_patches,
 )
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import select_hidden_states, selected_hidden_states
 
@@ -51,7 +54,20 @@ class M3CausalLMOutputWithPast(ModelOutput):
     logits: torch.Tensor | None = None
 
 
-class M3ImageEncoderMixin:
+class M3LibraryCodeMixin:
+    """What transformers must not treat as custom (hub or user) code in the M3 classes: they define no
+    ``_init_weights`` and tie no modules, so a weight missing from a checkpoint starts as in the parent class (the
+    custom-code path marks a module with no direct weights, e.g. CLIP's attention, as initialized once its
+    ``nn.Linear`` children are, and skips CLIP's own scaled init), and transformers' own test
+    ``test_can_init_all_missing_weights`` holds for them. Checkpoint key conversion is registered for them by name
+    (:func:`_register_checkpoint_conversions`), so it does not depend on this."""
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        return False
+
+
+class M3ImageEncoderMixin(M3LibraryCodeMixin):
     """Vision tower -> feature layer -> projector once, then pooling to any scale (base models)."""
 
     def resolve_scales(self, m3_scale: int | Sequence[int] | None, num_images: int) -> list[int]:
@@ -252,7 +268,7 @@ class M3LlavaNextModel(M3ImageEncoderMixin, LlavaNextModel):
         )
 
 
-class M3ForConditionalGenerationMixin:
+class M3ForConditionalGenerationMixin(M3LibraryCodeMixin):
     """Scale-controlled and multi-scale forward shared by both model families.
 
     Each family's ``forward`` spells out the parent's parameters (transformers inspects the signature: e.g.
@@ -415,7 +431,7 @@ class M3LlavaForConditionalGeneration(M3ForConditionalGenerationMixin, LlavaForC
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         m3_scale: int | Sequence[int] | None = None,
         m3_scales: Sequence[int] | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ):
         """The parent's forward, plus ``m3_scale`` (visual tokens per image, or one scale per image) or ``m3_scales``
         (the multi-scale loss of compact inputs: one image token per image); see
@@ -467,7 +483,7 @@ class M3LlavaNextForConditionalGeneration(M3ForConditionalGenerationMixin, Llava
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         m3_scale: int | Sequence[int] | None = None,
         m3_scales: Sequence[int] | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ):
         """The parent's forward, plus ``m3_scale`` / ``m3_scales`` (see :class:`M3LlavaForConditionalGeneration`)."""
         return self.m3_forward(

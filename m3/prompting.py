@@ -41,6 +41,13 @@ def check_context(
             )
 
 
+def compact_text_tokens(compact: dict, image_token_id: int) -> list[int]:
+    """What :func:`check_context` reads as each row's text tokens in a compact batch (one image token per image, as
+    :func:`m3.inference.compact_prompts` tokenizes it): its tokens less padding and image placeholders."""
+    placeholders = (compact["input_ids"] == image_token_id) & compact["attention_mask"].bool()
+    return (compact["attention_mask"].sum(dim=1) - placeholders.sum(dim=1)).tolist()
+
+
 def prompt_token_counts(
     tokenizer,
     config,

@@ -42,7 +42,7 @@ from .fingerprint import FINGERPRINT_NAME, file_sha256, model_fingerprint
 from .loading import load_m3_config, load_m3_model, non_finite_parameters
 from .pooling import check_scales, check_token_selection, parse_scales
 from .processing import M3Processor
-from .runs import check_output_dir, setting_differences
+from .runs import check_output_dir, check_same_record, held_run_folder, setting_differences
 from .tiny import IMAGE_SIZE, PATCH_SIZE, build_tiny_tokenizer, tiny_image_processor, tiny_model
 from .training_args import (
     DATASETS,
@@ -69,6 +69,10 @@ class OutputDirInUseError(FileExistsError):
 
 class ResumeMismatchError(ValueError):
     """The newest checkpoint was written by a run with other data, batch size, scales, model or settings."""
+
+
+class CheckpointChangedError(ValueError):
+    """A checkpoint's files are not the ones its run saved (changed, missing or added since)."""
 
 
 class LaunchError(ValueError):
@@ -202,26 +206,42 @@ def ensure_generated_data(config: TrainConfig) -> None:
 
 def ensure_granularity_data(config: TrainConfig) -> None:
     """Write the granularity benchmark's splits the config names (train, validation) if they are missing; refuse
-    splits of another generator version (see :func:`m3.data.granularity.ensure_split`)."""
-    _ensure_splits(config, ensure_granularity_split)
+    splits of another generator version (see :func:`m3.data.granularity.ensure_split`), size or seed."""
+    _ensure_splits(config, ensure_granularity_split, "num_images")
 
 
 def ensure_frames_data(config: TrainConfig) -> None:
     """Write the frames benchmark's splits (``num_frames`` frames per video) the config names if they are missing;
-    refuse splits of another generator version (see :func:`m3.data.frames.ensure_split`)."""
-    _ensure_splits(config, partial(ensure_frames_split, config=FramesConfig(num_frames=config.num_frames)))
+    refuse splits of another generator version (see :func:`m3.data.frames.ensure_split`), size or seed."""
+    frames = FramesConfig(num_frames=config.num_frames)
+    _ensure_splits(config, partial(ensure_frames_split, config=frames), "num_videos")
 
 
-def _ensure_splits(config: TrainConfig, ensure_split) -> None:
-    """``ensure_split(path, split, size, seed)`` for the train split (unless it is a Hugging Face dataset) and the
-    validation split."""
+def generated_splits(config: TrainConfig) -> list[tuple[str, str, str]]:
+    """``(path, split, size option)`` of each split ``generate_data`` writes: train (unless ``data_path`` is a Hugging
+    Face dataset) and validation (when ``eval_data_path`` is set)."""
+    if not config.generate_data:
+        return []
     hf_train = config.data_split is not None or is_hf_location(config.data_path)
-    for path, split, num_images in (
-        (None if hf_train else config.data_path, "train", config.train_images),
-        (config.eval_data_path, "validation", config.eval_images),
-    ):
-        if path is not None:
-            ensure_split(path, split, num_images, config.seed)
+    named = [(None if hf_train else config.data_path, "train", "train_images")]
+    named.append((config.eval_data_path, "validation", "eval_images"))
+    return [(path, split, option) for path, split, option in named if path is not None]
+
+
+def _ensure_splits(config: TrainConfig, ensure_split, size_key: str) -> None:
+    """``ensure_split(path, split, size, seed)`` for each of :func:`generated_splits`; a split already there of
+    another size or seed (its meta's ``size_key`` and ``seed``) is refused: the run would train on other data than
+    its ``--train_images`` / ``--eval_images`` say."""
+    for path, split, option in generated_splits(config):
+        size = getattr(config, option)
+        ensure_split(path, split, size, config.seed)
+        folder = Path(path).parent
+        way_out = (
+            f"--{option} {size} and --seed {config.seed} ask for another: point --data_path / --eval_data_path into "
+            f"another folder (it is generated there), or delete {folder} to regenerate it"
+        )
+        wanted = {size_key: size, "seed": config.seed}
+        check_same_record(folder / f"{split}.meta.json", wanted, f"the {split} split in {folder}", way_out)
 
 
 def open_training_data(config: TrainConfig):
@@ -233,7 +253,11 @@ def open_training_data(config: TrainConfig):
         data = load_hf(config.data_path, config.data_split, config.data_config, columns=config.data_columns)
         return HFInstructionDataset(data, skip_bad_images=config.skip_bad_images)
     image_root = config.image_root or str(Path(config.data_path).parent)
-    return LlavaDataset(config.data_path, image_root, skip_bad_images=config.skip_bad_images, check_images=True)
+    dataset = LlavaDataset(config.data_path, image_root, skip_bad_images=config.skip_bad_images, check_images=True)
+    if not len(dataset):
+        skipped = f" (all {dataset.num_skipped} had bad images)" if dataset.num_skipped else ""
+        raise ValueError(f"{config.data_path} holds no training records{skipped}")
+    return dataset
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
@@ -241,8 +265,38 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
 
 
+def checkpoint_files(checkpoint: Path) -> dict[str, str]:
+    """The sha256 of every file of a checkpoint (by its path inside it) but the state file, which records them."""
+    files = sorted(path for path in checkpoint.rglob("*") if path.is_file() and path.name != STATE_FILE)
+    return {path.relative_to(checkpoint).as_posix(): file_sha256(path) for path in files}
+
+
+def check_checkpoint_files(checkpoint: Path, recorded: dict[str, str] | None) -> None:
+    """Refuse (:class:`CheckpointChangedError`) a checkpoint whose files differ from the hashes its run recorded when
+    saving it (``recorded``; None: an older version recorded none, warned). A resume trusts these files: accelerate
+    unpickles the optimizer, scheduler, sampler and random states (``torch.load`` with ``weights_only``: no code runs,
+    but any values would be taken), so a file changed by accident or by hand is found here, not in the weights."""
+    if recorded is None:
+        logger.warning("%s records no file hashes (an older version wrote it): its files are not checked", checkpoint)
+        return
+    found = checkpoint_files(checkpoint)
+    changed = [name for name in sorted({*recorded, *found}) if recorded.get(name) != found.get(name)]
+    if changed:
+        how = {
+            name: "missing" if name not in found else "added" if name not in recorded else "changed" for name in changed
+        }
+        listed = ", ".join(f"{name} ({state})" for name, state in list(how.items())[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise CheckpointChangedError(
+            f"{checkpoint} is not as its run saved it: {listed}{more} (sha256 recorded in {STATE_FILE}); a resume "
+            f"would trust those files: delete {checkpoint} to resume from the checkpoint before it, or start afresh "
+            "with --overwrite"
+        )
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> Path:
-    """``save_state`` into a temporary folder, then rename: a kill never leaves a half checkpoint."""
+    """``save_state`` into a temporary folder, then rename: a kill never leaves a half checkpoint. The state file
+    records every file's sha256 (``files``), which a resume compares (:func:`check_checkpoint_files`)."""
     final = output_dir / CHECKPOINTS / f"step-{state['step']:07d}"
     temporary = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process and temporary.exists():
@@ -251,7 +305,9 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
     fix = "free some space, then continue from the last complete checkpoint with --resume"
     with writing(f"checkpoint {final}", [temporary], fix):
         accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()  # every process's files are written before they are hashed
         if accelerator.is_main_process:
+            state = {**state, "files": checkpoint_files(temporary)}
             (temporary / STATE_FILE).write_text(json.dumps(state, indent=2))
     if accelerator.is_main_process:
         if final.exists():  # never "Directory not empty": a checkpoint of this step is replaced whole
@@ -305,6 +361,10 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"give max_steps > 0 or num_epochs > 0 (got {config.max_steps} and {config.num_epochs})")
     if config.resume and config.overwrite:
         raise ValueError("--resume continues the run in output_dir, --overwrite deletes it: give one of them")
+    for path, split, option in generated_splits(config):
+        if getattr(config, option) < 1:
+            raise ValueError(f"--{option} must be >= 1 (the size of the generated {split} split {path}), "
+                             f"got {getattr(config, option)}")  # fmt: skip
     if config.model is None:
         grid = (IMAGE_SIZE // PATCH_SIZE) ** 2
     else:
@@ -337,17 +397,24 @@ def prepare_output_dir(config: TrainConfig, is_main_process: bool) -> Path | Non
     """
     output_dir = check_output_dir(config.output_dir, "--output_dir")
     checkpoints = output_dir / CHECKPOINTS
-    if config.resume:
-        last = latest_checkpoint(output_dir)
-        if last is None:
-            raise FileNotFoundError(
-                f"--resume: {checkpoints} holds no checkpoint to resume from; run without --resume to start afresh"
-            )
-        return last
+    last = latest_checkpoint(output_dir)
     used = [name for name in FINAL_FILES if (output_dir / name).exists()]
+    # a kill during a save leaves step-N.tmp: an unfinished checkpoint, never resumed (the run holds nothing else)
+    unfinished = sorted(p.name for p in checkpoints.glob("*.tmp")) if last is None and not used else []
+    cut_off = f" ({', '.join(unfinished)}: cut off while being saved)" if unfinished else ""
+    if config.resume:
+        if last is None:
+            fix = "start afresh with --overwrite instead" if unfinished else "run without --resume to start afresh"
+            raise FileNotFoundError(f"--resume: {checkpoints} holds no checkpoint to resume from{cut_off}; {fix}")
+        return last
     if checkpoints.is_dir() and any(checkpoints.iterdir()):
         used.insert(0, f"{CHECKPOINTS}/")
     if used and not config.overwrite:
+        if unfinished:
+            raise OutputDirInUseError(
+                f"{output_dir} holds an unfinished checkpoint{cut_off} and nothing to resume; pass --overwrite to "
+                "delete it and start afresh, or choose another --output_dir"
+            )
         raise OutputDirInUseError(
             f"{output_dir} already holds a training run ({', '.join(used)}); pass --resume to continue it, "
             "--overwrite to delete it and start afresh, or choose another --output_dir"
@@ -382,15 +449,21 @@ def run_identity(config: TrainConfig, num_processes: int, dataset=None) -> dict:
     }
 
 
-def check_resumable(checkpoint: Path, identity: dict) -> dict:
-    """The state of ``checkpoint`` after checking that it was written by this run (:func:`run_identity`);
-    :class:`ResumeMismatchError` lists every difference."""
+def check_resumable(checkpoint: Path, identity: dict, check_files: bool = True) -> dict:
+    """The state of ``checkpoint`` after checking that it was written by this run (:func:`run_identity`;
+    :class:`ResumeMismatchError` lists every difference) and, with ``check_files`` (the main process), that its files
+    are the ones saved (:func:`check_checkpoint_files`)."""
     state = read_json(checkpoint / STATE_FILE, f"delete {checkpoint} to resume from the checkpoint before it")
+    if check_files:
+        check_checkpoint_files(checkpoint, state.get("files"))
     saved = state.get("run")
     if saved is None:
         logger.warning("%s records no run settings (an older version wrote it); they cannot be checked", checkpoint)
         return state
-    differences = setting_differences(saved, identity)
+    unrecorded = sorted(set(identity) - set(saved))  # settings added to the identity after it was written
+    if unrecorded:
+        logger.warning("%s records no %s (an older version wrote it): not checked", checkpoint, ", ".join(unrecorded))
+    differences = setting_differences(saved, {key: value for key, value in identity.items() if key in saved})
     if differences:
         raise ResumeMismatchError(
             f"{checkpoint} belongs to a run with other settings ({'; '.join(differences)}); resume it with its own "
@@ -482,8 +555,17 @@ def train(config: TrainConfig) -> Path:
     """Train an M3 (or single-scale) model; returns the directory of the final ``save_pretrained`` model.
 
     Everything that can be checked before the model is built is: the settings, the output folder (a used one needs
-    ``resume`` or ``overwrite``; a resumed checkpoint must belong to this run) and every training image (decoded).
-    A non-finite loss stops training with :class:`NonFiniteTrainingError`; non-finite weights are never saved."""
+    ``resume`` or ``overwrite``; a resumed checkpoint must belong to this run, file by file) and every training image
+    (decoded). A non-finite loss stops training with :class:`NonFiniteTrainingError`; non-finite weights are never
+    saved. One run at a time trains into an output folder (its lock names the other), and a refused launch leaves
+    no folder it created (:func:`m3.runs.held_run_folder`)."""
+    main_process = int(os.environ.get("RANK", "0")) == 0  # the launcher's rank: the Accelerator does not exist yet
+    with held_run_folder(config.output_dir, "--output_dir", lock=main_process):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> Path:
+    """:func:`train` in its held output folder."""
     check_config(config)
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
@@ -502,7 +584,9 @@ def train(config: TrainConfig) -> Path:
     resume_from = prepare_output_dir(config, accelerator.is_main_process)
     dataset = open_training_data(config)
     identity = run_identity(config, accelerator.num_processes, dataset)
-    resumed_state = None if resume_from is None else check_resumable(resume_from, identity)
+    resumed_state = None
+    if resume_from is not None:  # the files hashed once, on the main process (they are read by every one)
+        resumed_state = check_resumable(resume_from, identity, check_files=accelerator.is_main_process)
     accelerator.wait_for_everyone()
 
     model, processor = build_model_and_processor(config)

@@ -92,13 +92,14 @@ class DataArguments:
     )
     generate_data: bool = field(default=True, metadata={"help": "write the granularity benchmark if missing"})
     num_frames: int = field(default=4, metadata={"help": "frames per video of a generated frames benchmark"})
-    train_images: int = field(
-        default=DEFAULT_NUM_IMAGES["train"],
-        metadata={"help": "images (frames benchmark: videos) in a generated train split (4 questions each)"},
+    train_images: int = run_setting(
+        DEFAULT_NUM_IMAGES["train"],
+        help="images (frames benchmark: videos) in a generated train split (4 questions each); a split already "
+        "there of another size is refused",
     )
-    eval_images: int = field(
-        default=DEFAULT_NUM_IMAGES["validation"],
-        metadata={"help": "images (frames benchmark: videos) in a generated validation split"},
+    eval_images: int = run_setting(
+        DEFAULT_NUM_IMAGES["validation"],
+        help="images (frames benchmark: videos) in a generated validation split (another size there is refused)",
     )
 
 

@@ -6,10 +6,15 @@ evaluates them) and behave as lmms-eval's own ``llava_hf`` where users rely on i
 
 * docs with no image (text-only), several images, or ``<image>`` placeholders already in the context (kept where they
   stand; without one, one placeholder line per image goes in front);
-* a doc that fails (an unreadable image, a video file, a misplaced placeholder...) answers ``""`` (loglikelihood: an
-  infinite loss) and is logged; the rest of its batch is answered;
+* a generation doc that fails (an unreadable image, a video file, a misplaced placeholder, a question past the
+  model's context...) answers ``""``, scored as a wrong answer, and is logged; the rest of its batch is answered;
+* a loglikelihood (multiple-choice) doc that fails stops the run with :class:`FailedDocsError` naming it (task,
+  split, doc id, why), on every process: lmms-eval takes the option of smallest loss, so any loss the model could
+  report would score the doc as if the model had chosen an option;
 * ``generation_kwargs``: ``max_new_tokens`` (default 1024), ``temperature`` > 0 (or ``do_sample: true``) samples with
   ``top_p``, ``num_beams``, and ``until`` cuts the answer at the first stop string;
+* every model arg and generation kwarg is read by one table (:mod:`m3_lmms_eval.arguments`): a bad value is one
+  ``ValueError`` line when the model is built (a task's generation_kwargs: before its first doc runs);
 * ``loglikelihood`` (multiple-choice tasks) at the model's scale (``m3_adaptive``: the routed scale of each image);
 * several processes (``accelerate launch`` or ``torchrun``; on CPU with ``ACCELERATE_USE_CPU=true``): lmms-eval gives
   each process its share of the requests by ``RANK`` / ``WORLD_SIZE`` and merges the results; each process uses its
@@ -37,11 +42,14 @@ from loguru import logger
 from PIL import Image
 
 from m3.images import BadImageError, open_rgb, to_rgb
+from m3.templates import TEMPLATE_NAMES
 
-DEFAULT_MAX_NEW_TOKENS = 1024  # lmms-eval's llava_hf and the official fork's llava, when a task sets none
+from .arguments import AUTO, GENERATION_KWARGS, Arg, read_args, read_until, read_value
+
 AUTO_BATCH_START = 64  # batch_size=auto without --max_batch_size
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".wmv", ".m4v", ".mpeg", ".mpg", ".3gp"}
-FAILED_LOSS = math.inf  # a failed loglikelihood request: never the chosen option (lmms-eval takes the argmin)
+FAILED_LOSS = math.inf  # the placeholder of a failed loglikelihood request, never returned (the run stops)
+SHOWN_FAILURES = 3  # docs named in a FailedDocsError
 
 
 @dataclass
@@ -59,7 +67,15 @@ class VisualTokenCounts(TokenCounts):
 
 
 class DocError(ValueError):
-    """A request this model cannot answer (its doc, not the batch, is at fault)."""
+    """A request this model cannot answer (its doc, not the batch, is at fault); ``where`` names the doc."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+
+
+class FailedDocsError(RuntimeError):
+    """Loglikelihood docs could not be scored: the run stops (lmms-eval would score them as chosen options)."""
 
 
 @dataclass
@@ -73,16 +89,6 @@ class Doc:
     where: str
 
 
-def _number(value, name: str, kind=float):
-    """A model arg (lmms-eval passes strings or numbers) as ``kind``; None for an empty or "none" value."""
-    if value is None or value == "" or (isinstance(value, str) and value.lower() == "none"):
-        return None
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"model arg {name}={value!r} is not a number") from None
-
-
 def _device(device: str | None, accelerator) -> torch.device:
     """lmms-eval's ``--device`` (unset: the accelerator's, i.e. this process's GPU or the CPU); with several
     processes a CUDA device becomes this process's own (``cuda:LOCAL_RANK``)."""
@@ -90,7 +96,10 @@ def _device(device: str | None, accelerator) -> torch.device:
         return accelerator.device
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available; pass --device cpu")
-    chosen = torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device (cpu, cuda, cuda:N, mps, ...)") from None
     if chosen.type == "cuda" and accelerator.num_processes > 1:
         return torch.device("cuda", accelerator.local_process_index)
     return chosen
@@ -100,20 +109,33 @@ def _dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 on GPU (the paper's setting), float32 on CPU (the oracle's, so answers agree)."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if not hasattr(torch, str(dtype)) or not isinstance(getattr(torch, dtype), torch.dtype):
-        raise ValueError(f"model arg dtype={dtype!r} is not a torch dtype (float32, bfloat16, float16 or auto)")
     return getattr(torch, dtype)
+
+
+BATCH_SIZE = Arg(int, low=1, default=1, auto=True)
+MAX_BATCH_SIZE = Arg(int, low=1)
 
 
 def _batch_size(batch_size, max_batch_size) -> tuple[int, bool]:
     """``(size, auto)``: lmms-eval's ``--batch_size`` N, ``auto`` or ``auto:N`` (auto starts at ``--max_batch_size``,
     else :data:`AUTO_BATCH_START`, and halves on out-of-memory)."""
-    if isinstance(batch_size, str) and batch_size.strip().lower().startswith("auto"):
-        return _number(max_batch_size, "max_batch_size", int) or AUTO_BATCH_START, True
-    size = _number(batch_size, "batch_size", int) or 1
-    if size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {size}")
+    start = read_value("max_batch_size", max_batch_size, MAX_BATCH_SIZE)
+    size = read_value("batch_size", batch_size, BATCH_SIZE)
+    if size == AUTO:
+        return start or AUTO_BATCH_START, True
     return size, False
+
+
+def _sum_over_processes(count: int, device: torch.device) -> int:
+    """``count`` summed over lmms-eval's processes (itself in a single process): every process learns of a failure
+    on any of them, so all stop together instead of one waiting for the others at the next gather."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return count
+    total = torch.tensor([count], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(total)
+    return int(total.item())
 
 
 def _open_visual(visual, where: str) -> list[Image.Image]:
@@ -158,20 +180,31 @@ def _image_key(image: Image.Image) -> str:
 
 
 class _M3Base(lmms):
-    """What both models share: argument checks, processes and devices, request unpacking, batching with fallbacks."""
+    """What both models share: argument checks, processes and devices, request unpacking, batching with fallbacks.
+
+    ``MODEL_ARGS`` is the table of the model's arguments (:class:`m3_lmms_eval.arguments.Arg` rows): all of them are
+    read, checked and stored in ``self.args`` before anything loads."""
 
     is_simple = True
+    MODEL_ID = ""  # the name lmms-eval knows the model by (m3_lmms_eval.manifests)
+    MODEL_ARGS: dict[str, Arg] = {
+        "pretrained": Arg(str, required=True),
+        "dtype": Arg(str, choices=("auto", "float32", "bfloat16", "float16"), default="auto"),
+        "batch_size": BATCH_SIZE,
+        "max_batch_size": MAX_BATCH_SIZE,
+        "device": Arg(str),
+    }
 
-    def __init__(self, batch_size=1, max_batch_size=None, device=None, **unknown) -> None:
+    def __init__(self, **model_args) -> None:
         super().__init__()
-        if unknown:
-            raise ValueError(f"{type(self).__name__}: unknown model arg(s) {sorted(unknown)}")
+        self.args = read_args(self.MODEL_ARGS, model_args, owner=self.MODEL_ID)
         from accelerate import Accelerator
 
-        self.batch_size_per_process, self.auto_batch = _batch_size(batch_size, max_batch_size)
+        self.batch_size_per_process, self.auto_batch = _batch_size(self.args["batch_size"], self.args["max_batch_size"])
         self.accelerator = Accelerator()  # lmms-eval gathers through it; one process per device
         self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
-        self._device = _device(device, self.accelerator)
+        self._device = _device(self.args["device"], self.accelerator)
+        self._ignored_kwargs: set[str] = set()  # generation kwargs already logged as ignored
         if self.auto_batch:
             logger.info(f"{type(self).__name__}: batch_size=auto starts at {self.batch_size_per_process}")
 
@@ -201,10 +234,11 @@ class _M3Base(lmms):
             continuation = None
             if request.request_type == "loglikelihood":
                 continuation = second if isinstance(second, str) else second(doc)
-        except DocError:
+        except DocError as error:
+            error.where = where
             raise
         except Exception as error:  # a task function that fails on this doc
-            raise DocError(f"{where}: {type(error).__name__}: {error}") from error
+            raise DocError(f"{where}: {type(error).__name__}: {error}", where) from error
         gen_kwargs = dict(second or {}) if request.request_type != "loglikelihood" else {}
         return Doc(context, images, gen_kwargs, continuation, where)
 
@@ -249,52 +283,77 @@ class _M3Base(lmms):
             return [failed(docs[0], error)]
 
     def _unpack_all(self, requests: list[Instance]) -> list[Doc | DocError]:
-        docs = []
+        """Every request unpacked (:meth:`_unpack`), or its :class:`DocError`, logged once per doc (a multiple-choice
+        doc makes one request per option)."""
+        docs, logged = [], set()
         for request in requests:
             try:
                 docs.append(self._unpack(request))
             except DocError as error:
-                logger.error(f"{type(self).__name__}: {error}")
+                if error.where not in logged:
+                    logged.add(error.where)
+                    logger.error(f"{type(self).__name__}: {error}")
                 docs.append(error)
         return docs
 
     # ---- generation
-    def _settings(self, gen_kwargs: dict) -> tuple[int, dict]:
-        """``(max_new_tokens, generate kwargs)`` of a task's generation_kwargs, read as lmms-eval's llava_hf reads
-        them: sampling when ``temperature`` > 0 (or ``do_sample``), with ``top_p``; ``num_beams``."""
-        max_new_tokens = int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
-        temperature = float(gen_kwargs.get("temperature") or 0)
+    def _settings(self, doc: Doc) -> tuple[int, dict, list[str]]:
+        """``(max_new_tokens, generate kwargs, stop strings)`` of a doc's generation_kwargs, read as lmms-eval's
+        llava_hf reads them (sampling when ``temperature`` > 0 or ``do_sample``, with ``top_p``; ``num_beams``) through
+        :data:`m3_lmms_eval.arguments.GENERATION_KWARGS`: a bad value is the task's error (``ValueError``), not the
+        doc's. Other keys are ignored, as llava_hf ignores them, and logged once."""
+        what = f"{doc.where}: generation_kwargs"
+        known = {key: value for key, value in doc.gen_kwargs.items() if key in GENERATION_KWARGS}
+        ignored = sorted(set(doc.gen_kwargs) - set(GENERATION_KWARGS) - {"until"} - self._ignored_kwargs)
+        if ignored:
+            self._ignored_kwargs.update(ignored)
+            logger.warning(f"{type(self).__name__}: ignores generation_kwargs {ignored} (it reads "
+                           f"{sorted([*GENERATION_KWARGS, 'until'])})")  # fmt: skip
+        values = read_args(GENERATION_KWARGS, known, what)
+        config = self.model.config
+        context = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+        if context and values["max_new_tokens"] >= context:  # no doc could fit: the task's error, not each doc's
+            raise ValueError(
+                f"{what} max_new_tokens={values['max_new_tokens']} leaves no room for a question in the model's "
+                f"context of {context} tokens"
+            )
         settings = {}
-        if temperature > 0 or gen_kwargs.get("do_sample"):
+        if values["temperature"] > 0 or values["do_sample"]:
             settings["do_sample"] = True
-            if temperature > 0:
-                settings["temperature"] = temperature
-            if gen_kwargs.get("top_p") is not None:
-                settings["top_p"] = float(gen_kwargs["top_p"])
-        beams = int(gen_kwargs.get("num_beams") or 1)
-        if beams > 1:
-            settings["num_beams"] = beams
-        return max_new_tokens, settings
+            if values["temperature"] > 0:
+                settings["temperature"] = values["temperature"]
+            if values["top_p"] is not None:
+                settings["top_p"] = values["top_p"]
+        if values["num_beams"] > 1:
+            settings["num_beams"] = values["num_beams"]
+        return values["max_new_tokens"], settings, read_until(doc.gen_kwargs.get("until"), what)
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         docs = self._unpack_all(requests)
         results = [GenerationResult(text="", token_counts=VisualTokenCounts()) for _ in docs]  # failed docs keep these
+        failures = [str(doc) for doc in docs if isinstance(doc, DocError)]
 
         def settings_key(doc: Doc) -> str:  # a batch shares its generation settings
             return json.dumps(doc.gen_kwargs, sort_keys=True, default=str)
 
         def work(batch_docs: list[Doc]) -> list[GenerationResult]:
-            max_new_tokens, settings = self._settings(batch_docs[0].gen_kwargs)
+            max_new_tokens, settings, until = self._settings(batch_docs[0])
             outputs = self._generate(batch_docs, max_new_tokens, settings)
-            until = batch_docs[0].gen_kwargs.get("until")
             return [GenerationResult(text=_truncate(text, until), token_counts=counts) for text, counts in outputs]
 
         def failed(doc: Doc, error: Exception) -> GenerationResult:
+            failures.append(f"{doc.where}: {type(error).__name__}: {error}")
             return GenerationResult(text="", token_counts=VisualTokenCounts())
 
         for batch in self._batches(docs, settings_key):
+            self._settings(docs[batch[0]])  # a task's bad generation_kwargs stop the run here, before any doc
             for index, result in zip(batch, self._run([docs[i] for i in batch], work, failed)):
                 results[index] = result
+        if failures:
+            logger.warning(
+                f'{type(self).__name__}: {len(failures)} of {len(docs)} generation request(s) failed and answer "" '
+                f"(scored as wrong answers); first: {failures[0]}"
+            )
         self._report(results)
         return results
 
@@ -319,6 +378,7 @@ class _M3Base(lmms):
         breaks every multiple-choice task."""
         docs = self._unpack_all(requests)
         results = [GenerationResult(text=(FAILED_LOSS, False), token_counts=VisualTokenCounts()) for _ in docs]
+        failures = {doc.where: str(doc) for doc in docs if isinstance(doc, DocError)}
 
         def work(batch_docs: list[Doc]) -> list[GenerationResult]:
             return [
@@ -327,12 +387,26 @@ class _M3Base(lmms):
             ]
 
         def failed(doc: Doc, error: Exception) -> GenerationResult:
+            failures.setdefault(doc.where, f"{doc.where}: {type(error).__name__}: {error}")
             return GenerationResult(text=(FAILED_LOSS, False), token_counts=VisualTokenCounts())
 
         for batch in self._batches(docs, key=lambda doc: ""):
             for index, result in zip(batch, self._run([docs[i] for i in batch], work, failed)):
                 results[index] = result
+        self._stop_on_failures(list(failures.values()))
         return results
+
+    def _stop_on_failures(self, failures: list[str]) -> None:
+        """Raise :class:`FailedDocsError` on every process when any process has loglikelihood docs it could not
+        score (``failures``: one ``"where: why"`` per doc)."""
+        total = _sum_over_processes(len(failures), self.device)
+        if not total:
+            return
+        shown = "; ".join(failures[:SHOWN_FAILURES]) if failures else "they failed on another process: see its log"
+        raise FailedDocsError(
+            f"{self.MODEL_ID}: {total} loglikelihood doc(s) could not be scored ({shown}). lmms-eval would count each "
+            "as a chosen option (the first), so the run stops: fix those docs or leave them out of the task"
+        )
 
     def _score(self, docs: list[Doc]) -> list:
         raise NotImplementedError
@@ -361,43 +435,66 @@ class _M3Base(lmms):
         compact = compact_prompts(self.processor, [doc.context for doc in docs], sizes, num_images=counts)
         return grids, sizes, compact
 
+    def _visual_tokens(self, docs, grids, sizes, scales) -> tuple[list[int], list]:
+        """Each doc's visual tokens with its images at ``scales`` (one per image, in prompt order), and its scale (one,
+        one per image, or None for a text-only doc)."""
+        from m3.prompting import image_token_counts
+
+        per_image = image_token_counts(self.model.config, list(scales), sizes, len(grids)) if grids else []
+        visual, named, start = [], [], 0
+        for doc in docs:
+            end = start + len(doc.images)
+            visual.append(sum(per_image[start:end]))
+            mine = list(scales[start:end])
+            named.append(None if not mine else mine[0] if len(set(mine)) == 1 else mine)
+            start = end
+        return visual, named
+
+    def _check_context(self, docs, compact, visual, named, max_new_tokens: int, extra=None) -> None:
+        """Refuse a doc whose prompt (with ``extra`` continuation tokens per doc), visual tokens and ``max_new_tokens``
+        overrun the model's context (:func:`m3.prompting.check_context`, as every other path checks it): past its
+        position embeddings the model answers garbage, silently. A batch that fails is answered doc by doc, so only
+        the doc at fault fails."""
+        from m3.prompting import check_context, compact_text_tokens
+
+        text = compact_text_tokens(compact, self.model.config.image_token_id)
+        if extra is not None:
+            text = [count + len(ids) for count, ids in zip(text, extra)]
+        remedy = "Shorten the doc's context" + (" or its continuation" if extra is not None else "")
+        check_context(self.model.config, text, visual, max_new_tokens, [doc.where for doc in docs], named, remedy)
+
     def _answer(self, docs, grids, sizes, compact, scales, max_new_tokens, settings):
         """Answers of a batch with every image at its scale (``scales``: one per image, in prompt order)."""
         from m3.inference import generate_at_scale
 
+        visual, named = self._visual_tokens(docs, grids, sizes, scales)
+        self._check_context(docs, compact, visual, named, max_new_tokens)
         output = generate_at_scale(
             self.model, self.processor, compact, grids, sizes, scales, max_new_tokens, **settings
         )
-        return output, self._counts(docs, compact, output.tokens, scales)
+        return output, self._counts(docs, compact, output.tokens, named)
 
-    def _counts(self, docs, compact, tokens, scales) -> list[VisualTokenCounts]:
+    @staticmethod
+    def _counts(docs, compact, tokens, named) -> list[VisualTokenCounts]:
+        """Each doc's token counts: ``tokens`` visual tokens at its scale ``named`` (see :meth:`_visual_tokens`)."""
         lengths = compact["attention_mask"].sum(1).tolist()  # compact prompts: one image token per image
-        counts, start = [], 0
-        for doc, length, visual in zip(docs, lengths, tokens):
-            mine = list(scales[start : start + len(doc.images)])
-            start += len(doc.images)
-            scale = None if not mine else (mine[0] if len(set(mine)) == 1 else mine)
-            counts.append(
-                VisualTokenCounts(
-                    input_tokens=int(length) - len(doc.images) + int(visual), visual_tokens=int(visual), scale=scale
-                )
+        return [
+            VisualTokenCounts(
+                input_tokens=int(length) - len(doc.images) + int(visual), visual_tokens=int(visual), scale=scale
             )
-        return counts
+            for doc, length, visual, scale in zip(docs, lengths, tokens, named)
+        ]
 
     def _scores(self, docs, grids, sizes, compact, scales):
         """Continuation scores of a batch with every image at its scale, and each doc's token counts."""
         from m3.inference import continuation_ids, score_continuations
-        from m3.prompting import image_token_counts
 
         prompts = [self.processor.prompt(doc.context, len(doc.images)) for doc in docs]
         extra = continuation_ids(self.processor, prompts, [doc.continuation for doc in docs])
+        visual, named = self._visual_tokens(docs, grids, sizes, scales)
+        self._check_context(docs, compact, visual, named, 0, extra)
         scores = score_continuations(self.model, self.processor, compact, extra, grids, sizes, scales)
-        per_image = image_token_counts(self.model.config, list(scales), sizes, len(grids)) if grids else []
-        visual, start = [], 0
-        for doc in docs:
-            visual.append(sum(per_image[start : start + len(doc.images)]))
-            start += len(doc.images)
-        return list(zip(scores, self._counts(docs, compact, visual, scales)))
+        return list(zip(scores, self._counts(docs, compact, visual, named)))
 
 
 class M3(_M3Base):
@@ -409,16 +506,21 @@ class M3(_M3Base):
     records at that scale.
     """
 
-    def __init__(self, pretrained: str, scale=None, dtype: str = "auto", template: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        from m3.loading import load_m3_model
+    MODEL_ID = "m3"
+    MODEL_ARGS = {**_M3Base.MODEL_ARGS, "scale": Arg(int, low=1), "template": Arg(str, choices=TEMPLATE_NAMES)}
+
+    def __init__(self, **model_args) -> None:
+        super().__init__(**model_args)
+        from m3.loading import load_m3_config, load_m3_model
         from m3.pooling import check_scale
         from m3.processing import M3Processor
 
-        self.model = load_m3_model(pretrained, dtype=_dtype(dtype, self.device)).to(self.device).eval()
-        self._processor = M3Processor.from_pretrained(pretrained, config=self.model.config, template=template or None)
+        pretrained, scale = self.args["pretrained"], self.args["scale"]
+        if scale is not None:  # against the checkpoint's grid, before its weights load
+            check_scale(scale, load_m3_config(pretrained).grid_tokens)
+        self.model = load_m3_model(pretrained, dtype=_dtype(self.args["dtype"], self.device)).to(self.device).eval()
         config = self.model.config
-        scale = _number(scale, "scale", int)
+        self._processor = M3Processor.from_pretrained(pretrained, config=config, template=self.args["template"])
         self.scale = check_scale(scale if scale is not None else config.m3_default_scale, config.grid_tokens)
 
     @property
@@ -448,20 +550,26 @@ class M3Adaptive(_M3Base):
     answer cannot route them).
     """
 
-    def __init__(self, pretrained: str, threshold=None, budget=None, dtype: str = "auto", price=None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        from adaptive import AdaptiveM3
+    MODEL_ID = "m3_adaptive"
+    MODEL_ARGS = {
+        **_M3Base.MODEL_ARGS,
+        "threshold": Arg(float, low=0, high=1),
+        "budget": Arg(int, low=1),
+        "price": Arg(float, low=0),
+    }
 
-        self.adaptive = AdaptiveM3.from_pretrained(pretrained, dtype=_dtype(dtype, self.device))
+    def __init__(self, **model_args) -> None:
+        super().__init__(**model_args)
+        from adaptive import AdaptiveM3
+        from predictor.thresholds import operating_rule
+
+        self.threshold, self.budget, self.price = self.args["threshold"], self.args["budget"], self.args["price"]
+        if self.threshold is not None or self.price is not None:  # one rule, checked before the model loads
+            operating_rule("threshold", None, None, at_threshold=self.threshold, at_price=self.price)
+        dtype = _dtype(self.args["dtype"], self.device)
+        self.adaptive = AdaptiveM3.from_pretrained(self.args["pretrained"], dtype=dtype)
         self.adaptive.model.to(self.device)
         self.model = self.adaptive.model
-        self.threshold = _number(threshold, "threshold")
-        self.budget = _number(budget, "budget", int)
-        if self.threshold is not None and not 0 <= self.threshold <= 1:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        self.price = _number(price, "price")
-        if self.price is not None:  # the priced rule: checked as AdaptiveM3 checks it
-            self.adaptive.operating_point(self.threshold, self.price)
         self.routing: list[dict] = []  # per routed answer: scale, visual tokens, P(correct) per scale
 
     @property

@@ -267,6 +267,16 @@ def load_samples(
     data_format = detect_format(path) if format == "auto" else format
     if data_format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; expected 'auto' or one of {FORMATS}")
+    dataset_options = {"--split": split, "--dataset-config": config, "--columns": columns}
+    dataset_options["--layout"] = None if layout in (None, "auto") else layout
+    given = [option for option, value in dataset_options.items() if value is not None]
+    if data_format != "hf" and given:
+        one = len(given) == 1
+        raise ValueError(
+            f"{' and '.join(given)} {'applies' if one else 'apply'} to a Hugging Face dataset, but {path} is a "
+            f"{data_format} file: leave {'it' if one else 'them'} out (nothing would read {'it' if one else 'them'}), "
+            "or give a dataset (a folder, *.parquet or a hub id)"
+        )
     if data_format == "hf":
         hf = load_hf(path, split, config, layout, columns, default_metric, limit)
         located = read_hf_dataset(hf)

@@ -148,7 +148,7 @@ class MLPScalePredictor(ScalePredictor):
                 x = np.maximum(x, 0.0)
         logits = x.astype(np.float64)
         if self.target == "correct":
-            return 1.0 / (1.0 + np.exp(-logits))
+            return np.exp(-np.logaddexp(0.0, -logits))  # the sigmoid, without overflow at large -logits
         logits -= logits.max(axis=1, keepdims=True)
         odds = np.exp(logits)
         return odds / odds.sum(axis=1, keepdims=True)

@@ -43,9 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from m3.convert import convert_llava_checkpoint  # imported after parsing: --help stays fast
+    from m3.cli import user_errors  # after parsing: --help stays fast
 
-    try:
+    with user_errors():
+        from m3.convert import convert_llava_checkpoint
+
         report = convert_llava_checkpoint(
             args.source,
             args.output,
@@ -55,9 +57,6 @@ def main(argv: list[str] | None = None) -> None:
             image_token_index=args.image_token_index,
             overwrite=args.overwrite,
         )
-    except (ValueError, KeyError, OSError) as error:
-        message = error.args[0] if isinstance(error, KeyError) else error
-        raise SystemExit(f"error: {message}") from error
     print(report.summary())
 
 

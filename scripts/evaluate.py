@@ -11,7 +11,7 @@ pooling applied at inference time, the paper's Table 4 baseline; --token-selecti
 the other two baselines (it replaces m3_token_selection in every loaded config). LLaVA-NeXT models can cut
 other crop grids than they were trained with: --image-grid-pinpoints '[[96,96],...,[288,288]]' (JSON; the
 model and the image processor both get it). Writes OUT/report.md and, per model, accuracy.{md,csv,png} and
-predictions.jsonl.
+predictions.jsonl; OUT/run.json records what made them: an OUT of another run is refused unless --overwrite.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         help="token selection at inference for every model (default: each model's own config)",
     )
     parser.add_argument("--image-grid-pinpoints", type=json.loads, help="LLaVA-NeXT anyres grids as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of another run in --out")
     args = parser.parse_args(argv)
     from m3.cli import user_errors  # after parsing: --help stays fast
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         token_selection=args.token_selection,
         image_grid_pinpoints=args.image_grid_pinpoints,
+        overwrite=args.overwrite,
     )
     print(open(f"{args.out}/report.md").read())
 

@@ -1,7 +1,9 @@
 """Two tiny local lmms-eval tasks written by the tests (no granularity data): a generation task and a multiple-choice
-(loglikelihood) task over a handful of drawn images, with a text-only doc, a two-image doc, a doc whose context already
-holds its ``<image>`` and a doc whose image is missing. ``write_tasks(folder)`` writes the data, the yamls and their
-utils; run them with ``python -m lmms_eval --include_path FOLDER --tasks m3_probe_gen,m3_probe_choice``."""
+(loglikelihood) task over a handful of drawn images, with a text-only doc, a two-image doc and a doc whose context
+already holds its ``<image>``; the generation task also has a doc whose image is missing (it answers ""; such a
+multiple-choice doc stops the run: ``write_tasks(folder, broken_choice=True)`` writes that task too).
+``write_tasks(folder)`` writes the data, the yamls and their utils; run them with ``python -m lmms_eval
+--include_path FOLDER --tasks m3_probe_gen,m3_probe_choice``."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-GEN_TASK, CHOICE_TASK = "m3_probe_gen", "m3_probe_choice"
+GEN_TASK, CHOICE_TASK, BROKEN_CHOICE_TASK = "m3_probe_gen", "m3_probe_choice", "m3_probe_choice_broken"
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
 
 UTILS = '''"""Written by tests/lmms_eval_tasks.py."""
@@ -73,24 +75,30 @@ def documents(folder: Path) -> list[dict]:
     return docs
 
 
-def write_tasks(folder: Path, max_new_tokens: int = 6) -> list[dict]:
-    """The data, both task yamls and their utils in ``folder``; returns the docs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    docs = documents(folder)
-    (folder / "docs.json").write_text(json.dumps(docs), encoding="utf-8")
-    (folder / "probe_utils.py").write_text(UTILS, encoding="utf-8")
-    common = [
+def _common(data: Path) -> list[str]:
+    return [
         "dataset_path: json",
         "dataset_kwargs:",
         "  data_files:",
-        f"    test: {json.dumps(str(folder / 'docs.json'))}",
+        f"    test: {json.dumps(str(data))}",
         "test_split: test",
         "doc_to_visual: !function probe_utils.doc_to_visual",
         "doc_to_text: !function probe_utils.doc_to_text",
     ]
+
+
+def write_tasks(folder: Path, max_new_tokens: int = 6, broken_choice: bool = False) -> list[dict]:
+    """The data, both task yamls and their utils in ``folder`` (with ``broken_choice``, also the multiple-choice
+    task over every doc, the missing image's too: :data:`BROKEN_CHOICE_TASK`); returns the docs (the multiple-choice
+    task has all but the last)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = documents(folder)
+    (folder / "docs.json").write_text(json.dumps(docs), encoding="utf-8")
+    (folder / "choice_docs.json").write_text(json.dumps(docs[:-1]), encoding="utf-8")
+    (folder / "probe_utils.py").write_text(UTILS, encoding="utf-8")
     generation = [
         f"task: {GEN_TASK}",
-        *common,
+        *_common(folder / "docs.json"),
         "output_type: generate_until",
         "doc_to_target: answer",
         "process_results: !function probe_utils.gen_process_results",
@@ -104,7 +112,7 @@ def write_tasks(folder: Path, max_new_tokens: int = 6) -> list[dict]:
     ]
     choice = [
         f"task: {CHOICE_TASK}",
-        *common,
+        *_common(folder / "choice_docs.json"),
         "output_type: multiple_choice",
         "doc_to_choice: !function probe_utils.doc_to_choice",
         "doc_to_target: label",
@@ -115,6 +123,9 @@ def write_tasks(folder: Path, max_new_tokens: int = 6) -> list[dict]:
     ]
     (folder / f"{GEN_TASK}.yaml").write_text("\n".join(generation) + "\n", encoding="utf-8")
     (folder / f"{CHOICE_TASK}.yaml").write_text("\n".join(choice) + "\n", encoding="utf-8")
+    if broken_choice:
+        broken = [f"task: {BROKEN_CHOICE_TASK}", *_common(folder / "docs.json"), *choice[len(_common(folder)) + 1 :]]
+        (folder / f"{BROKEN_CHOICE_TASK}.yaml").write_text("\n".join(broken) + "\n", encoding="utf-8")
     return docs
 
 
@@ -142,3 +153,23 @@ def read_run(out: Path, tasks: list[str]) -> tuple[dict, dict[str, list[dict]]]:
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         samples[task] = sorted(rows, key=lambda row: row["doc_id"])
     return json.loads(results[0].read_text()), samples
+
+
+def probe_requests(model, folder: Path, kind: str, second, docs: list[dict] | None = None) -> list:
+    """lmms-eval's requests for ``docs`` (default: :func:`documents`, drawn into ``folder``) as its evaluator builds
+    them, one per doc: ``kind`` generate_until (``second``: gen_kwargs) or loglikelihood (``second``: the
+    continuation); the docs become the model's task ``probe``, split ``test``."""
+    from lmms_eval.api.instance import Instance
+    from PIL import Image
+
+    docs = documents(folder) if docs is None else docs
+    model.task_dict = {"probe": {"test": docs}}
+
+    def visual(doc):
+        return [Image.open(folder / name).convert("RGB") for name in doc["images"]]
+
+    return [
+        Instance(kind, (doc["question"], second, visual, i, "probe", "test"), idx=0,
+                 metadata={"task": "probe", "doc_id": i, "repeats": 1})
+        for i, doc in enumerate(docs)
+    ]  # fmt: skip

@@ -188,3 +188,84 @@ def test_feature_layer_zero_is_captured(family, tokenizer):
         layer0 = model.model.vision_tower(pixels[:1], output_hidden_states=True).hidden_states[0][:, 1:]
         grid = model.model.multi_modal_projector(layer0)[0]
     torch.testing.assert_close(features[0][:9], pool_tokens(grid, 9), rtol=0, atol=1e-6)
+
+
+# ---- transformers' own model tests, as our own: the checks its LLaVA / NeXT suites skipped for the M3 classes
+
+
+def test_forward_declares_the_parents_kwargs_so_attention_checks_run(family):
+    """transformers' suite reads ``**kwargs: Unpack[TransformersKwargs]`` as "can return attentions"; a bare
+    ``**kwargs`` made it skip its eager-vs-sdpa check for the M3 classes alone."""
+    import typing
+
+    from m3.modeling import MODEL_CLASSES
+
+    ours = typing.get_type_hints(MODEL_CLASSES[family].forward)["kwargs"]
+    assert ours == typing.get_type_hints(PLAIN_CLASSES[family].forward)["kwargs"]
+
+
+def test_modeling_file_has_the_copyright_year_transformers_reads():
+    """transformers' ``test_can_init_all_missing_weights`` dates a model by the ``# Copyright YEAR`` line on top of its
+    modeling file and skips models it cannot date (or older than 2023)."""
+    import re
+
+    import m3.modeling
+
+    first = inspect.getsource(m3.modeling).splitlines()[0]
+    assert int(re.match(r"# Copyright (\d{4}) ", first).group(1)) >= 2023
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_eager_and_sdpa_attention_agree_and_eager_returns_the_attentions(model_and_processor, family, padded):
+    """transformers' eager-vs-sdpa check on the M3 classes: at a pooled scale and in the multi-scale training forward,
+    eager (returning its attentions) and sdpa give the same logits and losses."""
+    model, processor = model_and_processor
+    images = [random_image(64, 80, 1), random_image(90, 60, 2)]
+    questions = ["what color is the square ?", "what" if padded else "what color is the circle ?"]
+    batch = processor([llava_prompt(q) for q in questions], images, m3_scale=9, padding_side="left")
+    outputs = {}
+    for implementation in ("eager", "sdpa"):
+        model.set_attn_implementation(implementation)
+        with torch.no_grad():
+            outputs[implementation] = model(**batch, m3_scale=9, output_attentions=implementation == "eager")
+    attentions = outputs["eager"].attentions
+    length = batch["input_ids"].shape[1]
+    assert len(attentions) == model.config.text_config.num_hidden_layers
+    assert all(a.shape[-2:] == (length, length) for a in attentions)
+    real = batch["attention_mask"].bool()  # padding positions hold no answer in either
+    torch.testing.assert_close(outputs["sdpa"].logits[real], outputs["eager"].logits[real], rtol=1e-4, atol=1e-5)
+    from .conftest import training_batch
+
+    train = training_batch(processor, images, questions, ["red", "blue"])
+    losses = {}
+    for implementation in ("eager", "sdpa"):
+        model.set_attn_implementation(implementation)
+        with torch.no_grad():
+            losses[implementation] = model(**train, m3_scales=[1, 9, 36]).per_scale_loss
+    for scale, loss in losses["eager"].items():
+        torch.testing.assert_close(losses["sdpa"][scale], loss, rtol=1e-4, atol=1e-5)
+
+
+def test_every_missing_weight_is_initialized_as_in_a_fresh_model(family, tokenizer, monkeypatch):
+    """transformers' ``test_can_init_all_missing_weights``: with each module's init seeded alike, a model loaded from a
+    checkpoint that holds no weight equals a model built from the config, weight for weight (before: the vision
+    tower's attention and MLP took the generic init, not CLIP's, as transformers treated the M3 classes as custom
+    code)."""
+    from transformers import set_seed
+    from transformers.modeling_utils import PreTrainedModel
+
+    from m3.modeling import MODEL_CLASSES
+    from m3.tiny import tiny_config
+
+    original = PreTrainedModel._initialize_weights
+
+    def seeded(self, module, *args, **kwargs):
+        set_seed(0)
+        return original(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "_initialize_weights", seeded)
+    config = tiny_config(family, tokenizer, hidden_size=32)
+    built = MODEL_CLASSES[family](config).state_dict()
+    loaded = MODEL_CLASSES[family].from_pretrained(None, config=config, state_dict={}).state_dict()
+    assert built.keys() == loaded.keys()
+    assert [name for name in built if not torch.equal(built[name], loaded[name])] == []

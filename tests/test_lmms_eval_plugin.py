@@ -19,6 +19,7 @@ from m3.data.granularity import FAMILIES, write_split
 from oracle_data import build_oracle, load_oracle
 
 from . import extras, hf_layouts
+from .lmms_eval_tasks import probe_requests
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "checkpoints" / "tiny-m3"
@@ -206,42 +207,20 @@ def test_layout_prompts_are_lmms_evals(tmp_path):
 # lmms-eval requests as its evaluator builds them, on the tiny local docs of tests/lmms_eval_tasks.py
 
 
-def _probe_requests(model, folder: Path, kind: str, second) -> list:
-    """One request per doc of the probe tasks: ``kind`` generate_until (``second``: gen_kwargs) or loglikelihood
-    (``second``: the continuation)."""
-    from lmms_eval.api.instance import Instance
-
-    from .lmms_eval_tasks import documents
-
-    docs = documents(folder)
-    model.task_dict = {"probe": {"test": docs}}
-
-    def visual(doc):
-        from PIL import Image
-
-        return [Image.open(folder / name).convert("RGB") for name in doc["images"]]
-
-    return [
-        Instance(kind, (doc["question"], second, visual, i, "probe", "test"), idx=0,
-                 metadata={"task": "probe", "doc_id": i, "repeats": 1})
-        for i, doc in enumerate(docs)
-    ]  # fmt: skip
-
-
 def test_routed_loglikelihood_and_generation_for_every_kind_of_doc(runs, tmp_path):
     """m3_adaptive scores a continuation at the scale it routes each image to (threshold 0: the smallest scale),
-    as m3 scores it at that scale; text-only and two-image docs are answered; the missing image fails alone."""
+    as m3 scores it at that scale; text-only and two-image docs are answered; the missing image fails alone (a
+    generation doc answers "", a loglikelihood doc stops the run: tests/test_lmms_eval_failures.py)."""
     from m3_lmms_eval.models import M3, M3Adaptive
 
     _, _, adaptive_dir = runs
     eager = M3Adaptive(pretrained=str(adaptive_dir), threshold=0, device="cpu", batch_size=8)
     fixed = M3(pretrained=str(MODEL), scale=1, device="cpu", batch_size=8)
-    routed = eager.loglikelihood(_probe_requests(eager, tmp_path, "loglikelihood", " red"))
-    plain = fixed.loglikelihood(_probe_requests(fixed, tmp_path, "loglikelihood", " red"))
-    assert [r.token_counts.scale for r in routed] == [1, 1, 1, 1, None, 1, None]
-    assert [r.text[0] for r in routed[:-1]] == pytest.approx([r.text[0] for r in plain[:-1]], rel=1e-5)
-    assert routed[-1].text == (float("inf"), False) and plain[-1].text == (float("inf"), False)
-    answers = eager.generate_until(_probe_requests(eager, tmp_path, "generate_until", {"max_new_tokens": 3}))
+    routed = eager.loglikelihood(probe_requests(eager, tmp_path, "loglikelihood", " red")[:-1])
+    plain = fixed.loglikelihood(probe_requests(fixed, tmp_path, "loglikelihood", " red")[:-1])
+    assert [r.token_counts.scale for r in routed] == [1, 1, 1, 1, None, 1]
+    assert [r.text[0] for r in routed] == pytest.approx([r.text[0] for r in plain], rel=1e-5)
+    answers = eager.generate_until(probe_requests(eager, tmp_path, "generate_until", {"max_new_tokens": 3}))
     assert [a.token_counts.scale for a in answers] == [1, 1, 1, 1, None, 1, None]
     assert [a.token_counts.visual_tokens for a in answers] == [1, 1, 1, 2, 0, 1, None]
     assert all(a.text for a in answers[:-1]) and answers[-1].text == ""
@@ -260,9 +239,9 @@ def test_generation_settings_reach_generate_as_llava_hf_reads_them(tmp_path, mon
         return original(*args, **{**kwargs, "max_new_tokens": 2})
 
     monkeypatch.setattr(model.model, "generate", spy)
-    model.generate_until(_probe_requests(model, tmp_path, "generate_until", {})[:1])
-    model.generate_until(_probe_requests(model, tmp_path, "generate_until", {"temperature": 0.7, "top_p": 0.9})[:1])
-    model.generate_until(_probe_requests(model, tmp_path, "generate_until", {"temperature": 0, "do_sample": False})[:1])
+    model.generate_until(probe_requests(model, tmp_path, "generate_until", {})[:1])
+    model.generate_until(probe_requests(model, tmp_path, "generate_until", {"temperature": 0.7, "top_p": 0.9})[:1])
+    model.generate_until(probe_requests(model, tmp_path, "generate_until", {"temperature": 0, "do_sample": False})[:1])
     assert seen == [
         {"max_new_tokens": 1024, "do_sample": False, "temperature": None, "top_p": None},
         {"max_new_tokens": 1024, "do_sample": True, "temperature": 0.7, "top_p": 0.9},
@@ -276,7 +255,7 @@ def test_auto_batch_size_halves_on_out_of_memory_and_answers_alike(tmp_path, mon
     single = M3(pretrained=str(MODEL), scale=9, device="cpu", batch_size=1)
     expected = [
         a.text
-        for a in single.generate_until(_probe_requests(single, tmp_path, "generate_until", {"max_new_tokens": 3}))
+        for a in single.generate_until(probe_requests(single, tmp_path, "generate_until", {"max_new_tokens": 3}))
     ]
     auto = M3(pretrained=str(MODEL), scale=9, device="cpu", batch_size="auto", max_batch_size=8)
     assert auto.batch_size == 8 and auto.auto_batch
@@ -289,7 +268,7 @@ def test_auto_batch_size_halves_on_out_of_memory_and_answers_alike(tmp_path, mon
         return original(docs, *args)
 
     monkeypatch.setattr(auto, "_generate", short_of_memory)
-    answers = auto.generate_until(_probe_requests(auto, tmp_path, "generate_until", {"max_new_tokens": 3}))
+    answers = auto.generate_until(probe_requests(auto, tmp_path, "generate_until", {"max_new_tokens": 3}))
     assert [a.text for a in answers] == expected
     assert sizes == [6, 3, 3] and auto.batch_size == 3  # 6 readable docs in one batch, halved once
 

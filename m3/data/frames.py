@@ -47,8 +47,10 @@ from ..cli import user_errors
 from ..files import atomic_write, read_json, write_json_atomic
 from ..metrics import majority_baseline
 from ..processing import IMAGE_PLACEHOLDER
+from ..runs import check_output_dir, check_same_record
 from ..video import collage
 from . import granularity
+from .granularity.splits import remove_split
 
 FRAMES_VERSION = "1"
 SPLITS = ("train", "validation", "test")
@@ -189,10 +191,21 @@ def write_split(
     seed: int,
     config: FramesConfig = FramesConfig(),
     progress: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write a split's images, ``{split}.json``, ``{split}.chat.json`` and (last) ``{split}.meta.json`` under
-    ``out_dir``; returns the path of ``{split}.json``."""
+    ``out_dir``; returns the path of ``{split}.json``. A split there drawn otherwise (other versions, config, seed or
+    size) is refused unless ``overwrite``, which replaces it."""
     out_dir = Path(out_dir)
+    if num_videos < 0 or seed < 0:
+        raise ValueError(f"num_videos and seed must be >= 0, got {num_videos} and {seed}")
+    drawn = {"frames_version": FRAMES_VERSION, "granularity_version": granularity.GENERATOR_VERSION}
+    drawn.update(config=config.to_dict(), seed=seed, num_videos=num_videos)
+    if overwrite:
+        remove_split(out_dir, split)
+    else:
+        way_out = "pass --overwrite (overwrite=True) to replace it, or choose another --out"
+        check_same_record(out_dir / f"{split}.meta.json", drawn, f"the frames {split} split in {out_dir}", way_out)
     (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     chats: list[dict] = []
@@ -270,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m m3.data.frames", description=__doc__.split("\n\n")[0], allow_abbrev=False
     )
-    parser.add_argument("--out", type=Path, required=True, help="dataset directory")
+    parser.add_argument("--out", required=True, help="dataset directory")
     parser.add_argument("--split", choices=(*SPLITS, "all"), default="all", help="split to write (default: all)")
     parser.add_argument("--num-videos", type=int, help=f"videos per split (default: {DEFAULT_NUM_VIDEOS})")
     parser.add_argument("--seed", type=int, default=0, help="base seed; each split derives its own stream")
@@ -278,12 +291,14 @@ def main(argv: list[str] | None = None) -> None:
         kind = {"action": argparse.BooleanOptionalAction} if item.type in (bool, "bool") else {"type": int}
         flag = "--" + item.name.replace("_", "-")
         parser.add_argument(flag, default=item.default, help=item.metadata["help"], **kind)
+    parser.add_argument("--overwrite", action="store_true", help="replace a split in --out drawn otherwise")
     args = parser.parse_args(argv)
     with user_errors():
         config = FramesConfig(**{item.name: getattr(args, item.name) for item in fields(FramesConfig)})
+        check_output_dir(args.out, "--out")
         for split in SPLITS if args.split == "all" else (args.split,):
             num_videos = DEFAULT_NUM_VIDEOS[split] if args.num_videos is None else args.num_videos
-            path = write_split(args.out, split, num_videos, args.seed, config, progress=True)
+            path = write_split(args.out, split, num_videos, args.seed, config, True, args.overwrite)
             meta = json.loads(path.with_suffix(".meta.json").read_text())
             baseline = ", ".join(f"{f} {a:.3f}" for f, a in meta["majority_baseline"].items())
             videos = f"{num_videos} videos of {config.num_frames} frames"

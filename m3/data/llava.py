@@ -88,10 +88,13 @@ def normalize_conversations(conversations: Sequence[dict], has_image: bool | int
     turns = []
     for index, turn in enumerate(conversations):
         expected = "human" if index % 2 == 0 else "gpt"
-        if turn.get("from") != expected or not isinstance(turn.get("value"), str):
+        if not isinstance(turn, dict) or turn.get("from") != expected:
+            found = f"from={turn.get('from')!r}" if isinstance(turn, dict) else f"a {type(turn).__name__}"
+            raise ValueError(f"record {record_id}: turn {index} should be a {expected!r} turn, got {found}")
+        if not isinstance(turn.get("value"), str):
             raise ValueError(
-                f"record {record_id}: turn {index} should be a {expected!r} turn with a string value, got "
-                f"from={turn.get('from')!r}"
+                f"record {record_id}: turn {index} ({expected}) should have a string value, got "
+                f"{turn.get('value')!r} ({type(turn.get('value')).__name__})"
             )
         turns.append(dict(turn))
     placeholders = [turn["value"].count(IMAGE_PLACEHOLDER) for turn in turns]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -26,8 +27,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ...cli import user_errors
 from ...files import atomic_write, read_json, write_json_atomic
 from ...metrics import majority_baseline
+from ...runs import check_output_dir, check_same_record
 from . import v5, v6, v7
 
 SPLITS = ("train", "validation", "test")
@@ -87,13 +90,17 @@ def chat_record(records: list[dict], rng: np.random.Generator) -> dict:
     return {"id": image_id, "image": first["image"], "conversations": conversations, "image_id": image_id}
 
 
-def iter_records(split: str, num_images: int, seed: int, config=None) -> Iterator[tuple[Image.Image, list[dict]]]:
-    """Yield ``(image, records)`` for each image of a split, deterministically from ``(seed, split, config)``; the
-    config's class picks the generator version (None: the current version's defaults)."""
+def _check_draw(split: str, num_images: int, seed: int) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
         raise ValueError(f"split must be a plain name (letters, digits, '_' or '-'), got {split!r}")
     if num_images < 0 or seed < 0:
         raise ValueError(f"num_images and seed must be >= 0, got {num_images} and {seed}")
+
+
+def iter_records(split: str, num_images: int, seed: int, config=None) -> Iterator[tuple[Image.Image, list[dict]]]:
+    """Yield ``(image, records)`` for each image of a split, deterministically from ``(seed, split, config)``; the
+    config's class picks the generator version (None: the current version's defaults)."""
+    _check_draw(split, num_images, seed)
     generator = generator_of(config)
     config = config or generator.DEFAULT_CONFIG
     split_key = zlib.crc32(split.encode())
@@ -108,6 +115,15 @@ def generate_records(split: str, num_images: int, seed: int, config=None) -> lis
     return list(iter_records(split, num_images, seed, config))
 
 
+def remove_split(out_dir: str | Path, split: str) -> None:
+    """Delete a written split (what ``overwrite`` replaces): its meta first, the mark of a complete split, then its
+    record files and its images."""
+    out_dir = Path(out_dir)
+    for name in (f"{split}.meta.json", f"{split}.json", f"{split}.chat.json"):
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "images" / split, ignore_errors=True)
+
+
 def write_split(
     out_dir: str | Path,
     split: str,
@@ -115,16 +131,27 @@ def write_split(
     seed: int,
     progress: bool = False,
     config=None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``images/{split}/*.png``, ``{split}.json`` (one question per record), ``{split}.chat.json`` (all
     of an image's questions as one multi-turn record) and ``{split}.meta.json`` (with the config) under ``out_dir``.
 
     Returns the path of ``{split}.json``. The meta file is written last, so its presence marks a complete split.
     ``config`` (a :mod:`.v7`, :mod:`.v6` or :mod:`.v5` config) picks the generator version; None: the current defaults.
+    A split already there drawn otherwise (another version, config, seed or size) is refused unless ``overwrite``,
+    which replaces it (its images too); the same split is written again, identical.
     """
     generator = generator_of(config)
     config = config or generator.DEFAULT_CONFIG
     out_dir = Path(out_dir)
+    drawn = {"generator_version": generator.VERSION, "seed": seed, "num_images": num_images, "config": config.to_dict()}
+    meta_path = out_dir / f"{split}.meta.json"
+    _check_draw(split, num_images, seed)
+    if overwrite:
+        remove_split(out_dir, split)
+    else:
+        way_out = "pass --overwrite (overwrite=True) to replace it, or choose another --out"
+        check_same_record(meta_path, drawn, f"the {split} split in {out_dir}", way_out)
     image_dir = out_dir / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
@@ -152,7 +179,7 @@ def write_split(
         "answer_counts": answers,
         "majority_baseline": majority_baseline([r["family"] for r in records], [r["answer"] for r in records]),
     }
-    write_json_atomic(out_dir / f"{split}.meta.json", meta)
+    write_json_atomic(meta_path, meta)
     return json_path
 
 
@@ -208,6 +235,12 @@ def _config_flag(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line; a user error is one ``error:`` line and exit code 2 (:func:`m3.cli.user_errors`)."""
+    with user_errors():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m m3.data.granularity",
         description=__doc__.split("\n\n")[0],
@@ -220,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         allow_abbrev=False,
     )
-    parser.add_argument("--out", type=Path, required=True, help="dataset directory")
+    parser.add_argument("--out", required=True, help="dataset directory")
     parser.add_argument("--split", choices=(*SPLITS, "all"), default="all", help="split to write (default: all)")
     parser.add_argument(
         "--num-images", type=int, default=None, help=f"images per split (default: {DEFAULT_NUM_IMAGES})"
@@ -243,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
                     _config_flag(spec.name), dest=spec.name, type=int, default=None,
                     help=f"{spec.metadata['help']} (version {version} default: {spec.default})",
                 )  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace a split in --out drawn otherwise")
     args = parser.parse_args(argv)
     generator = GENERATORS[args.generator_version]
     base = generator.SHIFTED_CONFIG if args.shifted else generator.DEFAULT_CONFIG
@@ -257,9 +291,10 @@ def main(argv: list[str] | None = None) -> None:
         config = replace(base, **{name: value for name, value in given.items() if value is not None})
     except (TypeError, ValueError) as error:
         parser.error(str(error))
+    check_output_dir(args.out, "--out")  # an existing file is refused before anything is drawn
     for split in SPLITS if args.split == "all" else (args.split,):
         num_images = DEFAULT_NUM_IMAGES[split] if args.num_images is None else args.num_images
-        path = write_split(args.out, split, num_images, args.seed, progress=True, config=config)
+        path = write_split(args.out, split, num_images, args.seed, True, config, args.overwrite)
         meta = json.loads(path.with_suffix(".meta.json").read_text())
         counts = ", ".join(f"{f} {n}" for f, n in meta["counts"].items())
         baseline = ", ".join(f"{f} {a:.3f}" for f, a in meta["majority_baseline"].items())
