@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from m3.images import open_rgb, to_rgb
+from m3.images import not_a_file_error, open_rgb, to_rgb
 
 
 def load_rgb(image) -> Image.Image:
@@ -27,7 +27,7 @@ def load_rgb(image) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
-            raise FileNotFoundError(f"image file {path} does not exist")
+            raise not_a_file_error(path, f"image file {path}")
         return open_rgb(path)
     raise TypeError(f"image must be a path, a PIL image or a numpy array, got {type(image).__name__}")
 

@@ -108,6 +108,23 @@ def _num_crops(config, image_size: Sequence[int] | None) -> int:
     return image_size_to_num_patches(image_size, config.image_grid_pinpoints, config.vision_config.image_size)
 
 
+def check_prefill_inputs(config, text_tokens: int, image_size: Sequence[int] | None) -> None:
+    """``ValueError`` unless ``text_tokens`` is a whole number >= 0 and an ``image_size`` is two whole numbers >= 1
+    (height, width) of a LLaVA-NeXT model, whose token count depends on it; a LLaVA-1.5 model's does not, so a size
+    given for it would be ignored and is refused instead."""
+    if isinstance(text_tokens, bool) or not isinstance(text_tokens, int) or text_tokens < 0:
+        raise ValueError(f"text tokens must be a whole number >= 0, got {text_tokens!r}")
+    if image_size is None:  # a LLaVA-NeXT model without one: image_token_counts names what is missing
+        return
+    if getattr(config, "image_grid_pinpoints", None) is None:
+        raise ValueError(
+            f"an image size ({'x'.join(map(str, image_size))}) applies to LLaVA-NeXT models only: a LLaVA-1.5 model "
+            "reads every image at one size"
+        )
+    if len(image_size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in image_size):
+        raise ValueError(f"an image size must be two whole numbers >= 1 (height, width), got {tuple(image_size)}")
+
+
 def estimate_prefill(
     config,
     scale: int,
@@ -120,6 +137,7 @@ def estimate_prefill(
     ``image_size`` (height, width) is needed for LLaVA-NeXT, whose token count depends on it.
     ``bytes_per_value``: 2 for fp16/bf16 weights and KV cache.
     """
+    check_prefill_inputs(config, text_tokens, image_size)
     text = config.text_config
     visual = image_token_counts(config, scale, None if image_size is None else [image_size], num_images=1)[0]
     tokens = visual + text_tokens

@@ -19,7 +19,9 @@ to True on import, which would let half a PNG through as a partly grey picture):
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,12 +116,33 @@ def check_image(path: str | os.PathLike, owner: str = "") -> None:
     _decode_rgb(path, owner, reduced=True)
 
 
+def not_a_file_error(path: str | os.PathLike, what: str) -> OSError:
+    """The error for ``path`` that is not a readable regular file, worded by why (``what``: how to name it, e.g.
+    ``"image file x.png of record 3"``): missing (``FileNotFoundError``), a folder (``IsADirectoryError``), a symbolic
+    link that leads nowhere or loops, or another kind of file (a FIFO would block the reader until something writes
+    to it). The one wording of every image path check (the image reader, ``AdaptiveM3``, the predictors' features,
+    the oracle's data check)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        if path.is_symlink():
+            loop = " (a loop)" if error.errno == errno.ELOOP else ""
+            return FileNotFoundError(f"{what} is a symbolic link that leads nowhere{loop}")
+        return FileNotFoundError(f"{what} does not exist")
+    if stat.S_ISDIR(mode):
+        return IsADirectoryError(f"{what} is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        return OSError(f"{what} is not a regular file (a FIFO, socket or device)")
+    return OSError(f"{what} cannot be read")
+
+
 def _decode_rgb(path: str | os.PathLike, owner: str, reduced: bool) -> Image.Image:
     """The one reading path of :func:`open_rgb` and :func:`check_image` (``reduced``: JPEGs at 1/8 size)."""
     path = Path(path)
     where = f" of {owner}" if owner else ""
     if not path.is_file():
-        raise BadImageError(f"image file {path}{where} does not exist")
+        raise BadImageError(str(not_a_file_error(path, f"image file {path}{where}")))
     try:
         with Image.open(path) as image:
             if reduced:

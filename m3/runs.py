@@ -90,6 +90,18 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     return path
 
 
+def check_new_folder(path: str | os.PathLike, option: str = "--out") -> Path:
+    """``path`` (:func:`check_folder_path`) when nothing is in it yet; a folder holding files is refused, naming a few
+    of them: a save into it would replace some files and keep the others (a predictor saved over another keeps the
+    old one's ``certificates.json``; a predictor saved into its own input folder replaces what it was read from)."""
+    path = check_folder_path(path, option)
+    held = sorted(entry.name for entry in path.iterdir()) if path.is_dir() else []
+    if held:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise FileExistsError(f"{option} {path} already holds files ({shown}); give a new folder or delete it first")
+    return path
+
+
 def setting_differences(recorded: dict, current: dict) -> list[str]:
     """``"key: X there, Y now"`` for every setting of ``current`` that ``recorded`` holds otherwise (JSON-shown)."""
     return [

@@ -30,6 +30,14 @@ def theme() -> gr.themes.Base:
     return gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
 
 
+def check_port(port: int) -> int:
+    """``port`` if a server can listen on it (0-65535; 0: any free port); ``ValueError`` naming it otherwise (the
+    socket's ``OverflowError`` came only after the model had loaded)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"--port must be a whole number in [0, 65535] (0: any free port), got {port!r}")
+    return port
+
+
 def launch_kwargs() -> dict:
     """What ``Blocks.launch`` needs for this page besides host and port (Gradio 6 takes theme and CSS there)."""
     return {"theme": theme(), "css": CSS}

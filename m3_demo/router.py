@@ -21,6 +21,7 @@ from pathlib import Path
 
 from m3.data.granularity import ensure_split
 from predictor import CertifiedRouter, MLPScalePredictor, saved_certificate
+from predictor.calibration import check_risk_levels
 from predictor.risk_control import Certificate
 
 CERTIFICATES_NAME = "certificates.json"
@@ -49,6 +50,8 @@ def build_demo_predictor(
 
     if default_epsilon not in epsilons:
         raise ValueError(f"default_epsilon {default_epsilon} is not one of the epsilons {list(epsilons)}")
+    for epsilon in epsilons:  # before the oracle builds, not after them
+        check_risk_levels(epsilon, delta)
     work = Path(work_dir)
     data = work / "granularity"
     train_json = ensure_split(data / "train.json", "train", train_images, seed=seed)

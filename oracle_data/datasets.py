@@ -38,6 +38,7 @@ from pathlib import Path
 
 from m3.data.hf import CHOICE_INSTRUCTION, DatasetImage, HFData, image_ref, is_hf_location, load_hf, parse_image_ref
 from m3.data.llava import normalize_conversations
+from m3.images import not_a_file_error
 from m3.metrics import LETTERS, METRICS, answer_letter, get_metric
 from m3.processing import IMAGE_PLACEHOLDER, check_question
 
@@ -287,7 +288,7 @@ def load_samples(
         return OracleData(Path(path), "hf", None, [s for s, _ in located], skipped, hf=hf)
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+        raise not_a_file_error(path, f"data file {path}")
     root = Path(image_root) if image_root is not None else path.parent
     skipped: list[str] = []
     if data_format == "jsonl":
@@ -313,7 +314,7 @@ def _check_unique(located: list[tuple[Sample, str]], check_images: bool) -> None
             )
         seen[sample.sample_id] = where
         if check_images and not sample.image_path.is_file():
-            raise FileNotFoundError(f"{where}: image file {sample.image_path} does not exist")
+            raise not_a_file_error(sample.image_path, f"{where}: image file {sample.image_path}")
 
 
 def dataset_image_reader(manifest: dict | None):

@@ -384,8 +384,16 @@ def read_config(directory: str | os.PathLike) -> dict:
         value = config.get(key)
         if not isinstance(value, kinds) or isinstance(value, bool):
             raise DamagedFileError(path, f"{key!r} should be {what}, not {json.dumps(value)[:60]}", REFIT)
-    if not config["scales"] or not all(isinstance(s, int) and not isinstance(s, bool) for s in config["scales"]):
-        raise DamagedFileError(path, f"'scales' should be a list of integers, not {config['scales']}", REFIT)
+    scales = config["scales"]
+    if not scales or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in scales):
+        raise DamagedFileError(path, f"'scales' should be a list of whole numbers >= 1, not {scales}", REFIT)
+    if any(a >= b for a, b in zip(scales, scales[1:])):  # the model's outputs are one per scale, in this order
+        raise DamagedFileError(path, f"'scales' should be increasing, each scale once, not {scales}", REFIT)
+    saved_for = (config["fingerprint"] or {}).get("scales")
+    if saved_for is not None and list(saved_for) != list(scales):
+        raise DamagedFileError(path, f"'scales' {scales} differ from the fingerprint's scales {saved_for}", REFIT)
+    if not 0 <= config["threshold"] <= 1:  # NaN included
+        raise DamagedFileError(path, f"'threshold' should be a number in [0, 1], not {config['threshold']}", REFIT)
     return config
 
 

@@ -213,6 +213,14 @@ class CalibratedRouter(BaseEstimator):
         }
 
 
+def check_risk_levels(max_drop: float, delta: float) -> None:
+    """``ValueError`` unless the tolerated accuracy drop and the failure probability of a certificate are both in
+    (0, 1) (NaN refused): the one check of every certifying path, run before any work (a demo predictor's oracle
+    builds, a calibration)."""
+    if not 0 < max_drop < 1 or not 0 < delta < 1:
+        raise ValueError(f"max_drop and delta must be in (0, 1), got {max_drop} and {delta}")
+
+
 class CertifiedRouter(CalibratedRouter):
     """A fitted scale predictor with a CERTIFIED threshold or price: with probability at least ``1 - delta`` over the
     draw of the calibration queries, routing there is at most ``max_drop`` less accurate than always answering
@@ -245,8 +253,7 @@ class CertifiedRouter(CalibratedRouter):
 
     def fit(self, X, y=None, image_root=None) -> CertifiedRouter:
         """Certify a threshold or price on labelled calibration oracle data ``X`` (folder, table or OracleSet)."""
-        if not 0 < self.max_drop < 1 or not 0 < self.delta < 1:
-            raise ValueError(f"max_drop and delta must be in (0, 1), got {self.max_drop} and {self.delta}")
+        check_risk_levels(self.max_drop, self.delta)
         if self.p_value not in P_VALUE_CHOICES:
             raise ValueError(f"unknown p_value {self.p_value!r}; choose one of {P_VALUE_CHOICES}")
         if self.accuracy != "correct":

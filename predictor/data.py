@@ -23,7 +23,7 @@ import pyarrow as pa
 from PIL import Image
 from tqdm.auto import tqdm
 
-from m3.images import open_rgb
+from m3.images import not_a_file_error, open_rgb
 
 from .features import IMAGE_FEATURE_NAMES, image_features
 
@@ -95,7 +95,7 @@ def _open_rgb(image) -> Image.Image:
         return image
     path = Path(image)
     if not path.is_file():
-        raise FileNotFoundError(f"image file {path} does not exist")
+        raise not_a_file_error(path, f"image file {path}")
     return open_rgb(path)
 
 

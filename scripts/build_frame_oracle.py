@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
         args.data,
         args.out,
         image_root=args.image_root,
-        scales=parse_scales(args.scales) if args.scales else None,
+        scales=parse_scales(args.scales) if args.scales is not None else None,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,

@@ -75,9 +75,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> Path:
     """Certify (or fit to --budget), save, print the operating point and certificate; returns the folder written."""
+    from m3.runs import check_new_folder
     from predictor import CalibratedRouter, CertifiedRouter, as_oracle_set, load_predictor
     from predictor.calibration import certificate_lines, describe_operating_point, operating_point_of
 
+    check_new_folder(args.out)  # before any work: a save over a used folder would mix two predictors' files
     predictor = load_predictor(args.predictor, oracle_data=args.oracle)
     calibration = as_oracle_set(args.oracle)
     fitted_on = (predictor.fingerprint_ or {}).get("oracle_data")

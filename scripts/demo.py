@@ -30,16 +30,17 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         sys.exit('error: the demo needs gradio: pip install -e ".[demo]"')
     from m3.cli import use_threads, user_errors
-    from m3_demo.app import build_demo, launch_kwargs
+    from m3_demo.app import build_demo, check_port, launch_kwargs
     from m3_demo.session import load_demo_model
 
     with user_errors():
+        check_port(args.port)
         use_threads(args.threads)
         model = load_demo_model(args.adaptive, args.model, args.predictor)
-    print(f"using {model.source}")
-    blocks = build_demo(model)
-    _, url, _ = blocks.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True,
-                              **launch_kwargs())  # fmt: skip
+        print(f"using {model.source}")
+        blocks = build_demo(model)
+        _, url, _ = blocks.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True,
+                                  **launch_kwargs())  # fmt: skip
     print(f"demo at {url} (Ctrl+C stops it)", flush=True)
     try:
         blocks.block_thread()

@@ -24,23 +24,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", help="HxW in pixels (LLaVA-NeXT only: its token count depends on it)")
     args = parser.parse_args(argv)
 
+    from m3.cli import user_errors
     from m3.flops import cost_table, llava_15_config
     from m3.loading import load_m3_config
 
-    if args.model:
-        config, name = load_m3_config(args.model), args.model
-    else:
-        config, name = llava_15_config(args.preset.rsplit("-", 1)[1]), args.preset
     image_size = None
     if args.image_size:
         try:
             image_size = tuple(int(v) for v in args.image_size.lower().split("x"))
         except ValueError:
             parser.error(f"--image-size must look like 672x1008, got {args.image_size!r}")
-    if getattr(config, "image_grid_pinpoints", None) is not None and image_size is None:
-        parser.error(f"{name} is a LLaVA-NeXT model: pass --image-size HxW")
-    print(f"{name}: prefill of one image and {args.text_tokens} text tokens")
-    print(cost_table(config, args.text_tokens, image_size))
+    with user_errors():
+        if args.model:
+            config, name = load_m3_config(args.model), args.model
+        else:
+            config, name = llava_15_config(args.preset.rsplit("-", 1)[1]), args.preset
+        table = cost_table(config, args.text_tokens, image_size)  # checks --text-tokens and --image-size first
+        print(f"{name}: prefill of one image and {args.text_tokens} text tokens")
+        print(table)
 
 
 if __name__ == "__main__":

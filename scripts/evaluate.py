@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
     from m3.pooling import parse_scales
 
     use_threads(args.threads)
-    scales = parse_scales(args.scales) if args.scales else None
+    scales = parse_scales(args.scales) if args.scales is not None else None
     run_evaluation(
         args.model,
         args.data,

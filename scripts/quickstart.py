@@ -32,6 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "checkpoints" / "tiny-m3"
+TRIALS, ORACLE_TRAIN_IMAGES = 10, 1000  # without --smoke
 SMOKE_NUM_IMAGES = {"train": 12, "validation": 4, "test": 6}  # --smoke: checks the chain, learns nothing
 LEARNED = ("mlp", "lgbm", "lgbm-emb")
 MAX_DROP, DELTA = 0.02, 0.1  # the certificates the quickstart asks for
@@ -43,12 +44,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="granularity benchmark folder (default: OUT/granularity)")
     parser.add_argument("--reuse-checkpoint", action="store_true", help=f"use {CHECKPOINT.relative_to(REPO)}")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes everywhere: checks the chain, learns nothing")
-    parser.add_argument("--oracle-train-images", type=int, default=1000, help="train images for the oracle")
-    parser.add_argument("--trials", type=int, default=10, help="optuna trials per predictor")
+    parser.add_argument(
+        "--oracle-train-images", type=int, help=f"train images for the oracle (default: {ORACLE_TRAIN_IMAGES})"
+    )
+    parser.add_argument("--trials", type=int, help=f"optuna trials per predictor (default: {TRIALS})")
     parser.add_argument(
         "--threads", type=int, default=2, help="torch CPU threads (give 1 when another job shares a 2-core machine)"
     )
     return parser.parse_args(argv)
+
+
+def check_sizes(args: argparse.Namespace) -> None:
+    """Fill in ``--trials`` and ``--oracle-train-images``, refusing what would be ignored or cannot be run: --smoke
+    sets its own sizes (so a size given with it is refused, not dropped), --trials >= 0, --oracle-train-images >= 1.
+    """
+    given = [name for name in ("trials", "oracle_train_images") if getattr(args, name) is not None]
+    if args.smoke and given:
+        options = " and ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"--smoke sets its own sizes (no tuning, 2 oracle images a family): {options} would be "
+                         "ignored; drop it or run without --smoke")  # fmt: skip
+    args.trials = TRIALS if args.trials is None else args.trials
+    args.oracle_train_images = ORACLE_TRAIN_IMAGES if args.oracle_train_images is None else args.oracle_train_images
+    if args.trials < 0:
+        raise ValueError(f"--trials must be >= 0 (0: each predictor's default parameters), got {args.trials}")
+    if args.oracle_train_images < 1:
+        raise ValueError(f"--oracle-train-images must be >= 1, got {args.oracle_train_images}")
 
 
 def stage(title: str) -> float:
@@ -83,6 +103,7 @@ def run(args: argparse.Namespace) -> None:
     from m3.training import TrainConfig, latest_checkpoint, train
 
     use_threads(args.threads)
+    check_sizes(args)
     out = Path(args.out)
     data = check_output_dir(args.data_dir, "--data-dir") if args.data_dir else out / "granularity"
     sizes = SMOKE_NUM_IMAGES if args.smoke else DEFAULT_NUM_IMAGES

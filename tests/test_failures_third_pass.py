@@ -324,3 +324,116 @@ def test_empty_paths_empty_data_and_odd_answers_are_one_line(test_split, data_4,
     (tmp_path / "locked" / ".m3-run.lock").mkdir(parents=True)
     code, err = run_script("train_m3", train_args(data_4, tmp_path / "locked"), capsys)
     assert code == 2 and ".m3-run.lock is a folder, not a run lock: remove it" in one_line_error(err)
+
+
+# ---- hostile pass 2 (issue 31): what a new user gives in place of an image file, and estimate_flops.py's options
+def test_an_image_path_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path):
+    from adaptive.inputs import load_rgb
+    from m3.images import not_a_file_error
+
+    folder, loop, fifo = tmp_path / "folder.png", tmp_path / "loop.png", tmp_path / "fifo.png"
+    folder.mkdir()
+    loop.symlink_to(loop)
+    os.mkfifo(fifo)  # reading it would block until something writes to it
+    cases = {
+        folder: (IsADirectoryError, "is a folder, not a file"),
+        loop: (FileNotFoundError, "is a symbolic link that leads nowhere \\(a loop"),
+        fifo: (OSError, "is not a regular file"),
+        tmp_path / "gone.png": (FileNotFoundError, "does not exist"),
+    }
+    for path, (kind, words) in cases.items():  # before: "does not exist" for each of them
+        with pytest.raises(BadImageError, match=f"{path.name} of record 2 {words}"):
+            open_rgb(path, "record 2")
+        with pytest.raises(kind, match=f"image file .*{path.name} {words}"):
+            load_rgb(path)  # AdaptiveM3 and ask.py
+        assert isinstance(not_a_file_error(path, "x"), kind)
+
+
+def test_estimate_flops_refuses_what_it_would_ignore_or_miscount(tmp_path, capsys):
+    from m3.flops import estimate_prefill, llava_15_config
+
+    with pytest.raises(ValueError, match="text tokens must be a whole number >= 0, got -5"):
+        estimate_prefill(llava_15_config("7b"), 576, text_tokens=-5)  # before: negative FLOPs in the table
+    for argv, words in (
+        (["--text-tokens", "-5"], "text tokens must be a whole number >= 0"),
+        (["--image-size", "0x0"], "applies to LLaVA-NeXT models only"),  # before: ignored
+        (["--model", str(tmp_path / "none")], "no config.json in"),
+    ):  # before: a traceback, exit 1
+        code, err = run_script("estimate_flops", argv, capsys)
+        assert code == 2 and words in one_line_error(err), argv
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [({"scales": [1, 9, 9, 144, 576]}, "'scales' should be increasing, each scale once"),  # before: routed on 4 scales
+     ({"scales": [0, 9, 36, 144, 576]}, "'scales' should be a list of whole numbers >= 1"),
+     ({"scales": [1, 4, 36, 144, 576]}, "differ from the fingerprint's scales"),
+     ({"threshold": float("nan")}, "'threshold' should be a number in \\[0, 1\\], not nan")],  # before: file unnamed
+)  # fmt: skip
+def test_a_hand_edited_predictor_json_with_odd_scales_or_threshold_is_named(tmp_path, edit, words):
+    import shutil
+
+    from predictor.base import read_config
+
+    folder = shutil.copytree(TINY_M3.parent / "tiny-m3-router", tmp_path / "router")
+    config = json.loads((folder / "predictor.json").read_text())
+    (folder / "predictor.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ValueError, match=f"predictor.json is damaged \\(.*{words}"):
+        read_config(folder)
+
+
+def test_an_empty_scales_a_data_folder_and_a_split_of_no_images_are_refused(test_split, tmp_path, capsys):
+    for script in ("build_oracle", "evaluate"):  # before: --scales "" meant every scale
+        argv = ["--model", str(TINY_M3), "--data", str(test_split), "--out", str(tmp_path / script), "--scales", ""]
+        code, err = run_script(script, argv, capsys)
+        assert code == 2 and "scales must be comma-separated positive integers" in one_line_error(err), script
+    argv = ["--model", str(TINY_M3), "--data", str(test_split.parent), "--out", str(tmp_path / "e")]
+    code, err = run_script("evaluate", argv, capsys)
+    assert code == 2 and "is a folder, not a file" in one_line_error(err)  # before: "does not exist"
+    for module, count in (("m3.data.granularity", "--num-images"), ("m3.data.frames", "--num-videos")):
+        code, err = run_module(module, ["--out", str(tmp_path / module), "--split", "test", count, "0"], capsys)
+        assert code == 2 and f"at least 1 {count[6:-1]} ({count}), got 0" in one_line_error(err), module
+        assert not (tmp_path / module / "test.json").exists()  # before: an empty split, refused by every reader
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_demo_refuses_a_port_no_server_can_listen_on_before_the_model_loads(port, capsys, monkeypatch):
+    pytest.importorskip("gradio")
+    import m3_demo.session
+
+    monkeypatch.setattr(m3_demo.session, "load_demo_model", lambda *a: pytest.fail("the model loaded"))
+    code, err = run_script("demo", ["--port", port], capsys)
+    words = f"--port must be a whole number in [0, 65535] (0: any free port), got {port}"
+    assert code == 2 and words in one_line_error(err)  # before: a traceback once the model had loaded
+
+
+def test_quickstart_and_the_demo_predictor_refuse_their_sizes_before_any_work(tmp_path, capsys, monkeypatch):
+    import m3_demo.router
+    import oracle_data
+
+    for argv, words in (
+        (["--trials", "-1"], "--trials must be >= 0"),  # before: ran the chain
+        (["--oracle-train-images", "0"], "--oracle-train-images must be >= 1"),
+        (["--smoke", "--trials", "5"], "--smoke sets its own sizes (no tuning, 2 oracle images a family): --trials"),
+    ):  # before: --smoke dropped --trials and --oracle-train-images without a word
+        code, err = run_script("quickstart", ["--out", str(tmp_path / "qs"), *argv], capsys)
+        assert code == 2 and words in one_line_error(err), argv
+    assert not (tmp_path / "qs").exists()
+    monkeypatch.setattr(oracle_data, "build_oracle", lambda *a, **k: pytest.fail("an oracle was built"))
+    with pytest.raises(ValueError, match="max_drop and delta must be in \\(0, 1\\), got 0.01 and 2"):
+        m3_demo.router.build_demo_predictor(TINY_M3, tmp_path / "p", tmp_path / "w", 1, 1, delta=2)  # before: after
+
+
+def test_calibrate_router_refuses_an_out_that_already_holds_files(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import predictor
+
+    router = shutil.copytree(TINY_M3.parent / "tiny-m3-router", tmp_path / "router")
+    before = {p.name: p.read_bytes() for p in router.iterdir()}
+    monkeypatch.setattr(predictor, "load_predictor", lambda *a, **k: pytest.fail("the predictor was loaded"))
+    for out in (router, TINY_M3):  # its own input (before: rewritten, the demo's old certificates.json kept); a model
+        argv = ["--predictor", str(router), "--oracle", str(tmp_path / "oracle"), "--out", str(out)]
+        code, err = run_script("calibrate_router", argv, capsys)
+        assert code == 2 and f"--out {out} already holds files (" in one_line_error(err), out
+    assert {p.name: p.read_bytes() for p in router.iterdir()} == before

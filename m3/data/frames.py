@@ -171,8 +171,10 @@ def iter_videos(
     split: str, num_videos: int, seed: int, config: FramesConfig = FramesConfig()
 ) -> Iterator[tuple[list[Image.Image], list[dict]]]:
     """Yield ``(frames, records)`` per video of a split, deterministically from ``(seed, split, config)``."""
-    if num_videos < 0 or seed < 0:
-        raise ValueError(f"num_videos and seed must be >= 0, got {num_videos} and {seed}")
+    if num_videos < 1:  # a split of no videos is refused by every reader
+        raise ValueError(f"a split needs at least 1 video (--num-videos), got {num_videos}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     key = _split_key(split)
     for index in range(num_videos):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key, index)))
@@ -197,8 +199,10 @@ def write_split(
     ``out_dir``; returns the path of ``{split}.json``. A split there drawn otherwise (other versions, config, seed or
     size) is refused unless ``overwrite``, which replaces it."""
     out_dir = Path(out_dir)
-    if num_videos < 0 or seed < 0:
-        raise ValueError(f"num_videos and seed must be >= 0, got {num_videos} and {seed}")
+    if num_videos < 1:  # a split of no videos is refused by every reader
+        raise ValueError(f"a split needs at least 1 video (--num-videos), got {num_videos}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     drawn = {"frames_version": FRAMES_VERSION, "granularity_version": granularity.GENERATOR_VERSION}
     drawn.update(config=config.to_dict(), seed=seed, num_videos=num_videos)
     if overwrite:

@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..files import read_json
-from ..images import BadImageError, check_image, open_rgb  # the one image loader
+from ..images import BadImageError, check_image, not_a_file_error, open_rgb  # the one image loader
 from ..processing import IMAGE_PLACEHOLDER, M3Processor
 from ..prompting import IGNORE_INDEX, image_token_counts, truncate_text
 from ..templates import plain
@@ -158,7 +158,7 @@ class LlavaDataset(Dataset):
         self.image_root = Path(image_root)
         self.skip_bad_images = skip_bad_images
         if not self.json_path.is_file():
-            raise FileNotFoundError(f"data file {self.json_path} does not exist")
+            raise not_a_file_error(self.json_path, f"data file {self.json_path}")
         records = read_json(self.json_path, "regenerate or re-download the data file")
         if not isinstance(records, list):
             raise ValueError(f"{self.json_path}: expected a JSON list of records, got {type(records).__name__}")

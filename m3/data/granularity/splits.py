@@ -93,8 +93,10 @@ def chat_record(records: list[dict], rng: np.random.Generator) -> dict:
 def _check_draw(split: str, num_images: int, seed: int) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
         raise ValueError(f"split must be a plain name (letters, digits, '_' or '-'), got {split!r}")
-    if num_images < 0 or seed < 0:
-        raise ValueError(f"num_images and seed must be >= 0, got {num_images} and {seed}")
+    if num_images < 1:  # a split of no images is refused by every reader (training, the task writer, the oracle)
+        raise ValueError(f"a split needs at least 1 image (--num-images), got {num_images}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
 
 
 def iter_records(split: str, num_images: int, seed: int, config=None) -> Iterator[tuple[Image.Image, list[dict]]]:
