@@ -111,6 +111,27 @@ def read_args(table: Mapping[str, Arg], values: Mapping, what: str = "model arg"
     return {name: read_value(name, values.get(name), arg, what) for name, arg in table.items()}
 
 
+def check_arg_string(arg_string: str, what: str = "model arg") -> None:
+    """``ValueError`` naming an argument given twice in ``--model_args`` (``scale=9,scale=36``): lmms-eval's parser
+    keeps the last value without a word. Commas inside quotes or brackets (a JSON value) do not split."""
+    names, depth, quote, start = [], 0, "", 0
+    for index, char in enumerate(f"{arg_string or ''},"):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth <= 0:
+            names.append(arg_string[start:index].split("=", 1)[0].strip())
+            start = index + 1
+    repeated = sorted({name for name in names if name and names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{what}(s) {repeated} given more than once in {arg_string!r}; give each once")
+
+
 DEFAULT_MAX_NEW_TOKENS = 1024  # lmms-eval's llava_hf and the official fork's llava, when a task sets none
 
 # a task's generation_kwargs, read as lmms-eval's llava_hf reads them (any other key is ignored, as there, and logged)

@@ -44,7 +44,7 @@ from PIL import Image
 from m3.images import BadImageError, open_rgb, to_rgb
 from m3.templates import TEMPLATE_NAMES
 
-from .arguments import AUTO, GENERATION_KWARGS, Arg, read_args, read_until, read_value
+from .arguments import AUTO, GENERATION_KWARGS, Arg, check_arg_string, read_args, read_until, read_value
 
 AUTO_BATCH_START = 64  # batch_size=auto without --max_batch_size
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".wmv", ".m4v", ".mpeg", ".mpg", ".3gp"}
@@ -194,6 +194,13 @@ class _M3Base(lmms):
         "max_batch_size": MAX_BATCH_SIZE,
         "device": Arg(str),
     }
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """lmms-eval's constructor from ``--model_args``; an argument named twice is refused (its parser keeps the
+        last value silently)."""
+        check_arg_string(arg_string)
+        return super().create_from_arg_string(arg_string, additional_config)
 
     def __init__(self, **model_args) -> None:
         super().__init__()

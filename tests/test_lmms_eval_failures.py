@@ -188,3 +188,19 @@ def test_a_tasks_bad_generation_kwargs_stop_the_run_naming_the_setting(models, t
     model = models["m3"]
     with pytest.raises(ValueError, match=f"task probe split test doc 0: generation_kwargs {message}"):
         model.generate_until(probe_requests(model, tmp_path, "generate_until", gen_kwargs)[:2])
+
+
+# ---- hostile pass 2: a model arg given twice in --model_args
+@pytest.mark.parametrize("name", ["m3", "m3_adaptive"])
+def test_a_model_arg_given_twice_is_refused_before_the_model_loads(name, monkeypatch):
+    import adaptive.model
+    import m3.loading
+    from m3_lmms_eval.arguments import check_arg_string
+    from m3_lmms_eval.models import M3, M3Adaptive
+
+    monkeypatch.setattr(adaptive.model.AdaptiveM3, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr(m3.loading, "load_m3_model", lambda *a, **k: pytest.fail("loaded"))
+    model, twice = {"m3": (M3, "scale=9,scale=36"), "m3_adaptive": (M3Adaptive, "budget=9,budget=144")}[name]
+    with pytest.raises(ValueError, match=r"model arg\(s\) \['(scale|budget)'\] given more than once"):
+        model.create_from_arg_string(f"pretrained={TINY_M3},{twice}", {"device": "cpu"})  # before: the last one won
+    check_arg_string('pretrained=a,x={"k": 1, "k2": 2},y="p,q"')  # commas in a JSON value or quotes do not split
