@@ -85,6 +85,13 @@ def check_generation_options(
 ) -> int | None:
     """Refuse :meth:`AdaptiveM3.generate` options that cannot work, from the model's config alone, so that a script
     can ask before the model loads (``generate`` asks the same). Returns ``scale`` as an int (or None)."""
+    if scale is not None and any(value is not None for value in (threshold, price, max_tokens)):
+        given = [name for name, value in (("threshold", threshold), ("price", price), ("max_tokens", max_tokens))
+                 if value is not None]  # fmt: skip
+        raise ValueError(
+            f"scale={scale} forces a scale, so the router's {' and '.join(given)} would be ignored (a forced scale may "
+            "spend more than max_tokens): give a scale or routing options, not both"
+        )
     if threshold is not None or price is not None:
         operating_rule("threshold", threshold, price, at_threshold=threshold, at_price=price)
     if max_tokens is not None and as_integer(max_tokens, "max_tokens") < 1:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import threading
 from collections.abc import Iterator
@@ -122,6 +123,8 @@ def not_a_file_error(path: str | os.PathLike, what: str) -> OSError:
     link that leads nowhere or loops, or another kind of file (a FIFO would block the reader until something writes
     to it). The one wording of every image path check (the image reader, ``AdaptiveM3``, the predictors' features,
     the oracle's data check)."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(path)):  # "https://..." (a Path shows it as "https:/...")
+        return FileNotFoundError(f"{what} is a URL; images are read from files: download it first")
     path = Path(path)
     try:
         mode = path.stat().st_mode

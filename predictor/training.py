@@ -30,6 +30,14 @@ from .thresholds import RULES
 from .tuning import tune
 
 
+def check_trials(n_trials: int) -> int:
+    """``n_trials`` if it is a whole number >= 0 (0: each predictor's default parameters); ``ValueError`` naming
+    ``--trials`` otherwise (a negative count meant no tuning without a word)."""
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
+        raise ValueError(f"--trials must be a whole number >= 0 (0: default parameters), got {n_trials!r}")
+    return n_trials
+
+
 def fit_predictors(
     train,
     names: Sequence[str] = DEFAULT_PREDICTORS,
@@ -46,6 +54,7 @@ def fit_predictors(
     unknown = [name for name in names if name not in PREDICTORS]
     if unknown:
         raise ValueError(f"unknown predictor(s) {unknown}; choose from {sorted(PREDICTORS)}")
+    check_trials(n_trials)
     data = as_oracle_set(train)
     fit_data, calibration = calibration_split(data, calibration_fraction, seed)
     data.image_features(progress)  # once for every trial and predictor (cached on the set)

@@ -80,11 +80,12 @@ def run(args: argparse.Namespace) -> dict:
     """Fit or load the routers, run the study on each oracle, write the tables and the plot."""
     from m3.cli import use_threads
     from predictor import load_predictor
-    from predictor.training import fit_predictors
+    from predictor.training import check_trials, fit_predictors
     from routing_study.report import write_validity
     from routing_study.validity import validity_study
 
     use_threads(args.threads)
+    check_trials(args.trials)
     out = Path(args.out)
     routers = {}
     if args.predictors:

@@ -114,13 +114,14 @@ def run(args: argparse.Namespace) -> dict:
     from m3.runs import claim_run_folder
     from predictor import load_predictor
     from predictor.data import check_matching_oracles
-    from predictor.training import calibrate_rules, calibration_split, fit_predictors
+    from predictor.training import calibrate_rules, calibration_split, check_trials, fit_predictors
     from routing_study import evaluate_routing, write_evaluation
     from routing_study.evaluation import SCORECARD_SHARES
     from routing_study.report import write_shift
     from routing_study.shift import evaluate_shift
 
     use_threads(args.threads)
+    check_trials(args.trials)  # before the folder is claimed with it
     out = Path(args.out)
     if args.oracle_train:
         check_matching_oracles(args.oracle_train, args.oracle_test)  # before fitting, not after

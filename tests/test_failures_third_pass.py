@@ -347,6 +347,8 @@ def test_an_image_path_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_pa
         with pytest.raises(kind, match=f"image file .*{path.name} {words}"):
             load_rgb(path)  # AdaptiveM3 and ask.py
         assert isinstance(not_a_file_error(path, "x"), kind)
+    with pytest.raises(FileNotFoundError, match="is a URL; images are read from files: download it first"):
+        load_rgb("https://example.com/x.png")  # before: "image file https:/example.com/x.png does not exist"
 
 
 def test_estimate_flops_refuses_what_it_would_ignore_or_miscount(tmp_path, capsys):
@@ -437,3 +439,31 @@ def test_calibrate_router_refuses_an_out_that_already_holds_files(tmp_path, caps
         code, err = run_script("calibrate_router", argv, capsys)
         assert code == 2 and f"--out {out} already holds files (" in one_line_error(err), out
     assert {p.name: p.read_bytes() for p in router.iterdir()} == before
+
+
+def test_a_negative_trials_count_is_refused_before_any_work(tmp_path, capsys):
+    from predictor.training import fit_predictors
+
+    with pytest.raises(ValueError, match="--trials must be a whole number >= 0"):
+        fit_predictors(tmp_path / "no-oracle", ["mlp"], n_trials=-1)  # before: -1 meant no tuning, without a word
+    for script, argv in (("evaluate_router", ["--oracle-test", str(tmp_path), "--oracle-train", str(tmp_path)]),
+                         ("certify_validity", ["--oracle", str(tmp_path), "--oracle-train", str(tmp_path),
+                                               "--predictors", "mlp"])):  # fmt: skip
+        code, err = run_script(script, [*argv, "--out", str(tmp_path / script), "--trials", "-1"], capsys)
+        assert code == 2 and "--trials must be a whole number >= 0" in one_line_error(err), script
+        assert not (tmp_path / script).exists()  # before: evaluate_router.py claimed the folder with trials -1
+
+
+@pytest.mark.parametrize("option", [["--max-tokens", "9"], ["--threshold", "0.5"], ["--price", "0.1"]])
+def test_a_forced_scale_with_a_routing_option_is_refused(option, capsys, tmp_path):
+    from adaptive.model import check_generation_options
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    argv = ["--model", str(TINY_M3), "--predictor", str(TINY_M3.parent / "tiny-m3-router"), "--image", str(image),
+            "--question", "what color is the background ?", "--scale", "144", *option]  # fmt: skip
+    code, err = run_script("ask", argv, capsys)
+    name = option[0][2:].replace("-", "_")
+    assert code == 2 and f"scale=144 forces a scale, so the router's {name} would be ignored" in one_line_error(err)
+    with pytest.raises(ValueError, match="forces a scale"):  # AdaptiveM3.generate asks the same
+        check_generation_options(type("Config", (), {"grid_tokens": 576})(), scale=144, **{name: float(option[1])})
