@@ -49,8 +49,9 @@ def use_threads(threads: int) -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Run a script's body; a user error becomes ``error: MESSAGE`` on stderr and ``SystemExit(2)``, and a warning
-    one ``warning: MESSAGE`` line (not Python's two lines with the source)."""
+    """Run a script's body; a user error becomes ``error: MESSAGE`` on stderr and ``SystemExit(2)``, Ctrl-C the line
+    ``interrupted (Ctrl-C)`` and ``SystemExit(130)``, and a warning one ``warning: MESSAGE`` line (not Python's two
+    lines with the source)."""
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
@@ -61,3 +62,9 @@ def user_errors() -> Iterator[None]:
             _close_progress_bars()
             print(f"error: {one_line(error) or type(error).__name__}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for SIGINT, not a traceback of where it hit
+            if os.environ.get("M3_TRACEBACK"):
+                raise
+            _close_progress_bars()
+            print("interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None

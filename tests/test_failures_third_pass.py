@@ -467,3 +467,15 @@ def test_a_forced_scale_with_a_routing_option_is_refused(option, capsys, tmp_pat
     assert code == 2 and f"scale=144 forces a scale, so the router's {name} would be ignored" in one_line_error(err)
     with pytest.raises(ValueError, match="forces a scale"):  # AdaptiveM3.generate asks the same
         check_generation_options(type("Config", (), {"grid_tokens": 576})(), scale=144, **{name: float(option[1])})
+
+
+def test_ctrl_c_in_a_script_is_one_line_and_exit_code_130(capsys, monkeypatch):
+    from m3.cli import user_errors
+
+    monkeypatch.delenv("M3_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info, user_errors():
+        raise KeyboardInterrupt  # before: Python's traceback of wherever training was (exit 1)
+    assert exit_info.value.code == 130 and capsys.readouterr().err == "interrupted (Ctrl-C)\n"
+    monkeypatch.setenv("M3_TRACEBACK", "1")
+    with pytest.raises(KeyboardInterrupt), user_errors():
+        raise KeyboardInterrupt
