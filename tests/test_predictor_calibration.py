@@ -110,5 +110,5 @@ def test_the_registry_names_every_predictor_class_and_old_folders_are_refused(pr
     with pytest.raises(ValueError, match="format version 1, this code reads 2 .*refit"):
         load_predictor(tmp_path / "lgbm")
     config_path.write_text(json.dumps({**config, "threshold": 1.000000001}))
-    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"predictor.json is damaged \('threshold' should be a number in \[0, 1\]"):
         load_predictor(tmp_path / "lgbm")
