@@ -26,10 +26,12 @@ PREDICTORS: dict[str, Callable[[int], ScalePredictor | ReferenceRouter]] = {
     "mlp-oracle": lambda seed: MLPScalePredictor(target="oracle", seed=seed),
     "mlp-image": lambda seed: MLPScalePredictor(use_image=True, seed=seed),
     "mlp-probe": lambda seed: MLPScalePredictor(probe="hidden", probe_scale=1, seed=seed),
+    "mlp-probe9": lambda seed: MLPScalePredictor(probe="hidden", probe_scale=9, seed=seed),
     "lgbm": lambda seed: LGBMScalePredictor(seed=seed),
     "lgbm-emb": lambda seed: LGBMScalePredictor(use_embedding=True, seed=seed),
     "lgbm-oracle": lambda seed: LGBMScalePredictor(target="oracle", seed=seed),
     "lgbm-probe": lambda seed: LGBMScalePredictor(use_embedding=True, probe="confidence", probe_scale=1, seed=seed),
+    "lgbm-probe9": lambda seed: LGBMScalePredictor(use_embedding=True, probe="confidence", probe_scale=9, seed=seed),
     "question-only": lambda seed: ReferenceRouter(grouping="family"),
     "attribute": lambda seed: ReferenceRouter(grouping="attribute"),  # needs records with generator attributes
 }

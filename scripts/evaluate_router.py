@@ -29,8 +29,8 @@ import argparse
 from pathlib import Path
 
 PREDICTOR_NAMES = (
-    "mlp", "mlp-oracle", "mlp-image", "mlp-probe", "lgbm", "lgbm-emb", "lgbm-oracle", "lgbm-probe", "question-only",
-    "attribute",
+    "mlp", "mlp-oracle", "mlp-image", "mlp-probe", "mlp-probe9", "lgbm", "lgbm-emb", "lgbm-oracle", "lgbm-probe",
+    "lgbm-probe9", "question-only", "attribute",
 )  # fmt: skip
 DEFAULT_NAMES = "mlp,mlp-image,mlp-oracle,lgbm,lgbm-emb,question-only,attribute"
 

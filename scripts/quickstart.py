@@ -10,7 +10,8 @@ continues where it stopped; what is reused is printed):
 1. the granularity benchmark (train / validation / test splits) in OUT/granularity or --data-dir;
 2. the tiny M3 model (`python scripts/train_m3.py --preset tiny`), or the committed checkpoint;
 3. the oracle of the model on part of the train split (the predictors' teacher) and on the test split;
-4. the scale predictors (MLP and LightGBM, tuned with optuna on grouped train splits; OUT/predictors/NAME), each
+4. the scale predictors (MLP and LightGBM, and both as probes that read the model's answer at 9 tokens, tuned with
+   optuna on grouped train splits; OUT/predictors/NAME), each
    routed by both per-query rules, a threshold and a price per token, and for each rule CERTIFIED on the held-out
    calibration images of the train oracle (drop <= 0.02 below 576 tokens with probability >= 0.9;
    OUT/predictors/NAME-certified and NAME-price-certified) and fitted there to 5, 10 and 25 % of the tokens; the
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "checkpoints" / "tiny-m3"
 TRIALS, ORACLE_TRAIN_IMAGES = 10, 1000  # without --smoke
 SMOKE_NUM_IMAGES = {"train": 12, "validation": 4, "test": 6}  # --smoke: checks the chain, learns nothing
-LEARNED = ("mlp", "lgbm", "lgbm-emb")
+LEARNED = ("mlp", "lgbm", "lgbm-emb", "mlp-probe9", "lgbm-probe9")  # the probes read the model's answer at 9 tokens
 MAX_DROP, DELTA = 0.02, 0.1  # the certificates the quickstart asks for
 
 
