@@ -1,6 +1,6 @@
 """The whole pipeline on CPU in one command: benchmark -> tiny M3 -> oracle -> predictors -> routing report.
 
-    python scripts/quickstart.py                      # trains the tiny M3 first (the `tiny` preset, ~55 min on 2 threads)
+    python scripts/quickstart.py                      # trains the tiny M3 first (`tiny` preset, ~55 min, 2 threads)
     python scripts/quickstart.py --reuse-checkpoint   # starts from the committed checkpoints/tiny-m3 instead
     python scripts/quickstart.py --smoke              # a shrunken run of every stage (CI; about a minute)
 
