@@ -10,13 +10,13 @@ log-uniformly. Kept so that v5 splits (and the figures measured on them) stay re
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .common import IMAGE_SIZE, log_uniform_int
+from .common import IMAGE_SIZE, StoredConfig, log_uniform_int
 
 VERSION = "5"
 
@@ -60,7 +60,7 @@ VOCABULARY = tuple(sorted({w for f in FAMILIES for w in (*QUESTIONS[f].split(), 
 
 
 @dataclass(frozen=True)
-class GranularityConfigV5:
+class GranularityConfigV5(StoredConfig):
     """The image distribution of a version-5 split. The defaults are the training distribution; shifted splits
     change some.
 
@@ -84,20 +84,7 @@ class GranularityConfigV5:
             problems.append(f"need 1 <= gap_min <= gap_max <= {IMAGE_SIZE} - 2 * side_min (both squares fit)")
         if not 0 <= self.noise <= 64:
             problems.append("need 0 <= noise <= 64")
-        if problems:
-            raise ValueError(f"invalid GranularityConfigV5 {self.to_dict()}: " + "; ".join(problems))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> GranularityConfigV5:
-        """The config a ``.meta.json`` stores; unknown keys are refused (they come from another version)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown GranularityConfigV5 field(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        self.refuse(problems)
 
 
 DEFAULT_CONFIG = GranularityConfigV5()

@@ -22,13 +22,13 @@ a property of that patch alone, as with a pretrained CLIP's features.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .common import IMAGE_SIZE, log_uniform_int
+from .common import IMAGE_SIZE, StoredConfig, log_uniform_int
 
 VERSION = "6"
 PATCH = 4  # px per patch of the tiny model: squares at least this far apart never share a token at 576
@@ -77,7 +77,7 @@ VOCABULARY = tuple(sorted({w for f in FAMILIES for w in (*QUESTIONS[f].split(), 
 
 
 @dataclass(frozen=True)
-class GranularityConfig:
+class GranularityConfig(StoredConfig):
     """The image distribution of a split. The defaults are the training distribution; shifted splits change some.
 
     Sides and gaps are drawn log-uniformly between their bounds (inclusive, in px): each doubling is equally likely,
@@ -105,20 +105,7 @@ class GranularityConfig:
             )
         if not 0 <= self.noise <= 64:
             problems.append("need 0 <= noise <= 64")
-        if problems:
-            raise ValueError(f"invalid GranularityConfig {self.to_dict()}: " + "; ".join(problems))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> GranularityConfig:
-        """The config a ``.meta.json`` stores; unknown keys are refused (they come from another version)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown GranularityConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        self.refuse(problems)
 
 
 DEFAULT_CONFIG = GranularityConfig()

@@ -24,13 +24,13 @@ every pair.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .common import IMAGE_SIZE, log_uniform_int
+from .common import IMAGE_SIZE, StoredConfig, log_uniform_int
 from .v6 import (
     ANSWERS,
     BACKGROUND_COLORS,
@@ -68,7 +68,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class GranularityConfig:
+class GranularityConfig(StoredConfig):
     """The image distribution of a version-7 split. The defaults are the training distribution; the shifted split
     changes some. Sides are drawn log-uniformly between their bounds (inclusive, in px)."""
 
@@ -94,20 +94,7 @@ class GranularityConfig:
             problems.append("need 0 <= noise <= 64")
         if not 4 <= self.frame_divisor <= 16:
             problems.append("need 4 <= frame_divisor <= 16")
-        if problems:
-            raise ValueError(f"invalid GranularityConfig {self.to_dict()}: " + "; ".join(problems))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> GranularityConfig:
-        """The config a ``.meta.json`` stores; unknown keys are refused (they come from another version)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown GranularityConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        self.refuse(problems)
 
 
 DEFAULT_CONFIG = GranularityConfig()
