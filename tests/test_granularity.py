@@ -266,14 +266,19 @@ def test_version_6_attributes_are_in_the_pixels(seed):
         assert attrs[f"{frame}_frame_gap"] >= max(attrs["gap"], config.gap_min)
 
 
+def split_image_digests(folder, count: int) -> list[str]:
+    """The first 16 hex digits of the sha256 of each of a test split's first ``count`` images."""
+    return [
+        hashlib.sha256((folder / f"images/test/test_{i:06d}.png").read_bytes()).hexdigest()[:16] for i in range(count)
+    ]
+
+
 def test_version_6_stays_reproducible(tmp_path):
     """Splits of generator v6 (the figures measured on it) are drawn byte for byte as before v7 existed."""
     path = write_split(tmp_path, "test", 3, seed=0, config=GranularityConfigV6())
     meta = json.loads((tmp_path / "test.meta.json").read_text())
     assert meta["generator_version"] == "6" and meta["config"] == GranularityConfigV6().to_dict()
-    digests = [
-        hashlib.sha256((tmp_path / f"images/test/test_{i:06d}.png").read_bytes()).hexdigest()[:16] for i in range(3)
-    ]
+    digests = split_image_digests(tmp_path, 3)
     assert digests == V6_DIGESTS
     with pytest.raises(ValueError, match="generator version 6, but version 7"):
         ensure_split(path, "test", 3)  # a v6 split never passes for the default (v7) one
@@ -288,9 +293,7 @@ def test_version_5_stays_reproducible(tmp_path):
     assert meta["generator_version"] == "5" and meta["config"] == GranularityConfigV5().to_dict()
     records = json.loads(path.read_text())
     assert [r["family"] for r in records[:3]] == list(generator_v5.FAMILIES)
-    digests = [
-        hashlib.sha256((tmp_path / f"images/test/test_{i:06d}.png").read_bytes()).hexdigest()[:16] for i in range(3)
-    ]
+    digests = split_image_digests(tmp_path, 3)
     assert digests == V5_DIGESTS
     with pytest.raises(ValueError, match="generator version 5, but version 7"):
         ensure_split(path, "test", 3)  # a v5 split never passes for the default (v7) one
