@@ -11,10 +11,10 @@ continues where it stopped; what is reused is printed):
 2. the tiny M3 model (`python scripts/train_m3.py --preset tiny`), or the committed checkpoint;
 3. the oracle of the model on part of the train split (the predictors' teacher) and on the test split;
 4. the scale predictors (MLP and LightGBM, and both as probes that read the model's answer at 9 tokens, tuned with
-   optuna on grouped train splits; OUT/predictors/NAME), each
-   routed by both per-query rules, a threshold and a price per token, and for each rule CERTIFIED on the held-out
-   calibration images of the train oracle (drop <= 0.02 below 576 tokens with probability >= 0.9;
-   OUT/predictors/NAME-certified and NAME-price-certified) and fitted there to 5, 10 and 25 % of the tokens; the
+   optuna on grouped train splits; OUT/predictors/NAME), each routed by both per-query rules, a threshold and a
+   price per token, and for each rule CERTIFIED on the held-out calibration images of the train oracle (drop <=
+   0.02 below 576 tokens with probability >= 0.9; OUT/predictors/NAME-certified and NAME-price-certified) and
+   fitted there to 5, 10 and 25 % of the tokens; the
    question-only and attribute reference routers (routed alike); and the routing evaluation on the test oracle
    (OUT/router) and on the shifted test split (smaller squares, more clutter, noisier:
    m3.data.granularity.SHIFTED_CONFIG; OUT/router-shift, with thresholds and prices re-certified on 200 labelled
